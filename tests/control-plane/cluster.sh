@@ -1,0 +1,230 @@
+#!/usr/bin/env bash
+# Starts and stops a local control plane (etcd + kube-apiserver) on free loopback ports, with
+# RBAC authorization and static token users, for `make dev-cluster`, `make run` and the tests.
+#
+#   cluster.sh start DIR   start in the background and return; harmless when already running
+#   cluster.sh stop DIR    stop exactly the processes `start` recorded in DIR
+#   cluster.sh run DIR     start, print "ready", and stop when stdin closes or on a signal;
+#                          the processes die with this script, whatever kills it
+#
+# DIR receives kubeconfig-<user> for admin (system:masters), alice (devs), bob and carol
+# (approvers) and mallory (no groups), plus logs/, pki/ and the etcd data.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+readonly here
+readonly ready_timeout_seconds="${JIT_CLUSTER_READY_TIMEOUT:-90}"
+# user:groups, groups comma-separated
+readonly users=("admin:system:masters" "alice:devs" "bob:approvers" "carol:approvers" "mallory:")
+
+usage() {
+	echo "usage: $0 start|stop|run DIR" >&2
+	exit 2
+}
+
+log() { echo "cluster: $*" >&2; }
+
+# Whether PID is alive and one of the processes started for this DIR.
+is_ours() {
+	local pid="$1"
+	[[ -n "$pid" && -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir/"
+}
+
+recorded_pid() { cat "$dir/pids/$1" 2>/dev/null || true; }
+
+running() {
+	is_ours "$(recorded_pid etcd)" && is_ours "$(recorded_pid kube-apiserver)" && is_ready
+}
+
+is_ready() {
+	[[ -f "$dir/endpoint" ]] || return 1
+	curl --silent --fail --max-time 2 --cacert "$dir/pki/ca.crt" \
+		-H "Authorization: Bearer $(token_of admin)" "$(cat "$dir/endpoint")/readyz" >/dev/null 2>&1
+}
+
+token_of() { awk -F, -v user="$1" '$2 == user { print $1 }' "$dir/pki/tokens.csv"; }
+
+free_ports() {
+	python3 - "$1" <<-'EOF'
+		import socket, sys
+		sockets = []
+		for _ in range(int(sys.argv[1])):
+		    s = socket.socket()
+		    s.bind(("127.0.0.1", 0))
+		    sockets.append(s)
+		print(" ".join(str(s.getsockname()[1]) for s in sockets))
+	EOF
+}
+
+make_pki() {
+	local pki="$dir/pki"
+	rm -rf "$pki"
+	mkdir -p "$pki"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 3650 \
+		-subj "/CN=jit-operator dev cluster CA" \
+		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" \
+		-keyout "$pki/ca.key" -out "$pki/ca.crt" 2>/dev/null
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj "/CN=kube-apiserver" \
+		-keyout "$pki/serving.key" -out "$pki/serving.csr" 2>/dev/null
+	openssl x509 -req -in "$pki/serving.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+		-CAcreateserial -days 3650 -out "$pki/serving.crt" -extfile <(printf '%s\n' \
+			"subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+			"keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth") 2>/dev/null
+	openssl genrsa -out "$pki/service-account.key" 2048 2>/dev/null
+	openssl rsa -in "$pki/service-account.key" -pubout -out "$pki/service-account.pub" 2>/dev/null
+	local entry user groups
+	: >"$pki/tokens.csv"
+	for entry in "${users[@]}"; do
+		user="${entry%%:*}"
+		groups="${entry#*:}"
+		echo "$(openssl rand -hex 24),$user,uid-$user,\"$groups\"" >>"$pki/tokens.csv"
+	done
+	chmod 600 "$pki"/*.key "$pki/tokens.csv"
+}
+
+write_kubeconfigs() {
+	local endpoint ca entry user
+	endpoint="$(cat "$dir/endpoint")"
+	ca="$(base64 -w0 <"$dir/pki/ca.crt")"
+	for entry in "${users[@]}"; do
+		user="${entry%%:*}"
+		cat >"$dir/kubeconfig-$user" <<-EOF
+			apiVersion: v1
+			kind: Config
+			clusters:
+			- name: jit-dev
+			  cluster:
+			    server: $endpoint
+			    certificate-authority-data: $ca
+			users:
+			- name: $user
+			  user:
+			    token: $(token_of "$user")
+			contexts:
+			- name: $user@jit-dev
+			  context:
+			    cluster: jit-dev
+			    user: $user
+			    namespace: default
+			current-context: $user@jit-dev
+		EOF
+		chmod 600 "$dir/kubeconfig-$user"
+	done
+}
+
+# Starts one process in its own session, records its pid, and keeps its output in logs/.
+# With a parent-death signal the process dies with this script (run mode).
+launch() {
+	local name="$1"
+	shift
+	local prefix=(setsid)
+	if [[ "$mode" == run ]]; then
+		prefix+=(setpriv --pdeathsig KILL)
+	fi
+	"${prefix[@]}" "$@" >"$dir/logs/$name.log" 2>&1 </dev/null &
+	echo $! >"$dir/pids/$name"
+}
+
+start() {
+	if running; then
+		log "already running at $(cat "$dir/endpoint") (kubeconfigs in $dir)"
+		return 0
+	fi
+	stop_processes
+	local bin
+	bin="$("$here/build.sh")"
+	rm -rf "$dir/etcd" "$dir/logs" "$dir/pids"
+	mkdir -p "$dir/etcd" "$dir/logs" "$dir/pids"
+	chmod 700 "$dir/etcd"
+	make_pki
+
+	local etcd_client etcd_peer apiserver
+	read -r etcd_client etcd_peer apiserver <<<"$(free_ports 3)"
+	echo "https://127.0.0.1:$apiserver" >"$dir/endpoint"
+
+	launch etcd "$bin/etcd" \
+		--name=jit-dev --data-dir="$dir/etcd" --unsafe-no-fsync --log-level=warn \
+		--listen-client-urls="http://127.0.0.1:$etcd_client" \
+		--advertise-client-urls="http://127.0.0.1:$etcd_client" \
+		--listen-peer-urls="http://127.0.0.1:$etcd_peer" \
+		--initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer" \
+		--initial-cluster="jit-dev=http://127.0.0.1:$etcd_peer"
+
+	launch kube-apiserver "$bin/kube-apiserver" \
+		--etcd-servers="http://127.0.0.1:$etcd_client" \
+		--secure-port="$apiserver" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+		--cert-dir="$dir/pki/apiserver" \
+		--tls-cert-file="$dir/pki/serving.crt" --tls-private-key-file="$dir/pki/serving.key" \
+		--authorization-mode=RBAC --anonymous-auth=false \
+		--token-auth-file="$dir/pki/tokens.csv" \
+		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
+		--service-account-key-file="$dir/pki/service-account.pub" \
+		--service-account-signing-key-file="$dir/pki/service-account.key" \
+		--service-cluster-ip-range=10.96.0.0/24 \
+		--disable-admission-plugins=ServiceAccount \
+		--profiling=false
+
+	local waited=0
+	until is_ready; do
+		for name in etcd kube-apiserver; do
+			if ! is_ours "$(recorded_pid "$name")"; then
+				log "$name exited during start-up; last lines of $dir/logs/$name.log:"
+				tail -n 30 "$dir/logs/$name.log" >&2 || true
+				stop_processes
+				return 1
+			fi
+		done
+		if ((waited >= ready_timeout_seconds * 4)); then
+			log "kube-apiserver not ready after ${ready_timeout_seconds}s; see $dir/logs/"
+			tail -n 30 "$dir/logs/kube-apiserver.log" >&2 || true
+			stop_processes
+			return 1
+		fi
+		sleep 0.25
+		waited=$((waited + 1))
+	done
+	write_kubeconfigs
+	log "ready at $(cat "$dir/endpoint") (kubeconfigs in $dir)"
+}
+
+stop_processes() {
+	local name pid waited
+	for name in kube-apiserver etcd; do
+		pid="$(recorded_pid "$name")"
+		if is_ours "$pid"; then
+			kill -TERM "$pid" 2>/dev/null || true
+			waited=0
+			while is_ours "$pid" && ((waited < 40)); do
+				sleep 0.25
+				waited=$((waited + 1))
+			done
+			if is_ours "$pid"; then
+				kill -KILL "$pid" 2>/dev/null || true
+			fi
+		fi
+		rm -f "$dir/pids/$name"
+	done
+}
+
+[[ $# -eq 2 ]] || usage
+mode="$1"
+mkdir -p "$2"
+dir="$(cd "$2" && pwd)"
+readonly mode dir
+
+case "$mode" in
+start) start ;;
+stop)
+	stop_processes
+	log "stopped"
+	;;
+run)
+	trap 'stop_processes; [[ -n "${JIT_KEEP_CLUSTER:-}" ]] || rm -rf "$dir"' EXIT
+	trap 'exit 0' INT TERM HUP
+	start
+	echo "ready $(cat "$dir/endpoint")"
+	# Holds until whoever started us closes our stdin, which happens when it exits.
+	cat >/dev/null || true
+	;;
+*) usage ;;
+esac
