@@ -77,7 +77,8 @@ make_pki() {
 	for entry in "${users[@]}"; do
 		user="${entry%%:*}"
 		groups="${entry#*:}"
-		echo "$(openssl rand -hex 24),$user,uid-$user,\"$groups\"" >>"$pki/tokens.csv"
+		# token,user,uid[,"group1,group2"]: an empty group column would make a group named "".
+		echo "$(openssl rand -hex 24),$user,uid-$user${groups:+,\"$groups\"}" >>"$pki/tokens.csv"
 	done
 	chmod 600 "$pki"/*.key "$pki/tokens.csv"
 }

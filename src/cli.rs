@@ -1,0 +1,28 @@
+//! The operator's command line: flags, each also settable from the environment.
+
+use std::net::SocketAddr;
+
+use clap::{Parser, ValueEnum};
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event, for log pipelines.
+    Json,
+}
+
+/// jit-operator: grants one role for a bounded time when a policy allows it, and takes it away.
+#[derive(Clone, Debug, Parser)]
+#[command(name = "jit-operator", version, about)]
+pub struct Args {
+    /// Address of the health endpoints (/healthz, /readyz); port 0 picks a free port.
+    #[arg(long, env = "JIT_HEALTH_ADDR", default_value = "127.0.0.1:8080")]
+    pub health_addr: SocketAddr,
+
+    /// Log line format.
+    #[arg(long, env = "JIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}

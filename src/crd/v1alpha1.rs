@@ -1,0 +1,381 @@
+//! The `jit.dev/v1alpha1` API: `AccessPolicy` and `AccessRequest`, with the schema rules the
+//! API server enforces on them.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::duration::{ApiDuration, DURATION_PATTERN};
+
+/// The target blocks a role may carry; a role names exactly one of them.
+pub const ROLE_TARGETS: &[&str] = &["kubernetes"];
+
+/// Longest name of a policy, role or namespace reference (a DNS label is at most 63).
+const NAME_MAX_LENGTH: u32 = 253;
+
+/// Most roles one policy may list; bounds the cost of the uniqueness rule.
+const ROLES_MAX_ITEMS: u32 = 64;
+
+/// The rule that a role carries exactly one target block.
+fn exactly_one_target_rule() -> kube::core::Rule {
+    let present = ROLE_TARGETS
+        .iter()
+        .map(|target| format!("has(self.{target})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    kube::core::Rule::new(format!("[{present}].filter(set, set).size() == 1")).message(
+        kube::core::Message::Message(format!(
+            "a role must name exactly one target: {}",
+            ROLE_TARGETS.join(", ")
+        )),
+    )
+}
+
+/// The rule that a policy's default duration is not above its maximum. Malformed durations are
+/// reported by their own field rule, so this one stays quiet about them.
+fn default_within_max_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "!has(self.defaultDuration) || !self.defaultDuration.matches('{DURATION_PATTERN}') || \
+         !self.maxDuration.matches('{DURATION_PATTERN}') || self.defaultDuration == '' || \
+         self.maxDuration == '' || duration(self.defaultDuration) <= duration(self.maxDuration)"
+    ))
+    .message(kube::core::Message::Expression(
+        "'defaultDuration ' + self.defaultDuration + ' must not be longer than maxDuration ' + \
+         self.maxDuration"
+            .into(),
+    ))
+    .field_path(".defaultDuration")
+}
+
+/// Who a policy lets do something: anyone whose username is listed or who is in a listed group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectSet {
+    /// Usernames as the API server authenticates them, e.g. `alice` or
+    /// `system:serviceaccount:ci:deployer`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    /// Group names as the API server authenticates them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+}
+
+/// What a request's reason must look like.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReasonPolicy {
+    /// Whether a request must give a reason.
+    #[serde(default)]
+    pub required: bool,
+    /// A regular expression (RE2 syntax) the reason must match, e.g. `^(INC|CHG)-[0-9]+`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub pattern: Option<String>,
+}
+
+/// A CEL expression that, when true, grants a request without human approval.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoApprove {
+    /// CEL over `request` (policy, role, duration, reason) and `subject` (username, groups).
+    #[schemars(length(min = 1, max = 4096))]
+    pub expression: String,
+}
+
+/// A Kubernetes RBAC role to bind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesTarget {
+    /// The ClusterRole to bind.
+    #[schemars(length(min = 1, max = 253))]
+    pub cluster_role: String,
+    /// Bind in this namespace with a RoleBinding; without it, a ClusterRoleBinding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+}
+
+/// One role a policy can grant, with the target that grants it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = exactly_one_target_rule())]
+pub struct PolicyRole {
+    /// The name requests use for this role; unique within the policy.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// Distinct approvals this role needs, overriding the policy's `approvalsRequired`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 16))]
+    pub approvals_required: Option<i32>,
+    /// The longest grant of this role, overriding the policy's `maxDuration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration: Option<ApiDuration>,
+    /// Bind a Kubernetes ClusterRole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubernetesTarget>,
+}
+
+fn default_approvals_required() -> i32 {
+    1
+}
+
+/// Who may request which roles, who must approve, and for how long.
+// Each `printcolumn(...)` repeats the same keys, which clippy takes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "jit.dev",
+    version = "v1alpha1",
+    kind = "AccessPolicy",
+    shortname = "ap",
+    category = "jit",
+    doc = "Says who may request which roles, who must approve them and for how long.",
+    printcolumn(
+        name = "Approvals",
+        type_ = "integer",
+        json_path = ".spec.approvalsRequired",
+        description = "distinct approvals a request needs unless a role overrides it"
+    ),
+    printcolumn(
+        name = "Max",
+        type_ = "string",
+        json_path = ".spec.maxDuration",
+        description = "longest grant unless a role overrides it"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = default_within_max_rule())]
+pub struct AccessPolicySpec {
+    /// What this policy is for, for the people who read it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+    /// Who may create requests under this policy (any match).
+    #[serde(default)]
+    pub requesters: SubjectSet,
+    /// Who may approve or deny them (any match).
+    #[serde(default)]
+    pub approvers: SubjectSet,
+    /// Distinct approvers a request needs; 0 grants without approval.
+    #[serde(default = "default_approvals_required")]
+    #[schemars(range(min = 0, max = 16))]
+    pub approvals_required: i32,
+    /// Whether a requester or subject may approve their own request.
+    #[serde(default)]
+    pub allow_self_approval: bool,
+    /// Duration of a request that names none; at most `maxDuration`. Without it a request must
+    /// name its duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_duration: Option<ApiDuration>,
+    /// The longest grant a request may ask for.
+    pub max_duration: ApiDuration,
+    /// A request still pending after this long is closed, never granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_timeout: Option<ApiDuration>,
+    /// What a request's reason must look like.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<ReasonPolicy>,
+    /// Grant without human approval when this expression holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_approve: Option<AutoApprove>,
+    /// The only roles this policy can grant.
+    #[schemars(length(min = 1, max = ROLES_MAX_ITEMS))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.all(role, self.filter(other, other.name == role.name).size() == 1)"
+    ).message("role names must be unique within a policy"))]
+    pub roles: Vec<PolicyRole>,
+}
+
+/// The authenticated identity that created a request, as the API server saw it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Requester {
+    /// The username.
+    pub username: String,
+    /// The user's UID, when the authenticator gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// The user's groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// Extra attributes from the authenticator.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra: BTreeMap<String, Vec<String>>,
+}
+
+/// A request for one role of one policy, for a bounded time.
+// Each `printcolumn(...)` repeats the same keys, which clippy takes for duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "jit.dev",
+    version = "v1alpha1",
+    kind = "AccessRequest",
+    namespaced,
+    shortname = "ar",
+    category = "jit",
+    status = "AccessRequestStatus",
+    doc = "Asks for one role of one policy for a bounded time, with a reason.",
+    printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policy"),
+    printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
+    printcolumn(name = "Subject", type_ = "string", json_path = ".spec.subject"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new("self == oldSelf")
+    .message("spec is immutable; create a new AccessRequest to ask for something else"))]
+pub struct AccessRequestSpec {
+    /// The AccessPolicy to request under.
+    #[schemars(length(min = 1, max = NAME_MAX_LENGTH))]
+    pub policy: String,
+    /// The role of that policy to receive.
+    #[schemars(length(min = 1, max = 63))]
+    pub role: String,
+    /// How long to hold the role once granted; the policy's default when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<ApiDuration>,
+    /// Why the access is needed, e.g. a ticket reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
+    /// Who receives the role; the requester when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = NAME_MAX_LENGTH))]
+    pub subject: Option<String>,
+    /// The authenticated creator, written by admission; never typed by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<Requester>,
+}
+
+/// Where a request is in its life. The last four are final and never left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Phase {
+    /// Waiting for approval.
+    Pending,
+    /// The role is granted.
+    Active,
+    /// The grant ran its course and was taken away.
+    Expired,
+    /// Ended early and taken away.
+    Revoked,
+    /// An approver or the policy said no.
+    Denied,
+    /// Could not be granted.
+    Failed,
+}
+
+impl Phase {
+    /// Whether the phase is final.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            Self::Expired | Self::Revoked | Self::Denied | Self::Failed
+        )
+    }
+}
+
+/// What an approver decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum Decision {
+    /// Agreed to the request.
+    Approved,
+    /// Refused the request.
+    Denied,
+}
+
+/// One approver's verified decision.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// The approver, as the API server authenticated them.
+    pub user: String,
+    /// What they decided.
+    pub decision: Decision,
+    /// When.
+    pub time: Time,
+    /// What they wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// The grant the operator holds for a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Grant {
+    /// The target that holds it: kubernetes, aws, gcp or azure.
+    pub provider: String,
+    /// What it is called there, e.g. a RoleBinding's namespace and name.
+    pub reference: String,
+    /// Whether the target itself ends the access at `expiresAt`, even with the operator down.
+    #[serde(default)]
+    pub cloud_enforced_expiry: bool,
+}
+
+/// One step in a request's life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TimelineEntry {
+    /// When it happened.
+    pub time: Time,
+    /// What happened, e.g. `Approved` or `Granted`.
+    pub event: String,
+    /// Who did it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What the operator has done with a request; written only by the operator.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRequestStatus {
+    /// Where the request is in its life.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// `Approved` and `Granted`, for `kubectl wait --for=condition=Granted`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Verified approvals and denials, one per approver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<Approval>,
+    /// When the role was granted; the clock starts here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_at: Option<Time>,
+    /// When the role is taken away: `grantedAt` plus the duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    /// When the role was taken away early.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Time>,
+    /// The grant held for this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<Grant>,
+    /// What happened, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<TimelineEntry>,
+    /// The spec generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// A human-readable summary of the current phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}

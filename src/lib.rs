@@ -1,0 +1,12 @@
+//! jit-operator: just-in-time privileged access for Kubernetes and the clouds. A request asks
+//! for one role of one policy for a bounded time; the operator grants it when the policy is
+//! satisfied and takes it away when the time is up.
+
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod crd;
+pub mod operator;
+pub mod request_controller;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,256 @@
+//! Test support: one real control plane (etcd + kube-apiserver) per test binary, the CRDs
+//! installed once, and per test a random namespace and one `kube::Client` per user.
+
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::Duration,
+};
+
+use jit_operator::crd::{
+    self,
+    v1alpha1::{AccessPolicy, AccessRequest},
+};
+use k8s_openapi::{
+    api::core::v1::Namespace,
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use kube::{
+    Api, Client, Config, ResourceExt,
+    api::{DynamicObject, Patch, PatchParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+    core::ApiResource,
+    runtime::{conditions, wait::await_condition},
+};
+use rand::{Rng, distr::Alphanumeric};
+
+/// The test users the control plane knows, with the groups it gives them.
+pub const USERS: [(&str, &[&str]); 5] = [
+    ("admin", &["system:masters"]),
+    ("alice", &["devs"]),
+    ("bob", &["approvers"]),
+    ("carol", &["approvers"]),
+    ("mallory", &[]),
+];
+
+/// The running control plane of this test binary.
+pub struct ControlPlane {
+    /// Where its kubeconfigs are.
+    pub dir: PathBuf,
+    /// The `cluster.sh run` process; its stdin closes when this test binary exits, which
+    /// stops the control plane.
+    _process: Mutex<Child>,
+}
+
+static CONTROL_PLANE: OnceLock<ControlPlane> = OnceLock::new();
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Starts the control plane the first time it is asked for and installs the CRDs.
+pub fn control_plane() -> &'static ControlPlane {
+    CONTROL_PLANE.get_or_init(|| {
+        let control_plane = start_control_plane();
+        // The tests' own runtimes come and go; install the CRDs from a runtime of our own.
+        let kubeconfig = control_plane.kubeconfig("admin");
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(install_crds(&kubeconfig))
+        })
+        .join()
+        .expect("installing the CRDs panicked");
+        control_plane
+    })
+}
+
+fn start_control_plane() -> ControlPlane {
+    let dir = std::env::temp_dir().join(format!("jit-operator-test-{}", random_suffix(10)));
+    let script = repo_root().join("tests/control-plane/cluster.sh");
+    let mut process = Command::new("bash")
+        .arg(&script)
+        .arg("run")
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|error| panic!("failed to run {}: {error}", script.display()));
+    let stdout = process.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(line)) if line.starts_with("ready ") => break,
+            Some(Ok(_)) => continue,
+            _ => panic!("the control plane did not start; its output is above"),
+        }
+    }
+    ControlPlane {
+        dir,
+        _process: Mutex::new(process),
+    }
+}
+
+async fn install_crds(kubeconfig: &Path) {
+    let client = client_from(kubeconfig).await;
+    let crds = Api::<CustomResourceDefinition>::all(client);
+    let params = PatchParams::apply("jit-operator-tests").force();
+    for crd in crd::all() {
+        let name = crd.name_any();
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|error| panic!("failed to install CRD {name}: {error}"));
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("CRD {name} not established after 30s"))
+        .unwrap_or_else(|error| panic!("failed to watch CRD {name}: {error}"));
+    }
+}
+
+impl ControlPlane {
+    /// The kubeconfig file of a test user.
+    pub fn kubeconfig(&self, user: &str) -> PathBuf {
+        self.dir.join(format!("kubeconfig-{user}"))
+    }
+}
+
+/// A client that authenticates with the given kubeconfig file.
+pub async fn client_from(kubeconfig: &Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig)
+        .unwrap_or_else(|error| panic!("failed to read {}: {error}", kubeconfig.display()));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("kubeconfig is usable");
+    Client::try_from(config).expect("client")
+}
+
+/// Lowercase letters and digits, for names.
+pub fn random_suffix(length: usize) -> String {
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(length)
+        .map(|byte| char::from(byte).to_ascii_lowercase())
+        .collect()
+}
+
+/// One test's view of the control plane: its own namespace and a client per user.
+pub struct TestEnv {
+    /// The namespace created for this test.
+    pub namespace: String,
+    /// system:masters.
+    pub admin: Client,
+    /// In group `devs`.
+    pub alice: Client,
+    /// In group `approvers`.
+    pub bob: Client,
+    /// In group `approvers`.
+    pub carol: Client,
+    /// In no group of note.
+    pub mallory: Client,
+}
+
+impl TestEnv {
+    /// Starts the control plane if needed and creates a fresh, labelled namespace.
+    pub async fn new() -> Self {
+        let control_plane = control_plane();
+        let admin = client_from(&control_plane.kubeconfig("admin")).await;
+        let namespace = format!("jit-test-{}", random_suffix(8));
+        let object: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": namespace, "labels": {"jit.dev/test": "true"}}
+        }))
+        .expect("namespace");
+        Api::<Namespace>::all(admin.clone())
+            .create(&PostParams::default(), &object)
+            .await
+            .expect("create test namespace");
+        Self {
+            namespace,
+            admin,
+            alice: client_from(&control_plane.kubeconfig("alice")).await,
+            bob: client_from(&control_plane.kubeconfig("bob")).await,
+            carol: client_from(&control_plane.kubeconfig("carol")).await,
+            mallory: client_from(&control_plane.kubeconfig("mallory")).await,
+        }
+    }
+
+    /// The client of a test user by name.
+    pub fn client(&self, user: &str) -> &Client {
+        match user {
+            "admin" => &self.admin,
+            "alice" => &self.alice,
+            "bob" => &self.bob,
+            "carol" => &self.carol,
+            "mallory" => &self.mallory,
+            other => panic!("no test user {other}"),
+        }
+    }
+}
+
+/// The API resource of one of our kinds, for sending objects the Rust types can't express.
+pub fn api_resource(kind: &str) -> ApiResource {
+    match kind {
+        "AccessPolicy" => ApiResource::erase::<AccessPolicy>(&()),
+        "AccessRequest" => ApiResource::erase::<AccessRequest>(&()),
+        other => panic!("not one of our kinds: {other}"),
+    }
+}
+
+/// The API for raw objects of one of our kinds; namespaced kinds use `namespace`.
+pub fn raw_api(client: &Client, kind: &str, namespace: Option<&str>) -> Api<DynamicObject> {
+    let resource = api_resource(kind);
+    match namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
+/// Creates a raw object, exactly as given.
+pub async fn create_raw(
+    client: &Client,
+    namespace: Option<&str>,
+    object: serde_json::Value,
+) -> Result<DynamicObject, kube::Error> {
+    let kind = object["kind"]
+        .as_str()
+        .expect("object has a kind")
+        .to_owned();
+    let object: DynamicObject = serde_json::from_value(object).expect("object parses");
+    raw_api(client, &kind, namespace)
+        .create(&PostParams::default(), &object)
+        .await
+}
+
+/// The message of an API error, or a panic naming what was expected to fail.
+pub fn refusal_message(result: Result<DynamicObject, kube::Error>, what: &str) -> String {
+    match result {
+        Ok(object) => panic!("{what} was accepted: {object:?}"),
+        Err(kube::Error::Api(status)) => {
+            assert_eq!(
+                status.code, 422,
+                "{what}: expected 422 Invalid, got {status:?}"
+            );
+            status.message
+        }
+        Err(other) => panic!("{what}: expected a refusal from the API server, got {other}"),
+    }
+}
+
+/// Reads a YAML file from the repository as JSON.
+pub fn read_yaml(relative: &str) -> serde_json::Value {
+    let path = repo_root().join(relative);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("failed to read {}: {error}", path.display()));
+    serde_yaml::from_str(&text)
+        .unwrap_or_else(|error| panic!("failed to parse {}: {error}", path.display()))
+}
