@@ -22,6 +22,16 @@ pub struct Args {
     #[arg(long, env = "JIT_HEALTH_ADDR", default_value = "127.0.0.1:8080")]
     pub health_addr: SocketAddr,
 
+    /// Address of the admission webhook server (HTTPS); port 0 picks a free port.
+    #[arg(long, env = "JIT_WEBHOOK_ADDR", default_value = "127.0.0.1:8443")]
+    pub webhook_addr: SocketAddr,
+
+    /// Register the admission webhooks with the API server, pointing at --webhook-addr with a
+    /// certificate made at start-up. For local control planes, which can reach this process;
+    /// in a cluster the chart registers them against a Service.
+    #[arg(long, env = "JIT_REGISTER_WEBHOOKS")]
+    pub register_webhooks: bool,
+
     /// Log line format.
     #[arg(long, env = "JIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -4,9 +4,16 @@
 
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod cli;
 pub mod crd;
 pub mod operator;
+pub mod policy;
+pub mod provider;
 pub mod request_controller;
 pub mod server;
+pub mod subject;
 pub mod telemetry;
+
+#[cfg(test)]
+pub mod fixtures;

@@ -1,13 +1,22 @@
-//! Start-up and shutdown: connect, check the CRDs are installed, serve health endpoints, run
-//! the controllers, and stop cleanly on SIGINT or SIGTERM.
+//! Start-up and shutdown: connect, learn the operator's own identity, check the CRDs, serve
+//! the admission webhooks and health endpoints, run the controller, and stop cleanly on
+//! SIGINT or SIGTERM.
 
-use kube::{Api, Client, api::ListParams};
+use std::sync::Arc;
+
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::{
+    Api, Client,
+    api::{ListParams, PostParams},
+};
 use tokio::sync::watch;
 use tracing::info;
 
 use crate::{
+    admission::{self, certs, register, server::WebhookServer},
     cli::Args,
     crd::v1alpha1::{AccessPolicy, AccessRequest},
+    provider::{Providers, kubernetes::KubernetesProvider},
     request_controller, server,
 };
 
@@ -17,6 +26,9 @@ pub enum Error {
     /// No kubeconfig or in-cluster configuration could be loaded.
     #[error("failed to configure a kubernetes client")]
     Configure(#[source] kube::Error),
+    /// The operator could not learn who it is.
+    #[error("failed to learn the operator's own identity")]
+    Identity(#[source] kube::Error),
     /// A CRD is missing or the operator may not list its objects.
     #[error("failed to list {kind} objects")]
     CrdMissing {
@@ -29,6 +41,15 @@ pub enum Error {
     /// The health server failed.
     #[error("health server failed")]
     Server(#[from] server::Error),
+    /// The webhook certificate could not be made.
+    #[error("webhook certificate failed")]
+    Certificate(#[from] certs::Error),
+    /// The webhook server could not start.
+    #[error("webhook server failed")]
+    Webhook(#[from] admission::server::Error),
+    /// The webhook configurations could not be registered.
+    #[error("webhook registration failed")]
+    Register(#[from] register::Error),
     /// Waiting for a shutdown signal failed.
     #[error("failed to install signal handlers")]
     Signal(#[source] std::io::Error),
@@ -39,10 +60,17 @@ impl Error {
     pub fn hint(&self) -> &'static str {
         match self {
             Self::Configure(_) => "set KUBECONFIG or run inside a cluster",
-            Self::CrdMissing { .. } => {
-                "install the CRDs (kubectl apply --server-side -f crds/) and check the operator's RBAC"
+            Self::Identity(_) => {
+                "check that the API server is reachable and the credentials are valid"
             }
-            Self::Server(_) => "choose another --health-addr",
+            Self::CrdMissing { .. } => {
+                "install the CRDs (kubectl apply --server-side -f crds/) and check the operator's RBAC (config/rbac/)"
+            }
+            Self::Server(_) | Self::Webhook(_) => "choose another --health-addr or --webhook-addr",
+            Self::Certificate(_) => "",
+            Self::Register(_) => {
+                "the operator needs RBAC on admissionregistration.k8s.io webhook configurations to register them"
+            }
             Self::Signal(_) => "",
         }
     }
@@ -51,11 +79,8 @@ impl Error {
 /// Runs the operator until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> Result<(), Error> {
     let client = Client::try_default().await.map_err(Error::Configure)?;
+    let identity = own_username(&client).await?;
     check_crds(&client).await?;
-
-    let readiness = server::Readiness::default();
-    let health = server::HealthServer::bind(args.health_addr, readiness.clone()).await?;
-    let health_addr = health.local_addr()?;
 
     let (stop_sender, stop_receiver) = watch::channel(false);
     let stopped = move || {
@@ -66,19 +91,63 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
     };
 
-    let controller = tokio::spawn(request_controller::run(client, stopped()));
+    let serving = certs::generate(args.webhook_addr.ip())?;
+    let ca_pem = serving.ca_pem.clone();
+    let webhook =
+        WebhookServer::bind(args.webhook_addr, serving, client.clone(), &identity).await?;
+    let webhook_addr = webhook.local_addr()?;
+    let webhook_task = tokio::spawn(webhook.serve(stopped()));
+    if args.register_webhooks {
+        register::register(
+            &client,
+            &format!("https://{webhook_addr}"),
+            &ca_pem,
+            &identity,
+        )
+        .await?;
+        info!(url = %format!("https://{webhook_addr}"), "registered admission webhooks");
+    }
+
+    let readiness = server::Readiness::default();
+    let health = server::HealthServer::bind(args.health_addr, readiness.clone()).await?;
+    let health_addr = health.local_addr()?;
+
+    let providers = Providers {
+        kubernetes: Arc::new(KubernetesProvider::new(client.clone())),
+    };
+    let instance = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| Some(identity.clone()));
+    let context = Arc::new(request_controller::Context::new(
+        client, providers, instance,
+    ));
+    let controller = tokio::spawn(request_controller::run(context, stopped()));
     let server = tokio::spawn(health.serve(stopped()));
     readiness.set_ready();
-    info!(health_addr = %health_addr, "operator ready");
+    info!(health_addr = %health_addr, webhook_addr = %webhook_addr, identity = %identity, "operator ready");
 
     let signal_result = wait_for_signal().await;
     info!("shutting down");
     let _ = stop_sender.send(true);
     let _ = controller.await;
+    let _ = webhook_task.await;
     if let Ok(result) = server.await {
         result?;
     }
     signal_result
+}
+
+/// Who the API server says the operator is; admission exempts exactly this user.
+async fn own_username(client: &Client) -> Result<String, Error> {
+    let review = Api::<SelfSubjectReview>::all(client.clone())
+        .create(&PostParams::default(), &SelfSubjectReview::default())
+        .await
+        .map_err(Error::Identity)?;
+    Ok(review
+        .status
+        .and_then(|status| status.user_info)
+        .and_then(|user| user.username)
+        .unwrap_or_default())
 }
 
 async fn check_crds(client: &Client) -> Result<(), Error> {

@@ -1,5 +1,7 @@
 //! Logging set-up: `RUST_LOG`-style filtering, text or JSON lines on stdout.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::cli::LogFormat;
@@ -13,7 +15,13 @@ pub fn init(format: LogFormat) {
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(false)).init(),
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    .with_ansi(std::io::stdout().is_terminal()),
+            )
+            .init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().flatten_event(true))
             .init(),

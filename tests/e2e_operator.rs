@@ -29,7 +29,13 @@ struct Operator {
 impl Operator {
     fn start(user: &str) -> Self {
         let mut process = Command::new(env!("CARGO_BIN_EXE_jit-operator"))
-            .args(["--health-addr", "127.0.0.1:0", "--log-format", "json"])
+            .args([
+                "--health-addr",
+                "127.0.0.1:0",
+                "--webhook-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--log-format", "json"])
             .env("KUBECONFIG", control_plane().kubeconfig(user))
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -41,6 +41,11 @@ impl ApiDuration {
         Ok(Self(text.to_owned()))
     }
 
+    /// A whole number of hours.
+    pub fn hours(hours: u16) -> Self {
+        Self(format!("{hours}h"))
+    }
+
     /// The duration as written.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -10,6 +10,25 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::{ApiDuration, DURATION_PATTERN};
 
+/// Annotations people write to act on a request, and the records admission keeps of them.
+pub mod annotations {
+    /// An approver agrees: `kubectl annotate ar NAME jit.dev/approve="comment"`.
+    pub const APPROVE: &str = "jit.dev/approve";
+    /// An approver refuses: `kubectl annotate ar NAME jit.dev/deny="comment"`.
+    pub const DENY: &str = "jit.dev/deny";
+    /// The requester, the subject or an approver ends a request early.
+    pub const REVOKE: &str = "jit.dev/revoke";
+    /// The verified decisions (JSON list of [`super::Approval`]), written only by admission
+    /// from `jit.dev/approve` and `jit.dev/deny`, only ever appended to.
+    pub const DECISIONS: &str = "jit.dev/decisions";
+    /// The verified early end (JSON [`super::Revocation`]), written only by admission from
+    /// `jit.dev/revoke`, once.
+    pub const REVOCATION: &str = "jit.dev/revocation";
+}
+
+/// The finalizer that makes deletion revoke the grant first.
+pub const FINALIZER: &str = "jit.dev/revoke";
+
 /// The target blocks a role may carry; a role names exactly one of them.
 pub const ROLE_TARGETS: &[&str] = &["kubernetes"];
 
@@ -125,6 +144,10 @@ fn default_approvals_required() -> i32 {
     1
 }
 
+fn default_approval_timeout() -> Option<ApiDuration> {
+    Some(ApiDuration::hours(24))
+}
+
 /// Who may request which roles, who must approve, and for how long.
 // Each `printcolumn(...)` repeats the same keys, which clippy takes for duplicated attributes.
 #[allow(clippy::duplicated_attributes)]
@@ -134,6 +157,7 @@ fn default_approvals_required() -> i32 {
     version = "v1alpha1",
     kind = "AccessPolicy",
     shortname = "ap",
+    derive = "PartialEq",
     category = "jit",
     doc = "Says who may request which roles, who must approve them and for how long.",
     printcolumn(
@@ -167,6 +191,10 @@ pub struct AccessPolicySpec {
     /// Who may approve or deny them (any match).
     #[serde(default)]
     pub approvers: SubjectSet,
+    /// Who may request on behalf of someone else (e.g. a GitOps ServiceAccount): they may set
+    /// `spec.subject` to a user, ServiceAccount or group that is itself a requester.
+    #[serde(default)]
+    pub delegates: SubjectSet,
     /// Distinct approvers a request needs; 0 grants without approval.
     #[serde(default = "default_approvals_required")]
     #[schemars(range(min = 0, max = 16))]
@@ -181,7 +209,10 @@ pub struct AccessPolicySpec {
     /// The longest grant a request may ask for.
     pub max_duration: ApiDuration,
     /// A request still pending after this long is closed, never granted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default = "default_approval_timeout",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub approval_timeout: Option<ApiDuration>,
     /// What a request's reason must look like.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -226,6 +257,7 @@ pub struct Requester {
     shortname = "ar",
     category = "jit",
     status = "AccessRequestStatus",
+    derive = "PartialEq",
     doc = "Asks for one role of one policy for a bounded time, with a reason.",
     printcolumn(name = "Policy", type_ = "string", json_path = ".spec.policy"),
     printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
@@ -255,7 +287,9 @@ pub struct AccessRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub reason: Option<String>,
-    /// Who receives the role; the requester when absent.
+    /// Who receives the role: a username, `system:serviceaccount:NAMESPACE:NAME`, or
+    /// `group:NAME`. Admission sets it to the requester when absent; naming someone else
+    /// needs the policy's `delegates`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = NAME_MAX_LENGTH))]
     pub subject: Option<String>,
@@ -306,8 +340,24 @@ pub enum Decision {
 pub struct Approval {
     /// The approver, as the API server authenticated them.
     pub user: String,
+    /// The approver's groups at the time, as the API server authenticated them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
     /// What they decided.
     pub decision: Decision,
+    /// When.
+    pub time: Time,
+    /// What they wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// Who ended a request early, verified by admission.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    /// Who asked, as the API server authenticated them.
+    pub user: String,
     /// When.
     pub time: Time,
     /// What they wrote.
@@ -378,4 +428,11 @@ pub struct AccessRequestStatus {
     /// A human-readable summary of the current phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Consecutive failed attempts at the current step; sets the retry backoff.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+}
+
+fn is_zero(count: &u32) -> bool {
+    *count == 0
 }

@@ -8,14 +8,16 @@
 #                          the processes die with this script, whatever kills it
 #
 # DIR receives kubeconfig-<user> for admin (system:masters), alice (devs), bob and carol
-# (approvers) and mallory (no groups), plus logs/, pki/ and the etcd data.
+# (approvers), mallory (no groups) and jit-operator (the operator's own identity, no groups),
+# plus bin (a link to the binaries), logs/, pki/ and the etcd data.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 readonly here
 readonly ready_timeout_seconds="${JIT_CLUSTER_READY_TIMEOUT:-90}"
 # user:groups, groups comma-separated
-readonly users=("admin:system:masters" "alice:devs" "bob:approvers" "carol:approvers" "mallory:")
+readonly users=("admin:system:masters" "alice:devs" "bob:approvers" "carol:approvers" "mallory:"
+	"jit-operator:")
 
 usage() {
 	echo "usage: $0 start|stop|run DIR" >&2
@@ -134,6 +136,7 @@ start() {
 	stop_processes
 	local bin
 	bin="$("$here/build.sh")"
+	ln -sfn "$bin" "$dir/bin"
 	rm -rf "$dir/etcd" "$dir/logs" "$dir/pids"
 	mkdir -p "$dir/etcd" "$dir/logs" "$dir/pids"
 	chmod 700 "$dir/etcd"

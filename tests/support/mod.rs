@@ -8,33 +8,26 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Mutex, OnceLock},
-    time::Duration,
 };
 
-use jit_operator::crd::{
-    self,
-    v1alpha1::{AccessPolicy, AccessRequest},
-};
-use k8s_openapi::{
-    api::core::v1::Namespace,
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-};
+use jit_operator::crd::v1alpha1::{AccessPolicy, AccessRequest};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::{
-    Api, Client, Config, ResourceExt,
-    api::{DynamicObject, Patch, PatchParams, PostParams},
+    Api, Client, Config,
+    api::{DynamicObject, PostParams},
     config::{KubeConfigOptions, Kubeconfig},
     core::ApiResource,
-    runtime::{conditions, wait::await_condition},
 };
 use rand::{Rng, distr::Alphanumeric};
 
 /// The test users the control plane knows, with the groups it gives them.
-pub const USERS: [(&str, &[&str]); 5] = [
+pub const USERS: [(&str, &[&str]); 6] = [
     ("admin", &["system:masters"]),
     ("alice", &["devs"]),
     ("bob", &["approvers"]),
     ("carol", &["approvers"]),
     ("mallory", &[]),
+    ("jit-operator", &[]),
 ];
 
 /// The running control plane of this test binary.
@@ -53,21 +46,20 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Starts the control plane the first time it is asked for and installs the CRDs.
+/// Starts the control plane the first time it is asked for and installs the CRDs and RBAC.
 pub fn control_plane() -> &'static ControlPlane {
     CONTROL_PLANE.get_or_init(|| {
         let control_plane = start_control_plane();
-        // The tests' own runtimes come and go; install the CRDs from a runtime of our own.
-        let kubeconfig = control_plane.kubeconfig("admin");
-        std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime")
-                .block_on(install_crds(&kubeconfig))
-        })
-        .join()
-        .expect("installing the CRDs panicked");
+        let install = repo_root().join("tests/control-plane/install.sh");
+        let status = Command::new("bash")
+            .arg(&install)
+            .arg(&control_plane.dir)
+            .status()
+            .unwrap_or_else(|error| panic!("failed to run {}: {error}", install.display()));
+        assert!(
+            status.success(),
+            "installing the CRDs and RBAC failed; see above"
+        );
         control_plane
     })
 }
@@ -99,29 +91,15 @@ fn start_control_plane() -> ControlPlane {
     }
 }
 
-async fn install_crds(kubeconfig: &Path) {
-    let client = client_from(kubeconfig).await;
-    let crds = Api::<CustomResourceDefinition>::all(client);
-    let params = PatchParams::apply("jit-operator-tests").force();
-    for crd in crd::all() {
-        let name = crd.name_any();
-        crds.patch(&name, &params, &Patch::Apply(&crd))
-            .await
-            .unwrap_or_else(|error| panic!("failed to install CRD {name}: {error}"));
-        tokio::time::timeout(
-            Duration::from_secs(30),
-            await_condition(crds.clone(), &name, conditions::is_crd_established()),
-        )
-        .await
-        .unwrap_or_else(|_| panic!("CRD {name} not established after 30s"))
-        .unwrap_or_else(|error| panic!("failed to watch CRD {name}: {error}"));
-    }
-}
-
 impl ControlPlane {
     /// The kubeconfig file of a test user.
     pub fn kubeconfig(&self, user: &str) -> PathBuf {
         self.dir.join(format!("kubeconfig-{user}"))
+    }
+
+    /// The kubectl built beside the control plane, at the same version.
+    pub fn kubectl(&self) -> PathBuf {
+        self.dir.join("bin/kubectl")
     }
 }
 
@@ -158,6 +136,8 @@ pub struct TestEnv {
     pub carol: Client,
     /// In no group of note.
     pub mallory: Client,
+    /// The operator's own identity.
+    pub operator: Client,
 }
 
 impl TestEnv {
@@ -181,6 +161,7 @@ impl TestEnv {
             bob: client_from(&control_plane.kubeconfig("bob")).await,
             carol: client_from(&control_plane.kubeconfig("carol")).await,
             mallory: client_from(&control_plane.kubeconfig("mallory")).await,
+            operator: client_from(&control_plane.kubeconfig("jit-operator")).await,
         }
     }
 
@@ -192,6 +173,7 @@ impl TestEnv {
             "bob" => &self.bob,
             "carol" => &self.carol,
             "mallory" => &self.mallory,
+            "jit-operator" => &self.operator,
             other => panic!("no test user {other}"),
         }
     }
@@ -253,4 +235,51 @@ pub fn read_yaml(relative: &str) -> serde_json::Value {
         .unwrap_or_else(|error| panic!("failed to read {}: {error}", path.display()));
     serde_yaml::from_str(&text)
         .unwrap_or_else(|error| panic!("failed to parse {}: {error}", path.display()))
+}
+
+pub mod operator;
+
+/// How long a test waits for the operator to act; only stops a hung test.
+pub const ACT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until the request satisfies `check`, and returns it as it is then.
+pub async fn wait_for_request(
+    api: &Api<AccessRequest>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&AccessRequest) -> bool,
+) -> AccessRequest {
+    let condition = |object: Option<&AccessRequest>| object.is_some_and(&check);
+    match tokio::time::timeout(
+        ACT_LIMIT,
+        kube::runtime::wait::await_condition(api.clone(), name, condition),
+    )
+    .await
+    {
+        Ok(Ok(Some(request))) => request,
+        Ok(Ok(None)) => panic!("request {name} disappeared while waiting until {what}"),
+        Ok(Err(error)) => panic!("failed to watch request {name}: {error}"),
+        Err(_) => {
+            let current = api.get_opt(name).await.ok().flatten();
+            panic!(
+                "request {name} not {what} within {ACT_LIMIT:?}; it is {:#?}",
+                current.and_then(|request| request.status)
+            )
+        }
+    }
+}
+
+/// The phase of a request, if it has one.
+pub fn phase(request: &AccessRequest) -> Option<jit_operator::crd::v1alpha1::Phase> {
+    request.status.as_ref().and_then(|status| status.phase)
+}
+
+/// Whether the request's condition of this type is True.
+pub fn condition_true(request: &AccessRequest, kind: &str) -> bool {
+    request.status.as_ref().is_some_and(|status| {
+        status
+            .conditions
+            .iter()
+            .any(|condition| condition.type_ == kind && condition.status == "True")
+    })
 }

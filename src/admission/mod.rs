@@ -1,0 +1,418 @@
+//! Admission for AccessRequests: identity comes only from the API server's authentication.
+//! `mutate` stamps the requester and turns `jit.dev/approve|deny|revoke` into verified
+//! records; `validate` refuses everything a user may not do. Both are pure; the server in
+//! `server` feeds them. Requests by the operator itself never reach here (matchConditions).
+
+pub mod certs;
+pub mod register;
+pub mod server;
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use json_patch::{AddOperation, Patch, PatchOperation, RemoveOperation, jsonptr::PointerBuf};
+use k8s_openapi::{api::authentication::v1::UserInfo, apimachinery::pkg::apis::meta::v1::Time};
+use kube::core::admission::Operation;
+
+use crate::{
+    crd::v1alpha1::{
+        AccessPolicy, AccessRequest, Approval, Decision, FINALIZER, Requester, Revocation,
+        annotations,
+    },
+    policy::{self, Refusal},
+};
+
+/// Why admission refuses; the message reaches the person who ran `kubectl`.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Denial {
+    /// The policy refuses.
+    #[error(transparent)]
+    Policy(#[from] Refusal),
+    /// Someone tried to write the requester.
+    #[error(
+        "spec.requester is written by admission from your credentials: you are {actual}, not {claimed}"
+    )]
+    RequesterMismatch {
+        /// Who they are.
+        actual: String,
+        /// Who they claimed to be.
+        claimed: String,
+    },
+    /// A create without a stamped requester (the mutating webhook did not run).
+    #[error("spec.requester is missing; the mutating webhook must stamp it")]
+    RequesterMissing,
+    /// Someone other than the operator wrote status.
+    #[error("the status of an AccessRequest is written only by the operator")]
+    StatusWrite,
+    /// Someone other than the operator removed the finalizer.
+    #[error(
+        "only the operator removes the finalizer {FINALIZER}; delete the request or annotate it with jit.dev/revoke to end it"
+    )]
+    FinalizerRemoved,
+    /// The spec changed.
+    #[error("spec is immutable; create a new AccessRequest to ask for something else")]
+    SpecChanged,
+    /// Decision records were edited other than by adding one's own.
+    #[error(
+        "the decision records in {} can only grow by your own decision, written with jit.dev/approve or jit.dev/deny",
+        annotations::DECISIONS
+    )]
+    DecisionsTampered,
+    /// The revocation record was edited.
+    #[error(
+        "the revocation record in {} is written only from jit.dev/revoke, once",
+        annotations::REVOCATION
+    )]
+    RevocationTampered,
+    /// A create carries decisions or a revocation.
+    #[error(
+        "a new request cannot carry approvals, denials or a revocation; approvers annotate it after it is created"
+    )]
+    DecisionsOnCreate,
+    /// Both approve and deny at once.
+    #[error("annotate with jit.dev/approve or jit.dev/deny, not both")]
+    ApproveAndDeny,
+    /// An action annotation was left unprocessed.
+    #[error("annotation {0} was not processed by the mutating webhook")]
+    Unprocessed(&'static str),
+    /// A record annotation does not parse.
+    #[error("annotation {0} is not valid")]
+    Malformed(&'static str),
+    /// The policy could not be read; admission fails closed.
+    #[error("could not read policy {0} to check this request; try again")]
+    PolicyUnreadable(String),
+}
+
+/// Who is asking, as the API server authenticated them.
+pub fn requester_from(user: &UserInfo) -> Requester {
+    Requester {
+        username: user.username.clone().unwrap_or_default(),
+        uid: user.uid.clone().filter(|uid| !uid.is_empty()),
+        groups: user.groups.clone().unwrap_or_default(),
+        extra: user
+            .extra
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect::<BTreeMap<_, _>>(),
+    }
+}
+
+/// The admission request as `mutate` and `validate` see it.
+#[derive(Clone, Debug)]
+pub struct Review<'a> {
+    /// CREATE or UPDATE.
+    pub operation: &'a Operation,
+    /// `Some("status")` for the status subresource.
+    pub sub_resource: Option<&'a str>,
+    /// The authenticated user.
+    pub user: &'a UserInfo,
+    /// The object as it would be stored.
+    pub object: Option<&'a AccessRequest>,
+    /// The object as it is stored (UPDATE).
+    pub old_object: Option<&'a AccessRequest>,
+}
+
+fn pointer(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(tokens: &[&str], value: serde_json::Value) -> PatchOperation {
+    PatchOperation::Add(AddOperation {
+        path: pointer(tokens),
+        value,
+    })
+}
+
+fn remove(tokens: &[&str]) -> PatchOperation {
+    PatchOperation::Remove(RemoveOperation {
+        path: pointer(tokens),
+    })
+}
+
+fn records_in(request: &AccessRequest) -> Result<Vec<Approval>, Denial> {
+    match request
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::DECISIONS))
+    {
+        None => Ok(Vec::new()),
+        Some(text) => {
+            serde_json::from_str(text).map_err(|_| Denial::Malformed(annotations::DECISIONS))
+        }
+    }
+}
+
+fn revocation_in(request: &AccessRequest) -> Result<Option<Revocation>, Denial> {
+    match request
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(annotations::REVOCATION))
+    {
+        None => Ok(None),
+        Some(text) => serde_json::from_str(text)
+            .map(Some)
+            .map_err(|_| Denial::Malformed(annotations::REVOCATION)),
+    }
+}
+
+fn annotation<'a>(request: &'a AccessRequest, key: &str) -> Option<&'a String> {
+    request.metadata.annotations.as_ref()?.get(key)
+}
+
+fn comment(value: &str) -> Option<String> {
+    Some(value.trim().to_owned()).filter(|comment| !comment.is_empty())
+}
+
+/// What the mutating webhook changes, as a JSON patch, plus warnings for the user.
+pub fn mutate(review: &Review<'_>, now: Timestamp) -> Result<(Patch, Vec<String>), Denial> {
+    let mut operations = Vec::new();
+    let mut warnings = Vec::new();
+    let Some(object) = review.object else {
+        return Ok((Patch(operations), warnings));
+    };
+    if review.sub_resource.is_some() {
+        return Ok((Patch(operations), warnings));
+    }
+    let me = requester_from(review.user);
+    match review.operation {
+        Operation::Create => {
+            match &object.spec.requester {
+                Some(claimed) if *claimed != me => {
+                    return Err(Denial::RequesterMismatch {
+                        actual: me.username,
+                        claimed: claimed.username.clone(),
+                    });
+                }
+                Some(_) => {}
+                None => operations.push(add(
+                    &["spec", "requester"],
+                    serde_json::to_value(&me).unwrap_or_default(),
+                )),
+            }
+            if object.spec.subject.is_none() {
+                operations.push(add(&["spec", "subject"], me.username.clone().into()));
+            }
+        }
+        Operation::Update => {
+            let Some(old) = review.old_object else {
+                return Ok((Patch(operations), warnings));
+            };
+            // Re-applying the original manifest (kubectl apply, server-side apply) drops the
+            // fields admission stamped; put them back so the re-apply is a no-op.
+            if object.spec.requester.is_none() {
+                if let Some(requester) = &old.spec.requester {
+                    operations.push(add(
+                        &["spec", "requester"],
+                        serde_json::to_value(requester).unwrap_or_default(),
+                    ));
+                }
+            }
+            if object.spec.subject.is_none() {
+                if let Some(subject) = &old.spec.subject {
+                    operations.push(add(&["spec", "subject"], subject.clone().into()));
+                }
+            }
+            decisions_from_annotations(object, &me, now, &mut operations)?;
+            revocation_from_annotation(object, old, &me, now, &mut operations, &mut warnings)?;
+        }
+        _ => {}
+    }
+    Ok((Patch(operations), warnings))
+}
+
+fn decisions_from_annotations(
+    object: &AccessRequest,
+    me: &Requester,
+    now: Timestamp,
+    operations: &mut Vec<PatchOperation>,
+) -> Result<(), Denial> {
+    let approve = annotation(object, annotations::APPROVE);
+    let deny = annotation(object, annotations::DENY);
+    let (decision, value, key) = match (approve, deny) {
+        (Some(_), Some(_)) => return Err(Denial::ApproveAndDeny),
+        (Some(value), None) => (Decision::Approved, value, annotations::APPROVE),
+        (None, Some(value)) => (Decision::Denied, value, annotations::DENY),
+        (None, None) => return Ok(()),
+    };
+    let mut records = records_in(object)?;
+    records.push(Approval {
+        user: me.username.clone(),
+        groups: me.groups.clone(),
+        decision,
+        time: Time(now),
+        comment: comment(value),
+    });
+    let text =
+        serde_json::to_string(&records).map_err(|_| Denial::Malformed(annotations::DECISIONS))?;
+    operations.push(remove(&["metadata", "annotations", key]));
+    operations.push(add(
+        &["metadata", "annotations", annotations::DECISIONS],
+        text.into(),
+    ));
+    Ok(())
+}
+
+fn revocation_from_annotation(
+    object: &AccessRequest,
+    old: &AccessRequest,
+    me: &Requester,
+    now: Timestamp,
+    operations: &mut Vec<PatchOperation>,
+    warnings: &mut Vec<String>,
+) -> Result<(), Denial> {
+    let Some(value) = annotation(object, annotations::REVOKE) else {
+        return Ok(());
+    };
+    operations.push(remove(&["metadata", "annotations", annotations::REVOKE]));
+    let ended = old
+        .status
+        .as_ref()
+        .and_then(|status| status.phase)
+        .filter(|phase| phase.is_final());
+    if let Some(phase) = ended {
+        warnings.push(format!(
+            "the request has already ended ({phase:?}); nothing to revoke"
+        ));
+        return Ok(());
+    }
+    if revocation_in(old)?.is_some() {
+        warnings.push("the request is already being revoked".into());
+        return Ok(());
+    }
+    let record = Revocation {
+        user: me.username.clone(),
+        time: Time(now),
+        comment: comment(value),
+    };
+    let text =
+        serde_json::to_string(&record).map_err(|_| Denial::Malformed(annotations::REVOCATION))?;
+    operations.push(add(
+        &["metadata", "annotations", annotations::REVOCATION],
+        text.into(),
+    ));
+    Ok(())
+}
+
+/// Whether the validating webhook admits the change. `policy` is the request's policy read
+/// fresh (`None`: it does not exist).
+pub fn validate(review: &Review<'_>, policy: Option<&AccessPolicy>) -> Result<(), Denial> {
+    if review.sub_resource == Some("status") {
+        return Err(Denial::StatusWrite);
+    }
+    let Some(object) = review.object else {
+        return Ok(());
+    };
+    let me = requester_from(review.user);
+    match review.operation {
+        Operation::Create => validate_create(object, &me, policy),
+        Operation::Update => match review.old_object {
+            Some(old) => validate_update(object, old, &me, policy),
+            None => Ok(()),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn validate_create(
+    object: &AccessRequest,
+    me: &Requester,
+    policy: Option<&AccessPolicy>,
+) -> Result<(), Denial> {
+    match &object.spec.requester {
+        None => return Err(Denial::RequesterMissing),
+        Some(claimed) if claimed != me => {
+            return Err(Denial::RequesterMismatch {
+                actual: me.username.clone(),
+                claimed: claimed.username.clone(),
+            });
+        }
+        Some(_) => {}
+    }
+    for key in [
+        annotations::APPROVE,
+        annotations::DENY,
+        annotations::REVOKE,
+        annotations::DECISIONS,
+        annotations::REVOCATION,
+    ] {
+        if annotation(object, key).is_some() {
+            return Err(Denial::DecisionsOnCreate);
+        }
+    }
+    let policy = policy.ok_or_else(|| Refusal::PolicyNotFound {
+        policy: object.spec.policy.clone(),
+    })?;
+    policy::check_request(policy, &object.spec, me)?;
+    Ok(())
+}
+
+fn validate_update(
+    object: &AccessRequest,
+    old: &AccessRequest,
+    me: &Requester,
+    policy: Option<&AccessPolicy>,
+) -> Result<(), Denial> {
+    if object.spec != old.spec {
+        return Err(Denial::SpecChanged);
+    }
+    let had_finalizer = old
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == FINALIZER);
+    let has_finalizer = object
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .any(|f| f == FINALIZER);
+    if had_finalizer && !has_finalizer {
+        return Err(Denial::FinalizerRemoved);
+    }
+    for key in [annotations::APPROVE, annotations::DENY, annotations::REVOKE] {
+        if annotation(object, key).is_some() {
+            return Err(Denial::Unprocessed(key));
+        }
+    }
+
+    let before = records_in(old)?;
+    let after = records_in(object).map_err(|_| Denial::DecisionsTampered)?;
+    if after.len() < before.len()
+        || after[..before.len()] != before[..]
+        || after.len() > before.len() + 1
+    {
+        return Err(Denial::DecisionsTampered);
+    }
+    if let Some(new) = after.get(before.len()) {
+        if new.user != me.username || new.groups != me.groups {
+            return Err(Denial::DecisionsTampered);
+        }
+        let policy = policy.ok_or_else(|| Refusal::PolicyNotFound {
+            policy: object.spec.policy.clone(),
+        })?;
+        let phase = old.status.as_ref().and_then(|status| status.phase);
+        policy::check_new_decision(policy, &old.spec, phase, &before, &me.username, &me.groups)?;
+    }
+
+    let revoked_before = revocation_in(old)?;
+    let revoked_after = revocation_in(object).map_err(|_| Denial::RevocationTampered)?;
+    match (&revoked_before, &revoked_after) {
+        (None, None) => {}
+        (Some(before), Some(after)) if before == after => {}
+        (None, Some(record)) => {
+            if record.user != me.username {
+                return Err(Denial::RevocationTampered);
+            }
+            policy::check_revoker(policy, &old.spec, &me.username, &me.groups)?;
+        }
+        _ => return Err(Denial::RevocationTampered),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,375 @@
+//! The Kubernetes RBAC provider: a RoleBinding (the role names a namespace) or a
+//! ClusterRoleBinding from the subject to the policy's ClusterRole, named by the grant key and
+//! labelled with the request UID. Kubernetes has no expiring bindings: the operator ends them.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use k8s_openapi::{
+    api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject as RbacSubject},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams},
+};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{
+    EXPIRES_AT_ANNOTATION, Error, GrantRecord, GrantSpec, GrantState, MANAGED_BY, MANAGED_BY_LABEL,
+    Provider, REQUEST_ANNOTATION, REQUEST_UID_LABEL, RequestRef,
+};
+use crate::{crd::v1alpha1::KubernetesTarget, subject::Subject};
+
+/// The field manager of the bindings the operator writes.
+const FIELD_MANAGER: &str = "jit-operator";
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// Grants ClusterRoles through RBAC bindings.
+pub struct KubernetesProvider {
+    client: Client,
+}
+
+impl KubernetesProvider {
+    /// A provider that writes bindings with this client.
+    pub fn new(client: Client) -> Self {
+        Self { client }
+    }
+}
+
+/// The binding a grant should be, whichever kind it is.
+struct DesiredBinding {
+    metadata: ObjectMeta,
+    role_ref: RoleRef,
+    subjects: Vec<RbacSubject>,
+}
+
+fn target<'a>(grant: &'a GrantSpec<'_>) -> Result<&'a KubernetesTarget, Error> {
+    grant
+        .role
+        .kubernetes
+        .as_ref()
+        .ok_or_else(|| Error::NoTarget {
+            role: grant.role.name.clone(),
+        })
+}
+
+fn rbac_subject(subject: &Subject) -> RbacSubject {
+    match subject {
+        Subject::User(name) => RbacSubject {
+            kind: "User".into(),
+            api_group: Some(RBAC_GROUP.into()),
+            name: name.clone(),
+            namespace: None,
+        },
+        Subject::Group(name) => RbacSubject {
+            kind: "Group".into(),
+            api_group: Some(RBAC_GROUP.into()),
+            name: name.clone(),
+            namespace: None,
+        },
+        Subject::ServiceAccount { namespace, name } => RbacSubject {
+            kind: "ServiceAccount".into(),
+            api_group: Some(String::new()),
+            name: name.clone(),
+            namespace: Some(namespace.clone()),
+        },
+    }
+}
+
+fn desired(grant: &GrantSpec<'_>, target: &KubernetesTarget) -> DesiredBinding {
+    let request = grant.request;
+    DesiredBinding {
+        metadata: ObjectMeta {
+            name: Some(request.key().as_str().to_owned()),
+            namespace: target.namespace.clone(),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+                (REQUEST_UID_LABEL.to_owned(), request.uid.clone()),
+            ])),
+            annotations: Some(BTreeMap::from([
+                (
+                    REQUEST_ANNOTATION.to_owned(),
+                    format!("{}/{}", request.namespace, request.name),
+                ),
+                (
+                    EXPIRES_AT_ANNOTATION.to_owned(),
+                    grant.expires_at.to_string(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: Some(RBAC_GROUP.into()),
+            kind: "ClusterRole".into(),
+            name: target.cluster_role.clone(),
+        },
+        subjects: vec![rbac_subject(grant.subject)],
+    }
+}
+
+fn reference(target: &KubernetesTarget, name: &str) -> String {
+    match &target.namespace {
+        Some(namespace) => format!("RoleBinding {namespace}/{name}"),
+        None => format!("ClusterRoleBinding {name}"),
+    }
+}
+
+fn managed_by_request(request: &RequestRef) -> ListParams {
+    ListParams::default().labels(&format!(
+        "{MANAGED_BY_LABEL}={MANAGED_BY},{REQUEST_UID_LABEL}={}",
+        request.uid
+    ))
+}
+
+fn kubernetes_error(action: &'static str, reference: &str) -> impl FnOnce(kube::Error) -> Error {
+    let reference = reference.to_owned();
+    move |source| Error::Kubernetes {
+        action,
+        reference,
+        source,
+    }
+}
+
+/// Server-side applies a binding; a binding of that name pointing at another role (roleRef
+/// cannot change) is replaced.
+async fn apply<K>(api: &Api<K>, name: &str, object: &K, reference: &str) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch(name, &params, &Patch::Apply(object)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 422 => {
+            api.delete(name, &DeleteParams::foreground())
+                .await
+                .map(|_| ())
+                .or_else(ignore_not_found)
+                .map_err(kubernetes_error("replace", reference))?;
+            api.patch(name, &params, &Patch::Apply(object))
+                .await
+                .map(|_| ())
+                .map_err(kubernetes_error("create", reference))
+        }
+        Err(error) => Err(kubernetes_error("create", reference)(error)),
+    }
+}
+
+fn ignore_not_found(error: kube::Error) -> Result<(), kube::Error> {
+    match error {
+        kube::Error::Api(status) if status.code == 404 => Ok(()),
+        other => Err(other),
+    }
+}
+
+fn compare(
+    role_ref: &RoleRef,
+    subjects: Option<&Vec<RbacSubject>>,
+    want: &DesiredBinding,
+) -> GrantState {
+    if *role_ref != want.role_ref {
+        return GrantState::Drifted(format!(
+            "binds {} {} instead of {} {}",
+            role_ref.kind, role_ref.name, want.role_ref.kind, want.role_ref.name
+        ));
+    }
+    if subjects != Some(&want.subjects) {
+        return GrantState::Drifted(format!(
+            "has {} subjects instead of exactly {}",
+            subjects.map_or(0, Vec::len),
+            want.subjects.len()
+        ));
+    }
+    GrantState::Present
+}
+
+#[async_trait]
+impl Provider for KubernetesProvider {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn enforces_expiry(&self) -> bool {
+        false
+    }
+
+    async fn grant(&self, grant: &GrantSpec<'_>) -> Result<GrantRecord, Error> {
+        let target = target(grant)?;
+        let want = desired(grant, target);
+        let name = grant.request.key().as_str().to_owned();
+        let reference = reference(target, &name);
+        match &target.namespace {
+            Some(namespace) => {
+                let binding = RoleBinding {
+                    metadata: want.metadata,
+                    role_ref: want.role_ref,
+                    subjects: Some(want.subjects),
+                };
+                let api = Api::<RoleBinding>::namespaced(self.client.clone(), namespace);
+                apply(&api, &name, &binding, &reference).await?;
+            }
+            None => {
+                let binding = ClusterRoleBinding {
+                    metadata: want.metadata,
+                    role_ref: want.role_ref,
+                    subjects: Some(want.subjects),
+                };
+                let api = Api::<ClusterRoleBinding>::all(self.client.clone());
+                apply(&api, &name, &binding, &reference).await?;
+            }
+        }
+        Ok(GrantRecord {
+            provider: self.name(),
+            reference,
+            cloud_enforced_expiry: false,
+        })
+    }
+
+    async fn revoke(&self, request: &RequestRef) -> Result<(), Error> {
+        // By label, across namespaces: the request's role may have moved or gone from the
+        // policy since the grant, and revocation must not depend on it.
+        let selector = managed_by_request(request);
+        let role_bindings = Api::<RoleBinding>::all(self.client.clone());
+        let found = role_bindings
+            .list_metadata(&selector)
+            .await
+            .map_err(kubernetes_error("list", "RoleBindings"))?;
+        for binding in found {
+            let namespace = binding.namespace().unwrap_or_default();
+            let name = binding.name_any();
+            Api::<RoleBinding>::namespaced(self.client.clone(), &namespace)
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .or_else(ignore_not_found)
+                .map_err(kubernetes_error(
+                    "delete",
+                    &format!("RoleBinding {namespace}/{name}"),
+                ))?;
+        }
+        let cluster_role_bindings = Api::<ClusterRoleBinding>::all(self.client.clone());
+        let found = cluster_role_bindings
+            .list_metadata(&selector)
+            .await
+            .map_err(kubernetes_error("list", "ClusterRoleBindings"))?;
+        for binding in found {
+            let name = binding.name_any();
+            cluster_role_bindings
+                .delete(&name, &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .or_else(ignore_not_found)
+                .map_err(kubernetes_error(
+                    "delete",
+                    &format!("ClusterRoleBinding {name}"),
+                ))?;
+        }
+        Ok(())
+    }
+
+    async fn verify(&self, grant: &GrantSpec<'_>) -> Result<GrantState, Error> {
+        let target = target(grant)?;
+        let want = desired(grant, target);
+        let name = grant.request.key().as_str().to_owned();
+        let reference = reference(target, &name);
+        let read = kubernetes_error("read", &reference);
+        Ok(match &target.namespace {
+            Some(namespace) => {
+                match Api::<RoleBinding>::namespaced(self.client.clone(), namespace)
+                    .get_opt(&name)
+                    .await
+                    .map_err(read)?
+                {
+                    None => GrantState::Missing,
+                    Some(binding) => compare(&binding.role_ref, binding.subjects.as_ref(), &want),
+                }
+            }
+            None => match Api::<ClusterRoleBinding>::all(self.client.clone())
+                .get_opt(&name)
+                .await
+                .map_err(read)?
+            {
+                None => GrantState::Missing,
+                Some(binding) => compare(&binding.role_ref, binding.subjects.as_ref(), &want),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{crd::v1alpha1::PolicyRole, fixtures};
+
+    fn role(namespace: Option<&str>) -> PolicyRole {
+        PolicyRole {
+            name: "view".into(),
+            approvals_required: None,
+            max_duration: None,
+            kubernetes: Some(KubernetesTarget {
+                cluster_role: "view".into(),
+                namespace: namespace.map(str::to_owned),
+            }),
+        }
+    }
+
+    #[test]
+    fn bindings_are_named_by_the_grant_key_and_labelled_with_the_request() {
+        let request = RequestRef {
+            uid: "0b7c9f7e".into(),
+            namespace: "team-a".into(),
+            name: "alice-view".into(),
+        };
+        let subject = Subject::User("alice".into());
+        let role = role(Some("prod"));
+        let grant = GrantSpec {
+            request: &request,
+            subject: &subject,
+            role: &role,
+            expires_at: fixtures::at("2026-01-01T01:00:00Z"),
+        };
+        let want = desired(&grant, role.kubernetes.as_ref().unwrap());
+        assert_eq!(want.metadata.name.as_deref(), Some("jit-0b7c9f7e"));
+        assert_eq!(want.metadata.namespace.as_deref(), Some("prod"));
+        let labels = want.metadata.labels.unwrap();
+        assert_eq!(labels[MANAGED_BY_LABEL], "jit-operator");
+        assert_eq!(labels[REQUEST_UID_LABEL], "0b7c9f7e");
+        assert_eq!(
+            want.metadata.annotations.unwrap()[REQUEST_ANNOTATION],
+            "team-a/alice-view"
+        );
+        assert_eq!(want.role_ref.name, "view");
+        assert_eq!(want.subjects[0].kind, "User");
+        assert_eq!(
+            reference(role.kubernetes.as_ref().unwrap(), "jit-0b7c9f7e"),
+            "RoleBinding prod/jit-0b7c9f7e"
+        );
+        assert_eq!(
+            reference(
+                &KubernetesTarget {
+                    cluster_role: "view".into(),
+                    namespace: None
+                },
+                "x"
+            ),
+            "ClusterRoleBinding x"
+        );
+    }
+
+    #[test]
+    fn subjects_map_to_rbac_kinds() {
+        assert_eq!(rbac_subject(&Subject::Group("oncall".into())).kind, "Group");
+        let account = rbac_subject(&Subject::ServiceAccount {
+            namespace: "ci".into(),
+            name: "deployer".into(),
+        });
+        assert_eq!(
+            (
+                account.kind.as_str(),
+                account.namespace.as_deref(),
+                account.name.as_str()
+            ),
+            ("ServiceAccount", Some("ci"), "deployer")
+        );
+    }
+}

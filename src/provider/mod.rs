@@ -1,0 +1,171 @@
+//! Where grants live: one trait every target implements, one module per target, and the one
+//! place that picks the provider for a role. SDK types never leave their module.
+
+pub mod kubernetes;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+
+use crate::{crd::v1alpha1::PolicyRole, subject::Subject};
+
+/// The label every object the operator manages carries.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Its value.
+pub const MANAGED_BY: &str = "jit-operator";
+/// The label naming the request a managed object belongs to.
+pub const REQUEST_UID_LABEL: &str = "jit.dev/request-uid";
+/// The annotation naming that request as `namespace/name`, for people.
+pub const REQUEST_ANNOTATION: &str = "jit.dev/request";
+/// The annotation giving the grant's expiry, for people.
+pub const EXPIRES_AT_ANNOTATION: &str = "jit.dev/expires-at";
+
+/// The deterministic name of a request's grant, derived from its UID, so that a grant made
+/// before a crash is found again rather than made twice.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GrantKey(String);
+
+impl GrantKey {
+    /// The key of the request with this UID.
+    pub fn for_request(uid: &str) -> Self {
+        Self(format!("jit-{uid}"))
+    }
+
+    /// The key as text; a valid Kubernetes object name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Which request a grant belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestRef {
+    /// Its UID.
+    pub uid: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+}
+
+impl RequestRef {
+    /// The grant key of this request.
+    pub fn key(&self) -> GrantKey {
+        GrantKey::for_request(&self.uid)
+    }
+}
+
+/// Everything a provider needs to make one grant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantSpec<'a> {
+    /// The request it is for.
+    pub request: &'a RequestRef,
+    /// Who receives it.
+    pub subject: &'a Subject,
+    /// What the policy says to grant.
+    pub role: &'a PolicyRole,
+    /// When it must end.
+    pub expires_at: Timestamp,
+}
+
+/// What a provider reports about a grant it made.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GrantRecord {
+    /// The provider's name.
+    pub provider: &'static str,
+    /// Where the grant is, for people: `RoleBinding prod/jit-...`.
+    pub reference: String,
+    /// Whether the target ends the access at `expires_at` by itself.
+    pub cloud_enforced_expiry: bool,
+}
+
+/// What a grant looks like compared with what it should be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GrantState {
+    /// Exactly as granted.
+    Present,
+    /// Gone.
+    Missing,
+    /// There, but changed; says how.
+    Drifted(String),
+}
+
+/// Why a provider call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The role names no target this operator supports.
+    #[error("role {role} names no target this operator supports")]
+    NoTarget {
+        /// The role.
+        role: String,
+    },
+    /// The Kubernetes API refused or failed.
+    #[error("failed to {action} {reference}")]
+    Kubernetes {
+        /// What was being done.
+        action: &'static str,
+        /// To what.
+        reference: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Whether trying again later may succeed. Refusals that need a person (a missing
+    /// namespace, a permission the operator lacks, an invalid object) are not retryable.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::NoTarget { .. } => false,
+            Self::Kubernetes { source, .. } => match source {
+                kube::Error::Api(status) => !matches!(status.code, 400 | 403 | 404 | 422),
+                _ => true,
+            },
+        }
+    }
+}
+
+/// A place roles can be granted.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The provider's name, as `status.grant.provider` shows it.
+    fn name(&self) -> &'static str;
+
+    /// Whether the target itself ends access at the expiry, with the operator down.
+    fn enforces_expiry(&self) -> bool;
+
+    /// Makes the grant, or adopts it when it exists already. Idempotent.
+    async fn grant(&self, grant: &GrantSpec<'_>) -> Result<GrantRecord, Error>;
+
+    /// Removes every grant this provider holds for the request; nothing there counts as done.
+    async fn revoke(&self, request: &RequestRef) -> Result<(), Error>;
+
+    /// Compares the grant with what it should be, for drift repair.
+    async fn verify(&self, grant: &GrantSpec<'_>) -> Result<GrantState, Error>;
+}
+
+/// The providers the operator runs with.
+#[derive(Clone)]
+pub struct Providers {
+    /// Kubernetes RBAC.
+    pub kubernetes: Arc<dyn Provider>,
+}
+
+impl Providers {
+    /// The provider that grants this role: the one place the choice is made.
+    pub fn for_role(&self, role: &PolicyRole) -> Result<Arc<dyn Provider>, Error> {
+        if role.kubernetes.is_some() {
+            return Ok(self.kubernetes.clone());
+        }
+        Err(Error::NoTarget {
+            role: role.name.clone(),
+        })
+    }
+
+    /// Every provider, for revoking a request whose role can no longer be looked up.
+    pub fn all(&self) -> Vec<Arc<dyn Provider>> {
+        vec![self.kubernetes.clone()]
+    }
+}

@@ -1,0 +1,118 @@
+//! Step 3, client required: carry out a plan's finalizer change and its one effect through the
+//! providers. Returns what was done, from which the status is computed.
+
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+};
+use serde_json::json;
+
+use super::decide::Effect;
+use crate::{
+    crd::v1alpha1::{AccessRequest, FINALIZER},
+    provider::{self, GrantRecord, GrantSpec, Providers, RequestRef},
+};
+
+/// Why applying failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Adding or removing the finalizer failed.
+    #[error("failed to update the finalizer")]
+    Finalizer(#[source] kube::Error),
+    /// The grant failed.
+    #[error("failed to grant")]
+    Grant(#[source] provider::Error),
+    /// The revoke failed.
+    #[error("failed to revoke")]
+    Revoke(#[source] provider::Error),
+    /// The request has no UID or namespace, which the API server always sets.
+    #[error("the request has no uid or namespace")]
+    Unidentified,
+}
+
+/// What `apply` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// The grant made, when the effect was a grant.
+    pub grant: Option<GrantRecord>,
+}
+
+/// Identifies a request to the providers.
+pub fn request_ref(request: &AccessRequest) -> Result<RequestRef, Error> {
+    Ok(RequestRef {
+        uid: request.uid().ok_or(Error::Unidentified)?,
+        namespace: request.namespace().ok_or(Error::Unidentified)?,
+        name: request.name_any(),
+    })
+}
+
+/// Adds or removes the finalizer, guarded by the resourceVersion read, so that a concurrent
+/// change makes this fail (and retry) rather than overwrite it.
+pub async fn set_finalizer(
+    api: &Api<AccessRequest>,
+    request: &AccessRequest,
+    present: bool,
+) -> Result<(), Error> {
+    let mut finalizers: Vec<String> = request
+        .finalizers()
+        .iter()
+        .filter(|finalizer| *finalizer != FINALIZER)
+        .cloned()
+        .collect();
+    if present {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    let patch = json!({
+        "metadata": {
+            "finalizers": finalizers,
+            "resourceVersion": request.resource_version(),
+        }
+    });
+    api.patch(
+        &request.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(|_| ())
+    .map_err(Error::Finalizer)
+}
+
+/// Carries out the effect.
+pub async fn effect(
+    providers: &Providers,
+    request: &AccessRequest,
+    effect: &Effect,
+) -> Result<Applied, Error> {
+    match effect {
+        Effect::None => Ok(Applied::default()),
+        Effect::Grant {
+            role,
+            subject,
+            expires_at,
+        } => {
+            let request_ref = request_ref(request)?;
+            let provider = providers.for_role(role).map_err(Error::Grant)?;
+            let record = provider
+                .grant(&GrantSpec {
+                    request: &request_ref,
+                    subject,
+                    role,
+                    expires_at: *expires_at,
+                })
+                .await
+                .map_err(Error::Grant)?;
+            Ok(Applied {
+                grant: Some(record),
+            })
+        }
+        Effect::Revoke => {
+            let request_ref = request_ref(request)?;
+            // The policy may be gone: ask every provider; each treats nothing held as done.
+            for provider in providers.all() {
+                provider.revoke(&request_ref).await.map_err(Error::Revoke)?;
+            }
+            Ok(Applied::default())
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! Step 2, no client: from a fresh read of the request and its policy, and the time, decide
+//! what to do (grant, revoke, nothing), what the status becomes, which Events to publish and
+//! when to look again.
+//!
+//! # Invariants
+//! - Final phases (Expired, Revoked, Denied, Failed) are never left.
+//! - A grant is planned only when the policy, as read just now, allows the request and
+//!   enough distinct eligible approvers agree (or the policy needs none, or auto-approves).
+//! - A request that may hold a grant ends only through a planned revoke.
+//! - `expiresAt` is set once, at grant time, and never moved.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+
+use super::status::{ConditionStatus, set_condition};
+use crate::{
+    crd::v1alpha1::{
+        AccessPolicy, AccessRequest, AccessRequestStatus, Approval, Decision, FINALIZER, Phase,
+        PolicyRole, Revocation, TimelineEntry, annotations,
+    },
+    policy::{self, Refusal, auto_approve},
+    subject::Subject,
+};
+
+/// The condition that a request was approved.
+pub const APPROVED: &str = "Approved";
+/// The condition that the role is granted (`kubectl wait --for=condition=Granted`).
+pub const GRANTED: &str = "Granted";
+/// The condition that the auto-approve expression failed.
+pub const AUTO_APPROVE: &str = "AutoApprove";
+
+/// Longest wait before looking at a request again, whatever its timers say.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// What the controller read, fresh from the API server.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// The request.
+    pub request: AccessRequest,
+    /// Its policy; `None` when it does not exist.
+    pub policy: Option<AccessPolicy>,
+}
+
+/// Whether the finalizer must change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinalizerChange {
+    /// Leave it as it is.
+    Keep,
+    /// Add it before anything else happens.
+    Add,
+    /// Remove it after everything else is done.
+    Remove,
+}
+
+/// The one effect on the outside world a reconcile may have.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Nothing.
+    None,
+    /// Grant the role (create or adopt).
+    Grant {
+        /// The role as the policy defines it now.
+        role: PolicyRole,
+        /// Who receives it.
+        subject: Subject,
+        /// When it ends.
+        expires_at: Timestamp,
+    },
+    /// Remove whatever is granted for the request.
+    Revoke,
+}
+
+/// Whether an Event reports something normal or something a person should look at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// A normal transition.
+    Normal,
+    /// A refusal or failure.
+    Warning,
+}
+
+/// A Kubernetes Event to publish.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notice {
+    /// Normal or Warning.
+    pub severity: Severity,
+    /// CamelCase, e.g. `Granted`.
+    pub reason: String,
+    /// For people.
+    pub note: String,
+}
+
+/// What to do.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// Finalizer change.
+    pub finalizer: FinalizerChange,
+    /// The effect.
+    pub effect: Effect,
+    /// The status once the effect has succeeded.
+    pub status: AccessRequestStatus,
+    /// Events, once the status is written.
+    pub notices: Vec<Notice>,
+    /// When to look again.
+    pub requeue_after: Duration,
+}
+
+/// Decides what to do with a request.
+pub fn decide(observed: &Observed, now: Timestamp) -> Plan {
+    let request = &observed.request;
+    let mut builder = Builder::new(request, now);
+    let has_finalizer = request.finalizers().iter().any(|f| f == FINALIZER);
+
+    if request.metadata.deletion_timestamp.is_some() {
+        if has_finalizer {
+            builder.deleting();
+            builder.plan.finalizer = FinalizerChange::Remove;
+        }
+        return builder.finish();
+    }
+    match builder.plan.status.phase {
+        Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed) => {
+            if has_finalizer {
+                builder.plan.finalizer = FinalizerChange::Remove;
+            }
+        }
+        Some(Phase::Active) => {
+            if !has_finalizer {
+                builder.plan.finalizer = FinalizerChange::Add;
+            }
+            builder.active(observed.policy.as_ref());
+        }
+        None | Some(Phase::Pending) => {
+            if !has_finalizer {
+                builder.plan.finalizer = FinalizerChange::Add;
+            }
+            builder.pending(observed.policy.as_ref());
+        }
+    }
+    builder.finish()
+}
+
+/// The verified decisions admission recorded on the request, oldest first.
+pub fn decisions(request: &AccessRequest) -> Result<Vec<Approval>, serde_json::Error> {
+    match request.annotations().get(annotations::DECISIONS) {
+        None => Ok(Vec::new()),
+        Some(text) => serde_json::from_str(text),
+    }
+}
+
+/// The verified early end admission recorded, if any. A record that does not parse still
+/// ends the request: when in doubt, take access away.
+pub fn revocation(request: &AccessRequest) -> Option<Revocation> {
+    let text = request.annotations().get(annotations::REVOCATION)?;
+    Some(serde_json::from_str(text).unwrap_or_else(|_| Revocation {
+        user: "unknown".into(),
+        time: Time(Timestamp::UNIX_EPOCH),
+        comment: Some("unreadable revocation record".into()),
+    }))
+}
+
+struct Builder<'a> {
+    request: &'a AccessRequest,
+    now: Timestamp,
+    generation: Option<i64>,
+    plan: Plan,
+}
+
+impl<'a> Builder<'a> {
+    fn new(request: &'a AccessRequest, now: Timestamp) -> Self {
+        Self {
+            request,
+            now,
+            generation: request.metadata.generation,
+            plan: Plan {
+                finalizer: FinalizerChange::Keep,
+                effect: Effect::None,
+                status: request.status.clone().unwrap_or_default(),
+                notices: Vec::new(),
+                requeue_after: RESYNC,
+            },
+        }
+    }
+
+    fn finish(mut self) -> Plan {
+        self.plan.status.observed_generation = self.generation;
+        self.plan
+    }
+
+    fn requester(&self) -> Option<&str> {
+        self.request
+            .spec
+            .requester
+            .as_ref()
+            .map(|requester| requester.username.as_str())
+    }
+
+    fn record(&mut self, event: &str, actor: Option<&str>, message: &str) {
+        self.plan.status.timeline.push(TimelineEntry {
+            time: Time(self.now),
+            event: event.to_owned(),
+            actor: actor.map(str::to_owned),
+            message: Some(message.to_owned()).filter(|message| !message.is_empty()),
+        });
+    }
+
+    fn notice(&mut self, severity: Severity, reason: &str, note: String) {
+        self.plan.notices.push(Notice {
+            severity,
+            reason: reason.to_owned(),
+            note,
+        });
+    }
+
+    fn condition(&mut self, kind: &str, status: ConditionStatus, reason: &str, message: &str) {
+        set_condition(
+            &mut self.plan.status.conditions,
+            kind,
+            status,
+            reason,
+            message,
+            self.now,
+            self.generation,
+        );
+    }
+
+    /// Moves to a final phase; the caller has planned the revoke if one is needed.
+    fn end(&mut self, phase: Phase, reason: &str, actor: Option<&str>, message: &str) {
+        let was_active = self.plan.status.phase == Some(Phase::Active);
+        self.plan.status.phase = Some(phase);
+        self.plan.status.message = Some(message.to_owned());
+        self.plan.status.grant = None;
+        if matches!(phase, Phase::Revoked) {
+            self.plan.status.revoked_at = Some(Time(self.now));
+        }
+        let granted_reason = if was_active { reason } else { "NotGranted" };
+        self.condition(GRANTED, ConditionStatus::False, granted_reason, message);
+        let event = format!("{phase:?}");
+        self.record(&event, actor, message);
+        let severity = match phase {
+            Phase::Failed => Severity::Warning,
+            _ => Severity::Normal,
+        };
+        let by = actor
+            .map(|actor| format!(" by {actor}"))
+            .unwrap_or_default();
+        self.notice(severity, &event, format!("{event}{by}: {message}"));
+        self.plan.requeue_after = RESYNC;
+    }
+
+    fn deleting(&mut self) {
+        // Revoke whatever the phase says: a crash between a grant and its status write
+        // leaves a Pending request that may hold a grant. Revoking nothing is harmless.
+        self.plan.effect = Effect::Revoke;
+        match self.plan.status.phase {
+            Some(phase) if phase.is_final() => {}
+            Some(Phase::Active) => self.end(
+                Phase::Revoked,
+                "Deleted",
+                None,
+                "the request was deleted; access is revoked",
+            ),
+            _ => self.end(
+                Phase::Revoked,
+                "Deleted",
+                None,
+                "the request was deleted before it was granted",
+            ),
+        }
+    }
+
+    fn sync_decisions(&mut self) {
+        let records = decisions(self.request).unwrap_or_default();
+        for record in &records {
+            if self.plan.status.approvals.contains(record) {
+                continue;
+            }
+            let (event, verb) = match record.decision {
+                Decision::Approved => ("Approval", "approved"),
+                Decision::Denied => ("Denial", "denied"),
+            };
+            let comment = record.comment.clone().unwrap_or_default();
+            self.record(event, Some(&record.user), &comment);
+            let note = if comment.is_empty() {
+                format!("{} {verb}", record.user)
+            } else {
+                format!("{} {verb}: {comment}", record.user)
+            };
+            self.notice(Severity::Normal, event, note);
+            self.plan.status.approvals.push(record.clone());
+        }
+    }
+
+    fn pending(&mut self, policy: Option<&AccessPolicy>) {
+        if self.plan.status.phase.is_none() {
+            self.plan.status.phase = Some(Phase::Pending);
+            let requester = self.requester().unwrap_or("unknown").to_owned();
+            let what = format!(
+                "{} of policy {} for {}",
+                self.request.spec.role,
+                self.request.spec.policy,
+                self.request.spec.subject.as_deref().unwrap_or(&requester)
+            );
+            self.record("Requested", Some(&requester), &what);
+            self.notice(
+                Severity::Normal,
+                "Requested",
+                format!("{requester} requested {what}"),
+            );
+        }
+        self.sync_decisions();
+
+        let Some(requester) = self.request.spec.requester.clone() else {
+            return self.end(
+                Phase::Failed,
+                "RequesterUnknown",
+                None,
+                "the request carries no authenticated requester (was the admission webhook installed when it was created?)",
+            );
+        };
+        if let Some(revocation) = revocation(self.request) {
+            let message = revocation
+                .comment
+                .clone()
+                .unwrap_or_else(|| "withdrawn before it was granted".into());
+            // Something may have been granted just before a crash; revoking is harmless.
+            self.plan.effect = Effect::Revoke;
+            self.condition(APPROVED, ConditionStatus::False, "Revoked", &message);
+            return self.end(Phase::Revoked, "Revoked", Some(&revocation.user), &message);
+        }
+        let Some(policy) = policy else {
+            let refusal = Refusal::PolicyNotFound {
+                policy: self.request.spec.policy.clone(),
+            };
+            return self.refuse(&refusal);
+        };
+        let allowed = match policy::check_request(policy, &self.request.spec, &requester) {
+            Ok(allowed) => allowed,
+            Err(refusal) => return self.refuse(&refusal),
+        };
+
+        let records = self.plan.status.approvals.clone();
+        let tally = policy::tally(policy, &self.request.spec, &records);
+        if let Some(denial) = tally.denied_by {
+            let message = denial
+                .comment
+                .clone()
+                .unwrap_or_else(|| format!("denied by {}", denial.user));
+            self.condition(APPROVED, ConditionStatus::False, "Denied", &message);
+            return self.end(Phase::Denied, "Denied", Some(&denial.user), &message);
+        }
+
+        let approved = if allowed.approvals_required == 0 {
+            Some((
+                "NoApprovalRequired",
+                "the policy needs no approval".to_owned(),
+            ))
+        } else if tally.approved_by.len() >= allowed.approvals_required as usize {
+            let names: Vec<&str> = tally.approved_by.iter().map(|a| a.user.as_str()).collect();
+            Some(("Approved", format!("approved by {}", names.join(", "))))
+        } else {
+            self.auto_approve(policy, &allowed).map(|()| {
+                (
+                    "AutoApproved",
+                    "approved by the policy's autoApprove expression".to_owned(),
+                )
+            })
+        };
+
+        match approved {
+            Some((reason, message)) => self.grant(&allowed, reason, &message),
+            None => self.wait(policy, &tally, allowed.approvals_required),
+        }
+    }
+
+    /// Evaluates the policy's auto-approve expression; a failure shows as a condition and
+    /// leaves the request to human approvers.
+    fn auto_approve(&mut self, policy: &AccessPolicy, allowed: &policy::Allowed<'_>) -> Option<()> {
+        let expression = &policy.spec.auto_approve.as_ref()?.expression;
+        let requester = self.request.spec.requester.as_ref()?;
+        // Groups are known only for the authenticated requester receiving the role themselves.
+        let subject_username = allowed.subject.username().unwrap_or_default();
+        let groups = if subject_username == requester.username {
+            requester.groups.clone()
+        } else {
+            Vec::new()
+        };
+        let input = auto_approve::Input {
+            policy: &self.request.spec.policy,
+            role: &self.request.spec.role,
+            duration: allowed.duration,
+            reason: self.request.spec.reason.as_deref().unwrap_or_default(),
+            subject_username: &subject_username,
+            subject_groups: &groups,
+            now: self.now,
+        };
+        match auto_approve::evaluate(expression, &input) {
+            Ok(true) => Some(()),
+            Ok(false) => {
+                self.condition(
+                    AUTO_APPROVE,
+                    ConditionStatus::False,
+                    "NotMatched",
+                    "the autoApprove expression is false for this request",
+                );
+                None
+            }
+            Err(error) => {
+                self.condition(
+                    AUTO_APPROVE,
+                    ConditionStatus::False,
+                    "ExpressionError",
+                    &error.to_string(),
+                );
+                None
+            }
+        }
+    }
+
+    fn refuse(&mut self, refusal: &Refusal) {
+        let phase = if refusal.is_failure() {
+            Phase::Failed
+        } else {
+            Phase::Denied
+        };
+        let message = refusal.to_string();
+        self.condition(APPROVED, ConditionStatus::False, refusal.reason(), &message);
+        // Nothing was granted in Pending, but a crash right after a grant looks the same.
+        self.plan.effect = Effect::Revoke;
+        self.end(phase, refusal.reason(), Some("policy"), &message);
+    }
+
+    fn grant(&mut self, allowed: &policy::Allowed<'_>, reason: &str, message: &str) {
+        let Some(expires_at) = add(self.now, allowed.duration) else {
+            return self.end(
+                Phase::Failed,
+                "InvalidDuration",
+                None,
+                "the duration runs past the end of time",
+            );
+        };
+        self.plan.effect = Effect::Grant {
+            role: allowed.role.clone(),
+            subject: allowed.subject.clone(),
+            expires_at,
+        };
+        self.condition(APPROVED, ConditionStatus::True, reason, message);
+        self.record("Approved", None, message);
+        self.notice(Severity::Normal, "Approved", message.to_owned());
+
+        let status = &mut self.plan.status;
+        status.phase = Some(Phase::Active);
+        status.granted_at = Some(Time(self.now));
+        status.expires_at = Some(Time(expires_at));
+        let granted = format!(
+            "{} of policy {} granted to {} until {expires_at}",
+            self.request.spec.role, self.request.spec.policy, allowed.subject
+        );
+        status.message = Some(granted.clone());
+        self.condition(GRANTED, ConditionStatus::True, "Granted", &granted);
+        self.record("Granted", None, &granted);
+        self.notice(Severity::Normal, "Granted", granted);
+        self.plan.requeue_after = allowed.duration.min(RESYNC);
+    }
+
+    fn wait(&mut self, policy: &AccessPolicy, tally: &policy::Tally<'_>, required: u32) {
+        let created = self
+            .request
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(self.now, |time| time.0);
+        let timeout = policy
+            .spec
+            .approval_timeout
+            .as_ref()
+            .and_then(|timeout| timeout.to_std().ok());
+        if let Some(timeout) = timeout {
+            let deadline = add(created, timeout).unwrap_or(Timestamp::MAX);
+            if self.now >= deadline {
+                let message = format!(
+                    "no decision within the approval timeout of {}",
+                    policy
+                        .spec
+                        .approval_timeout
+                        .as_ref()
+                        .map(ToString::to_string)
+                        .unwrap_or_default()
+                );
+                self.condition(
+                    APPROVED,
+                    ConditionStatus::False,
+                    "ApprovalTimeout",
+                    &message,
+                );
+                return self.end(Phase::Expired, "ApprovalTimeout", None, &message);
+            }
+            self.plan.requeue_after = until(self.now, deadline).min(RESYNC);
+        }
+        let names: Vec<&str> = tally.approved_by.iter().map(|a| a.user.as_str()).collect();
+        let mut message = format!("{} of {required} approvals", names.len());
+        if !names.is_empty() {
+            message.push_str(&format!(" ({})", names.join(", ")));
+        }
+        self.condition(
+            APPROVED,
+            ConditionStatus::False,
+            "WaitingForApproval",
+            &message,
+        );
+        self.condition(
+            GRANTED,
+            ConditionStatus::False,
+            "NotApproved",
+            "waiting for approval",
+        );
+        self.plan.status.message = Some(format!("waiting for approval: {message}"));
+    }
+
+    fn active(&mut self, policy: Option<&AccessPolicy>) {
+        self.sync_decisions();
+        let expires_at = self.plan.status.expires_at.as_ref().map(|time| time.0);
+        if let Some(revocation) = revocation(self.request) {
+            let message = revocation
+                .comment
+                .clone()
+                .unwrap_or_else(|| "ended early".into());
+            self.plan.effect = Effect::Revoke;
+            return self.end(Phase::Revoked, "Revoked", Some(&revocation.user), &message);
+        }
+        let Some(expires_at) = expires_at.filter(|expires_at| self.now < *expires_at) else {
+            // Past its time, or with no expiry recorded at all: either way, take it away.
+            self.plan.effect = Effect::Revoke;
+            return self.end(Phase::Expired, "Expired", None, "the granted time is up");
+        };
+        let still_offered =
+            policy.is_some_and(|policy| policy::find_role(policy, &self.request.spec.role).is_ok());
+        if !still_offered {
+            self.plan.effect = Effect::Revoke;
+            let message = format!(
+                "policy {} no longer offers role {}",
+                self.request.spec.policy, self.request.spec.role
+            );
+            return self.end(Phase::Revoked, "PolicyChanged", Some("policy"), &message);
+        }
+        if let Some(policy) = policy {
+            let records = self.plan.status.approvals.clone();
+            if let Some(denial) = policy::tally(policy, &self.request.spec, &records).denied_by {
+                self.plan.effect = Effect::Revoke;
+                let message = denial
+                    .comment
+                    .clone()
+                    .unwrap_or_else(|| "denied after it was granted".into());
+                return self.end(
+                    Phase::Revoked,
+                    "DeniedAfterGrant",
+                    Some(&denial.user),
+                    &message,
+                );
+            }
+        }
+        self.plan.requeue_after = until(self.now, expires_at).min(RESYNC);
+    }
+}
+
+fn add(time: Timestamp, duration: Duration) -> Option<Timestamp> {
+    let duration = SignedDuration::try_from(duration).ok()?;
+    time.checked_add(duration).ok()
+}
+
+/// Time from `now` to `deadline`, zero when it has passed.
+fn until(now: Timestamp, deadline: Timestamp) -> Duration {
+    Duration::try_from(deadline.duration_since(now)).unwrap_or(Duration::ZERO)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,502 @@
+//! Unit tests of `decide`: every transition, with the clock passed in.
+
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::*;
+use crate::{
+    crd::{
+        ApiDuration,
+        v1alpha1::{AutoApprove, annotations},
+    },
+    fixtures::{self, at, decision, revocation},
+};
+
+fn observed() -> Observed {
+    Observed {
+        request: fixtures::request(),
+        policy: Some(fixtures::policy()),
+    }
+}
+
+fn with_finalizer(mut observed: Observed) -> Observed {
+    observed.request.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+    observed
+}
+
+fn with_decisions(mut observed: Observed, records: &[Approval]) -> Observed {
+    observed
+        .request
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            annotations::DECISIONS.into(),
+            serde_json::to_string(records).unwrap(),
+        );
+    observed
+}
+
+fn with_revocation(mut observed: Observed, by: &str) -> Observed {
+    observed
+        .request
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(
+            annotations::REVOCATION.into(),
+            serde_json::to_string(&revocation(by, "2026-01-01T00:10:00Z")).unwrap(),
+        );
+    observed
+}
+
+/// Applies a plan's status as the driver would after a successful effect.
+fn advance(mut observed: Observed, plan: &Plan) -> Observed {
+    observed.request.status = Some(plan.status.clone());
+    match plan.finalizer {
+        FinalizerChange::Add => {
+            observed.request.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        }
+        FinalizerChange::Remove => observed.request.metadata.finalizers = None,
+        FinalizerChange::Keep => {}
+    }
+    observed
+}
+
+fn active(granted: &str) -> Observed {
+    let observed = with_finalizer(with_decisions(
+        observed(),
+        &[decision(
+            "bob",
+            &[],
+            Decision::Approved,
+            "2026-01-01T00:01:00Z",
+        )],
+    ));
+    let plan = decide(&observed, at(granted));
+    assert_eq!(plan.status.phase, Some(Phase::Active));
+    advance(observed, &plan)
+}
+
+fn condition<'a>(
+    plan: &'a Plan,
+    kind: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    plan.status
+        .conditions
+        .iter()
+        .find(|condition| condition.type_ == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {:?}", plan.status.conditions))
+}
+
+fn reasons(plan: &Plan) -> Vec<&str> {
+    plan.notices
+        .iter()
+        .map(|notice| notice.reason.as_str())
+        .collect()
+}
+
+#[test]
+fn a_new_request_becomes_pending_gets_the_finalizer_and_waits() {
+    let plan = decide(&observed(), at("2026-01-01T00:00:05Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Pending));
+    assert_eq!(plan.finalizer, FinalizerChange::Add);
+    assert_eq!(plan.effect, Effect::None);
+    assert_eq!(reasons(&plan), ["Requested"]);
+    let approved = condition(&plan, APPROVED);
+    assert_eq!(
+        (approved.status.as_str(), approved.reason.as_str()),
+        ("False", "WaitingForApproval")
+    );
+    assert_eq!(approved.message, "0 of 1 approvals");
+    assert_eq!(condition(&plan, GRANTED).status, "False");
+    // The policy's approval timeout is 1h from creation.
+    assert_eq!(plan.requeue_after, RESYNC.min(Duration::from_secs(3595)));
+    assert_eq!(plan.status.timeline[0].event, "Requested");
+    assert_eq!(plan.status.timeline[0].actor.as_deref(), Some("alice"));
+    assert_eq!(plan.status.observed_generation, Some(1));
+}
+
+#[test]
+fn one_approval_grants_from_now_for_the_requested_duration() {
+    let observed = with_finalizer(with_decisions(
+        observed(),
+        &[decision(
+            "bob",
+            &[],
+            Decision::Approved,
+            "2026-01-01T00:01:00Z",
+        )],
+    ));
+    let now = at("2026-01-01T00:02:00Z");
+    let plan = decide(&observed, now);
+    assert_eq!(plan.status.phase, Some(Phase::Active));
+    assert_eq!(
+        plan.effect,
+        Effect::Grant {
+            role: observed.policy.as_ref().unwrap().spec.roles[0].clone(),
+            subject: Subject::User("alice".into()),
+            expires_at: at("2026-01-01T01:02:00Z"),
+        }
+    );
+    assert_eq!(plan.status.granted_at, Some(Time(now)));
+    assert_eq!(
+        plan.status.expires_at,
+        Some(Time(at("2026-01-01T01:02:00Z")))
+    );
+    assert_eq!(condition(&plan, APPROVED).message, "approved by bob");
+    assert_eq!(condition(&plan, GRANTED).status, "True");
+    assert_eq!(
+        reasons(&plan),
+        ["Requested", "Approval", "Approved", "Granted"]
+    );
+    assert_eq!(plan.status.approvals.len(), 1);
+    assert_eq!(plan.requeue_after, RESYNC);
+}
+
+#[test]
+fn two_approval_role_waits_for_a_second_distinct_approver() {
+    let mut observed = with_finalizer(observed());
+    observed.request.spec.role = "admin".into();
+    observed.request.spec.duration = Some(ApiDuration::parse("30m").unwrap());
+    let bob = decision("bob", &[], Decision::Approved, "2026-01-01T00:01:00Z");
+    let bob_again = decision("bob", &[], Decision::Approved, "2026-01-01T00:01:30Z");
+    let observed = with_decisions(observed, &[bob.clone(), bob_again]);
+    let plan = decide(&observed, at("2026-01-01T00:02:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Pending));
+    assert_eq!(condition(&plan, APPROVED).message, "1 of 2 approvals (bob)");
+
+    let carol = decision(
+        "carol",
+        &["approvers"],
+        Decision::Approved,
+        "2026-01-01T00:03:00Z",
+    );
+    let observed = with_decisions(advance(observed, &plan), &[bob, carol]);
+    let plan = decide(&observed, at("2026-01-01T00:03:01Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Active));
+    assert_eq!(condition(&plan, APPROVED).message, "approved by bob, carol");
+    assert!(matches!(plan.effect, Effect::Grant { .. }));
+}
+
+#[test]
+fn approvals_by_ineligible_people_do_not_count() {
+    let records = [
+        decision("mallory", &[], Decision::Approved, "2026-01-01T00:01:00Z"),
+        decision(
+            "alice",
+            &["approvers"],
+            Decision::Approved,
+            "2026-01-01T00:01:00Z",
+        ),
+    ];
+    let plan = decide(
+        &with_finalizer(with_decisions(observed(), &records)),
+        at("2026-01-01T00:02:00Z"),
+    );
+    assert_eq!(plan.status.phase, Some(Phase::Pending));
+    assert_eq!(plan.effect, Effect::None);
+}
+
+#[test]
+fn a_denial_ends_the_request_denied() {
+    let records = [
+        decision("bob", &[], Decision::Approved, "2026-01-01T00:01:00Z"),
+        decision(
+            "carol",
+            &["approvers"],
+            Decision::Denied,
+            "2026-01-01T00:01:30Z",
+        ),
+    ];
+    let mut observed = with_finalizer(with_decisions(observed(), &records));
+    observed.request.spec.role = "admin".into();
+    observed.request.spec.duration = None;
+    let plan = decide(&observed, at("2026-01-01T00:02:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Denied));
+    assert_eq!(condition(&plan, APPROVED).reason, "Denied");
+    assert_eq!(
+        plan.status.timeline.last().unwrap().actor.as_deref(),
+        Some("carol")
+    );
+    assert!(reasons(&plan).contains(&"Denied"));
+    assert_eq!(plan.status.grant, None);
+    // Final: the finalizer goes once the status says so.
+    let plan = decide(&advance(observed, &plan), at("2026-01-01T00:02:01Z"));
+    assert_eq!(plan.finalizer, FinalizerChange::Remove);
+    assert_eq!(plan.effect, Effect::None);
+}
+
+#[test]
+fn zero_approvals_grants_at_once() {
+    let mut observed = observed();
+    observed.policy.as_mut().unwrap().spec.approvals_required = 0;
+    let plan = decide(&observed, at("2026-01-01T00:00:01Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Active));
+    assert_eq!(
+        plan.finalizer,
+        FinalizerChange::Add,
+        "the finalizer is added before the grant"
+    );
+    assert_eq!(condition(&plan, APPROVED).reason, "NoApprovalRequired");
+}
+
+#[test]
+fn auto_approve_grants_when_true_and_shows_errors_when_broken() {
+    let mut observed = observed();
+    observed.request.spec.duration = Some(ApiDuration::parse("30m").unwrap());
+    observed.policy.as_mut().unwrap().spec.auto_approve = Some(AutoApprove {
+        expression: "request.duration <= duration('30m') && 'devs' in subject.groups".into(),
+    });
+    let plan = decide(&observed, at("2026-01-01T00:00:01Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Active));
+    assert_eq!(condition(&plan, APPROVED).reason, "AutoApproved");
+
+    observed.policy.as_mut().unwrap().spec.auto_approve = Some(AutoApprove {
+        expression: "request.duration <=".into(),
+    });
+    let plan = decide(&observed, at("2026-01-01T00:00:01Z"));
+    assert_eq!(
+        plan.status.phase,
+        Some(Phase::Pending),
+        "a broken expression never approves"
+    );
+    let failure = condition(&plan, AUTO_APPROVE);
+    assert_eq!(failure.reason, "ExpressionError");
+    assert!(
+        failure
+            .message
+            .starts_with("autoApprove expression does not compile")
+    );
+}
+
+#[test]
+fn pending_past_the_approval_timeout_expires_never_granted() {
+    let plan = decide(&with_finalizer(observed()), at("2026-01-01T01:00:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+    assert_eq!(condition(&plan, APPROVED).reason, "ApprovalTimeout");
+    assert_eq!(condition(&plan, GRANTED).status, "False");
+    // Approvals that arrive too late do not revive it.
+    let late = with_decisions(
+        advance(with_finalizer(observed()), &plan),
+        &[decision(
+            "bob",
+            &[],
+            Decision::Approved,
+            "2026-01-01T01:00:01Z",
+        )],
+    );
+    let plan = decide(&late, at("2026-01-01T01:00:02Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+    assert_eq!(plan.effect, Effect::None);
+}
+
+#[test]
+fn a_policy_edited_before_the_grant_can_deny_but_not_widen() {
+    let approved = with_finalizer(with_decisions(
+        observed(),
+        &[decision(
+            "bob",
+            &[],
+            Decision::Approved,
+            "2026-01-01T00:01:00Z",
+        )],
+    ));
+    // The maximum drops below the requested hour.
+    let mut shorter = approved.clone();
+    shorter.policy.as_mut().unwrap().spec.max_duration = ApiDuration::parse("30m").unwrap();
+    let plan = decide(&shorter, at("2026-01-01T00:02:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Denied));
+    assert_eq!(condition(&plan, APPROVED).reason, "DurationTooLong");
+    // alice leaves the requesters.
+    let mut removed = approved.clone();
+    let policy = &mut removed.policy.as_mut().unwrap().spec;
+    policy.requesters = Default::default();
+    let plan = decide(&removed, at("2026-01-01T00:02:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Denied));
+    // The role is removed: the request can never be granted.
+    let mut no_role = approved.clone();
+    no_role.policy.as_mut().unwrap().spec.roles.remove(0);
+    let plan = decide(&no_role, at("2026-01-01T00:02:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Failed));
+    // The policy is deleted.
+    let mut gone = approved;
+    gone.policy = None;
+    let plan = decide(&gone, at("2026-01-01T00:02:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Failed));
+    assert_eq!(condition(&plan, APPROVED).reason, "PolicyNotFound");
+}
+
+#[test]
+fn a_request_without_an_authenticated_requester_fails_closed() {
+    let mut observed = observed();
+    observed.request.spec.requester = None;
+    observed.policy.as_mut().unwrap().spec.approvals_required = 0;
+    let plan = decide(&observed, at("2026-01-01T00:00:01Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Failed));
+    assert!(!matches!(plan.effect, Effect::Grant { .. }));
+}
+
+#[test]
+fn an_active_grant_is_revoked_at_its_expiry_not_before() {
+    let observed = active("2026-01-01T00:02:00Z");
+    let plan = decide(&observed, at("2026-01-01T00:30:00Z"));
+    assert_eq!(plan.effect, Effect::None);
+    assert_eq!(plan.status.phase, Some(Phase::Active));
+    assert_eq!(plan.requeue_after, RESYNC);
+    let plan = decide(&observed, at("2026-01-01T00:59:00Z"));
+    assert_eq!(
+        plan.requeue_after,
+        Duration::from_secs(180),
+        "requeue at expiresAt"
+    );
+
+    let plan = decide(&observed, at("2026-01-01T01:02:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+    assert_eq!(plan.status.grant, None);
+    assert_eq!(condition(&plan, GRANTED).reason, "Expired");
+    assert_eq!(reasons(&plan), ["Expired"]);
+}
+
+#[test]
+fn an_operator_back_after_the_expiry_revokes_at_once() {
+    let observed = active("2026-01-01T00:02:00Z");
+    let plan = decide(&observed, at("2026-01-03T00:00:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+    // expiresAt is kept as it was: it never moves.
+    assert_eq!(
+        plan.status.expires_at,
+        Some(Time(at("2026-01-01T01:02:00Z")))
+    );
+}
+
+#[test]
+fn revoke_annotation_ends_an_active_grant_early() {
+    let observed = with_revocation(active("2026-01-01T00:02:00Z"), "alice");
+    let plan = decide(&observed, at("2026-01-01T00:10:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.status.phase, Some(Phase::Revoked));
+    assert_eq!(
+        plan.status.revoked_at,
+        Some(Time(at("2026-01-01T00:10:00Z")))
+    );
+    assert_eq!(
+        plan.status.timeline.last().unwrap().actor.as_deref(),
+        Some("alice")
+    );
+    assert_eq!(condition(&plan, GRANTED).reason, "Revoked");
+}
+
+#[test]
+fn revoke_annotation_withdraws_a_pending_request() {
+    let observed = with_revocation(with_finalizer(observed()), "alice");
+    let plan = decide(&observed, at("2026-01-01T00:10:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Revoked));
+    assert!(!matches!(plan.effect, Effect::Grant { .. }));
+}
+
+#[test]
+fn deleting_revokes_then_releases_the_finalizer() {
+    let mut observed = active("2026-01-01T00:02:00Z");
+    observed.request.metadata.deletion_timestamp = Some(Time(at("2026-01-01T00:20:00Z")));
+    let plan = decide(&observed, at("2026-01-01T00:20:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.finalizer, FinalizerChange::Remove);
+    assert_eq!(plan.status.phase, Some(Phase::Revoked));
+    assert_eq!(condition(&plan, GRANTED).reason, "Deleted");
+    // Deleting a pending request revokes too, in case a grant beat a crash.
+    let mut pending = with_finalizer(observed_pending());
+    pending.request.metadata.deletion_timestamp = Some(Time(at("2026-01-01T00:20:00Z")));
+    let plan = decide(&pending, at("2026-01-01T00:20:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.finalizer, FinalizerChange::Remove);
+}
+
+fn observed_pending() -> Observed {
+    let plan = decide(&observed(), at("2026-01-01T00:00:01Z"));
+    advance(observed(), &plan)
+}
+
+#[test]
+fn removing_the_role_from_the_policy_revokes_an_active_grant() {
+    let mut observed = active("2026-01-01T00:02:00Z");
+    observed.policy.as_mut().unwrap().spec.roles.remove(0);
+    let plan = decide(&observed, at("2026-01-01T00:05:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.status.phase, Some(Phase::Revoked));
+    assert_eq!(condition(&plan, GRANTED).reason, "PolicyChanged");
+    let mut gone = active("2026-01-01T00:02:00Z");
+    gone.policy = None;
+    assert_eq!(
+        decide(&gone, at("2026-01-01T00:05:00Z")).effect,
+        Effect::Revoke
+    );
+}
+
+#[test]
+fn a_denial_after_the_grant_revokes() {
+    let observed = active("2026-01-01T00:02:00Z");
+    let observed = with_decisions(
+        observed,
+        &[
+            decision("bob", &[], Decision::Approved, "2026-01-01T00:01:00Z"),
+            decision(
+                "carol",
+                &["approvers"],
+                Decision::Denied,
+                "2026-01-01T00:05:00Z",
+            ),
+        ],
+    );
+    let plan = decide(&observed, at("2026-01-01T00:05:01Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(condition(&plan, GRANTED).reason, "DeniedAfterGrant");
+}
+
+#[test]
+fn final_phases_are_never_left() {
+    for phase in [Phase::Expired, Phase::Revoked, Phase::Denied, Phase::Failed] {
+        let mut observed = with_finalizer(with_decisions(
+            observed(),
+            &[decision(
+                "bob",
+                &[],
+                Decision::Approved,
+                "2026-01-01T00:01:00Z",
+            )],
+        ));
+        observed.request.status = Some(AccessRequestStatus {
+            phase: Some(phase),
+            ..AccessRequestStatus::default()
+        });
+        let plan = decide(&observed, at("2026-01-01T00:02:00Z"));
+        assert_eq!(plan.status.phase, Some(phase));
+        assert_eq!(plan.effect, Effect::None);
+        assert!(plan.notices.is_empty());
+    }
+}
+
+#[test]
+fn an_unreadable_revocation_record_still_revokes() {
+    let mut observed = active("2026-01-01T00:02:00Z");
+    observed
+        .request
+        .metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(annotations::REVOCATION.into(), "not json".into());
+    let plan = decide(&observed, at("2026-01-01T00:05:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+}
+
+#[test]
+fn deciding_twice_on_the_same_input_is_stable() {
+    let observed = active("2026-01-01T00:02:00Z");
+    let plan = decide(&observed, at("2026-01-01T00:05:00Z"));
+    let again = decide(&advance(observed, &plan), at("2026-01-01T00:05:00Z"));
+    assert_eq!(plan.status, again.status);
+    assert!(again.notices.is_empty(), "no Events without a transition");
+}

@@ -1,0 +1,111 @@
+//! The operator as a separate process against the test control plane, running as the
+//! `jit-operator` user with the RBAC in config/rbac/, serving and registering its webhooks.
+
+use std::{
+    fs::File,
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use super::{control_plane, random_suffix};
+
+/// A running operator. Its process dies when this handle's stdin pipe closes: when the
+/// handle is dropped, or when the test binary exits however it exits.
+pub struct Operator {
+    process: Child,
+    /// Its log file (JSON lines).
+    pub log: PathBuf,
+}
+
+/// How long start-up may take on a slow machine; only stops a hung test.
+const START_LIMIT: Duration = Duration::from_secs(60);
+
+/// A small guard: runs the operator, and stops it when stdin closes.
+const GUARD: &str = r#"
+"$@" </dev/null &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null; wait "$child"' EXIT
+cat >/dev/null
+"#;
+
+impl Operator {
+    /// Starts the operator as `user` with the webhooks registered, and waits until it is
+    /// ready.
+    pub fn start(user: &str) -> Self {
+        let control_plane = control_plane();
+        let log = control_plane
+            .dir
+            .join(format!("operator-{}.log", random_suffix(6)));
+        let output = File::create(&log).expect("create operator log");
+        let process = Command::new("bash")
+            .args(["-c", GUARD, "operator-guard"])
+            .arg(env!("CARGO_BIN_EXE_jit-operator"))
+            .args([
+                "--health-addr",
+                "127.0.0.1:0",
+                "--webhook-addr",
+                "127.0.0.1:0",
+                "--register-webhooks",
+                "--log-format",
+                "json",
+            ])
+            .env("KUBECONFIG", control_plane.kubeconfig(user))
+            .env("RUST_LOG", "info,jit_operator=debug")
+            .stdin(Stdio::piped())
+            .stdout(output.try_clone().expect("log file"))
+            .stderr(output)
+            .spawn()
+            .expect("start the operator");
+        let operator = Self { process, log };
+        operator.wait_for_log("operator ready", START_LIMIT);
+        operator
+    }
+
+    /// Waits until a log line contains `text`, and returns it.
+    pub fn wait_for_log(&self, text: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let file = File::open(&self.log).expect("open operator log");
+            if let Some(line) = BufReader::new(file)
+                .lines()
+                .map_while(Result::ok)
+                .find(|line| line.contains(text))
+            {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "operator did not log {text:?} within {limit:?}; see {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Kills the operator at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let pid = self.process.id().to_string();
+        // The guard's child is the operator; kill it first so nothing shuts down cleanly.
+        let _ = Command::new("pkill").args(["-KILL", "-P", &pid]).status();
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        // Closing stdin (dropping it) makes the guard stop the operator.
+        drop(self.process.stdin.take());
+        let _ = self.process.wait();
+    }
+}
+
+static SHARED: OnceLock<Mutex<Operator>> = OnceLock::new();
+
+/// The operator shared by all tests of this binary, started on first use.
+pub fn shared_operator() -> &'static Mutex<Operator> {
+    SHARED.get_or_init(|| Mutex::new(Operator::start("jit-operator")))
+}
