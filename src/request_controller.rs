@@ -288,8 +288,8 @@ fn refused_grant(
 }
 
 /// Exponential backoff from the failure count: 0.5s, 1s, 2s, ... up to five minutes.
-fn backoff(failures: u32) -> Duration {
-    let exponent = failures.saturating_sub(1).min(16);
+fn backoff(failures: i32) -> Duration {
+    let exponent = failures.saturating_sub(1).clamp(0, 16).unsigned_abs();
     Duration::from_millis(500u64.saturating_mul(1u64 << exponent)).min(MAX_BACKOFF)
 }
 

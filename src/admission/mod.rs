@@ -52,9 +52,9 @@ pub enum Denial {
     /// The spec changed.
     #[error("spec is immutable; create a new AccessRequest to ask for something else")]
     SpecChanged,
-    /// Decision records were edited other than by adding one's own.
+    /// Decision records were written other than by admission from an action annotation.
     #[error(
-        "the decision records in {} can only grow by your own decision, written with jit.dev/approve or jit.dev/deny",
+        "the decision records in {} are written only by admission; approve or deny with the jit.dev/approve or jit.dev/deny annotation",
         annotations::DECISIONS
     )]
     DecisionsTampered,
@@ -200,6 +200,17 @@ pub fn mutate(review: &Review<'_>, now: Timestamp) -> Result<(Patch, Vec<String>
             let Some(old) = review.old_object else {
                 return Ok((Patch(operations), warnings));
             };
+            // Records are written only here, from the action annotations: a user writing them
+            // directly (even their own, with a made-up time) is refused before anything else.
+            if annotation(object, annotations::DECISIONS) != annotation(old, annotations::DECISIONS)
+            {
+                return Err(Denial::DecisionsTampered);
+            }
+            if annotation(object, annotations::REVOCATION)
+                != annotation(old, annotations::REVOCATION)
+            {
+                return Err(Denial::RevocationTampered);
+            }
             // Re-applying the original manifest (kubectl apply, server-side apply) drops the
             // fields admission stamped; put them back so the re-apply is a no-op.
             if object.spec.requester.is_none() {

@@ -287,6 +287,22 @@ fn records_cannot_be_forged_edited_or_removed() {
     .unwrap();
     let records = approved.metadata.annotations.as_ref().unwrap()[annotations::DECISIONS].clone();
 
+    // Carol writes her own record directly, with a made-up time.
+    let mut own = serde_json::from_str::<Vec<Approval>>(&records).unwrap();
+    own.push(Approval {
+        user: "carol".into(),
+        groups: vec!["approvers".into(), "system:authenticated".into()],
+        ..own[0].clone()
+    });
+    let own = annotate(
+        &approved,
+        annotations::DECISIONS,
+        &serde_json::to_string(&own).unwrap(),
+    );
+    assert_eq!(
+        update(&approved, &own, &carol(), "2026-01-01T00:06:00Z"),
+        Err(Denial::DecisionsTampered)
+    );
     // Mallory writes a record in bob's name directly.
     let forged = annotate(&old, annotations::DECISIONS, &records);
     assert_eq!(

@@ -430,9 +430,10 @@ pub struct AccessRequestStatus {
     pub message: Option<String>,
     /// Consecutive failed attempts at the current step; sets the retry backoff.
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub failures: u32,
+    #[schemars(range(min = 0))]
+    pub failures: i32,
 }
 
-fn is_zero(count: &u32) -> bool {
+fn is_zero(count: &i32) -> bool {
     *count == 0
 }
