@@ -77,7 +77,7 @@ spec:
   reason: {{required: true, pattern: "^INC-[0-9]+"}}
   roles:
   - name: edit
-    kubernetes: {{clusterRole: edit, namespace: {ns}}}
+    kubernetes: {{clusterRole: jit-dev-edit, namespace: {ns}}}
 "#
         )),
     );

@@ -31,7 +31,7 @@ async fn a_grant_that_expires_while_the_operator_is_down_is_revoked_on_restart()
             "approvers": {"groups": ["approvers"]},
             "approvalsRequired": 0,
             "maxDuration": "1h",
-            "roles": [{"name": "view", "kubernetes": {"clusterRole": "view", "namespace": env.namespace}}]
+            "roles": [{"name": "view", "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}}]
         }
     }))
     .unwrap();

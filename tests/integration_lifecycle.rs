@@ -34,8 +34,8 @@ async fn policy(env: &TestEnv, changes: impl FnOnce(&mut Value)) -> String {
             "approvalsRequired": 1,
             "maxDuration": "2h",
             "roles": [
-                {"name": "view", "kubernetes": {"clusterRole": "view", "namespace": env.namespace}},
-                {"name": "admin", "approvalsRequired": 2, "kubernetes": {"clusterRole": "admin", "namespace": env.namespace}}
+                {"name": "view", "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}},
+                {"name": "admin", "approvalsRequired": 2, "kubernetes": {"clusterRole": "jit-dev-edit", "namespace": env.namespace}}
             ]
         }
     });
@@ -363,7 +363,7 @@ async fn removing_the_role_from_the_policy_revokes() {
         condition_true(r, "Granted")
     })
     .await;
-    let patch = json!({"spec": {"roles": [{"name": "admin", "kubernetes": {"clusterRole": "admin", "namespace": env.namespace}}]}});
+    let patch = json!({"spec": {"roles": [{"name": "admin", "kubernetes": {"clusterRole": "jit-dev-edit", "namespace": env.namespace}}]}});
     Api::<AccessPolicy>::all(env.admin.clone())
         .patch(&policy_name, &PatchParams::default(), &Patch::Merge(&patch))
         .await

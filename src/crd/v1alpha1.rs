@@ -263,7 +263,8 @@ pub struct Requester {
     printcolumn(name = "Role", type_ = "string", json_path = ".spec.role"),
     printcolumn(name = "Subject", type_ = "string", json_path = ".spec.subject"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".status.expiresAt"),
+    // A string, not a date: kubectl shows future dates as "<invalid>".
+    printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
     printcolumn(
         name = "Age",
         type_ = "date",

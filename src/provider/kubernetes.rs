@@ -2,18 +2,22 @@
 //! ClusterRoleBinding from the subject to the policy's ClusterRole, named by the grant key and
 //! labelled with the request UID. Kubernetes has no expiring bindings: the operator ends them.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use async_trait::async_trait;
 use k8s_openapi::{
-    api::rbac::v1::{ClusterRoleBinding, RoleBinding, RoleRef, Subject as RbacSubject},
+    api::{
+        authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
+        rbac::v1::{ClusterRole, ClusterRoleBinding, RoleBinding, RoleRef, Subject as RbacSubject},
+    },
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde::{Serialize, de::DeserializeOwned};
+use tracing::debug;
 
 use super::{
     EXPIRES_AT_ANNOTATION, Error, GrantRecord, GrantSpec, GrantState, MANAGED_BY, MANAGED_BY_LABEL,
@@ -35,6 +39,87 @@ impl KubernetesProvider {
     pub fn new(client: Client) -> Self {
         Self { client }
     }
+
+    /// Waits, briefly, until the API server's authorizer acts on a new binding, so that
+    /// `Granted` means the subject can use the role at once (the RBAC authorizer reads
+    /// bindings from a cache that lags the write). Asks about one permission the ClusterRole
+    /// grants; gives up quietly when there is none to ask about or time runs out.
+    async fn wait_until_effective(&self, grant: &GrantSpec<'_>, target: &KubernetesTarget) {
+        let Some(attributes) = self.sample_permission(target).await else {
+            return;
+        };
+        let Some(review) = access_review(grant.subject, attributes) else {
+            return;
+        };
+        let reviews = Api::<SubjectAccessReview>::all(self.client.clone());
+        let deadline = tokio::time::Instant::now() + PROPAGATION_LIMIT;
+        while tokio::time::Instant::now() < deadline {
+            match reviews.create(&PostParams::default(), &review).await {
+                Ok(answer) if answer.status.as_ref().is_some_and(|status| status.allowed) => return,
+                Ok(_) => {}
+                Err(error) => {
+                    debug!(error = %error, "access review failed; not waiting for the grant to propagate");
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        debug!(reference = %reference(target, grant.request.key().as_str()), "grant not yet effective after the propagation limit");
+    }
+
+    /// One permission the ClusterRole grants, as access-review attributes.
+    async fn sample_permission(&self, target: &KubernetesTarget) -> Option<ResourceAttributes> {
+        let role = Api::<ClusterRole>::all(self.client.clone())
+            .get_opt(&target.cluster_role)
+            .await
+            .ok()
+            .flatten()?;
+        role.rules.iter().flatten().find_map(|rule| {
+            let verb = rule.verbs.first()?.clone();
+            let group = rule.api_groups.as_ref()?.first()?.clone();
+            let resource = rule.resources.as_ref()?.first()?.clone();
+            let (resource, subresource) = match resource.split_once('/') {
+                Some((resource, subresource)) => {
+                    (resource.to_owned(), Some(subresource.to_owned()))
+                }
+                None => (resource, None),
+            };
+            Some(ResourceAttributes {
+                namespace: target.namespace.clone(),
+                verb: Some(verb),
+                group: Some(group),
+                resource: Some(resource),
+                subresource,
+                name: rule
+                    .resource_names
+                    .as_ref()
+                    .and_then(|names| names.first().cloned()),
+                ..ResourceAttributes::default()
+            })
+        })
+    }
+}
+
+/// How long a grant may take to become effective before `Granted` is reported anyway.
+const PROPAGATION_LIMIT: Duration = Duration::from_secs(5);
+
+fn access_review(subject: &Subject, attributes: ResourceAttributes) -> Option<SubjectAccessReview> {
+    let (user, groups) = match subject {
+        Subject::Group(group) => (
+            "jit-operator:propagation-check".to_owned(),
+            vec![group.clone()],
+        ),
+        other => (other.username()?, Vec::new()),
+    };
+    Some(SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user),
+            groups: Some(groups),
+            resource_attributes: Some(attributes),
+            ..SubjectAccessReviewSpec::default()
+        },
+        ..SubjectAccessReview::default()
+    })
 }
 
 /// The binding a grant should be, whichever kind it is.
@@ -218,6 +303,7 @@ impl Provider for KubernetesProvider {
                 apply(&api, &name, &binding, &reference).await?;
             }
         }
+        self.wait_until_effective(grant, target).await;
         Ok(GrantRecord {
             provider: self.name(),
             reference,

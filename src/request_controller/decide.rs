@@ -434,7 +434,10 @@ impl<'a> Builder<'a> {
     }
 
     fn grant(&mut self, allowed: &policy::Allowed<'_>, reason: &str, message: &str) {
-        let Some(expires_at) = add(self.now, allowed.duration) else {
+        // Status keeps whole seconds: grant at a whole second so that, read back,
+        // expiresAt is exactly grantedAt plus the duration.
+        let granted_at = Timestamp::from_second(self.now.as_second()).unwrap_or(self.now);
+        let Some(expires_at) = add(granted_at, allowed.duration) else {
             return self.end(
                 Phase::Failed,
                 "InvalidDuration",
@@ -453,7 +456,7 @@ impl<'a> Builder<'a> {
 
         let status = &mut self.plan.status;
         status.phase = Some(Phase::Active);
-        status.granted_at = Some(Time(self.now));
+        status.granted_at = Some(Time(granted_at));
         status.expires_at = Some(Time(expires_at));
         let granted = format!(
             "{} of policy {} granted to {} until {expires_at}",
@@ -463,7 +466,7 @@ impl<'a> Builder<'a> {
         self.condition(GRANTED, ConditionStatus::True, "Granted", &granted);
         self.record("Granted", None, &granted);
         self.notice(Severity::Normal, "Granted", granted);
-        self.plan.requeue_after = allowed.duration.min(RESYNC);
+        self.plan.requeue_after = until(self.now, expires_at).min(RESYNC);
     }
 
     fn wait(&mut self, policy: &AccessPolicy, tally: &policy::Tally<'_>, required: u32) {
