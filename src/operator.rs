@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use k8s_openapi::api::{
+    authentication::v1::SelfSubjectReview,
+    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
+};
 use kube::{
     Api, Client,
     api::{ListParams, PostParams},
@@ -38,6 +41,17 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// The operator lacks a permission it needs.
+    #[error("the operator may not {verb} {resource}")]
+    Forbidden {
+        /// The verb.
+        verb: &'static str,
+        /// The resource, with its subresource.
+        resource: &'static str,
+    },
+    /// Asking the API server about permissions failed.
+    #[error("failed to check the operator's permissions")]
+    PermissionCheck(#[source] kube::Error),
     /// The health server failed.
     #[error("health server failed")]
     Server(#[from] server::Error),
@@ -66,6 +80,9 @@ impl Error {
             Self::CrdMissing { .. } => {
                 "install the CRDs (kubectl apply --server-side -f crds/) and check the operator's RBAC (config/rbac/)"
             }
+            Self::Forbidden { .. } | Self::PermissionCheck(_) => {
+                "bind the operator's identity to the ClusterRole in config/rbac/operator.yaml"
+            }
             Self::Server(_) | Self::Webhook(_) => "choose another --health-addr or --webhook-addr",
             Self::Certificate(_) => "",
             Self::Register(_) => {
@@ -81,6 +98,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let client = Client::try_default().await.map_err(Error::Configure)?;
     let identity = own_username(&client).await?;
     check_crds(&client).await?;
+    check_permissions(&client).await?;
 
     let (stop_sender, stop_receiver) = watch::channel(false);
     let stopped = move || {
@@ -166,6 +184,63 @@ async fn check_crds(client: &Client) -> Result<(), Error> {
             kind: "AccessRequest",
             source,
         })?;
+    Ok(())
+}
+
+/// What the operator must be allowed to do: (API group, resource, subresource, verb). Fails
+/// start-up with a clear message rather than failing later, one request at a time.
+const REQUIRED_PERMISSIONS: &[(&str, &str, &str, &str)] = &[
+    ("jit.dev", "accessrequests", "", "watch"),
+    ("jit.dev", "accessrequests", "", "patch"),
+    ("jit.dev", "accessrequests", "status", "patch"),
+    ("jit.dev", "accesspolicies", "", "watch"),
+    ("rbac.authorization.k8s.io", "rolebindings", "", "create"),
+    ("rbac.authorization.k8s.io", "rolebindings", "", "delete"),
+    (
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        "",
+        "create",
+    ),
+    (
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        "",
+        "delete",
+    ),
+    ("events.k8s.io", "events", "", "create"),
+];
+
+async fn check_permissions(client: &Client) -> Result<(), Error> {
+    let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
+    for (group, resource, subresource, verb) in REQUIRED_PERMISSIONS {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some((*group).to_owned()),
+                    resource: Some((*resource).to_owned()),
+                    subresource: Some((*subresource).to_owned()).filter(|s| !s.is_empty()),
+                    verb: Some((*verb).to_owned()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(Error::PermissionCheck)?;
+        if !answer.status.is_some_and(|status| status.allowed) {
+            return Err(Error::Forbidden {
+                verb,
+                resource: match (*resource, *subresource) {
+                    ("accessrequests", "status") => "accessrequests/status",
+                    (resource, _) => resource,
+                },
+            });
+        }
+    }
     Ok(())
 }
 

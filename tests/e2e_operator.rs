@@ -131,9 +131,9 @@ async fn operator_becomes_ready_watches_requests_and_stops_on_sigterm() {
 }
 
 #[tokio::test]
-async fn operator_refuses_to_start_without_access_to_its_crds() {
+async fn operator_refuses_to_start_without_the_permissions_it_needs() {
     control_plane();
-    // mallory may not list AccessPolicies, which is what a missing CRD looks like too.
+    // mallory may read requests and policies but not write status or bindings.
     let mut operator = Operator::start("mallory");
     let stopped = operator
         .wait_for_log("why it stopped", |entry| entry["level"] == "ERROR")
@@ -141,13 +141,13 @@ async fn operator_refuses_to_start_without_access_to_its_crds() {
     assert!(
         stopped["hint"]
             .as_str()
-            .is_some_and(|hint| hint.contains("install the CRDs")),
+            .is_some_and(|hint| hint.contains("config/rbac/operator.yaml")),
         "{stopped}"
     );
     assert!(
         stopped["error"]
             .as_str()
-            .is_some_and(|error| error.contains("AccessPolicy")),
+            .is_some_and(|error| error.contains("the operator may not patch accessrequests/status")),
         "{stopped}"
     );
     let status = timeout(STOP_LIMIT, operator.process.wait())
