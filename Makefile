@@ -42,32 +42,29 @@ control-plane: ## Build kube-apiserver and etcd from the Go module proxy into th
 	@tests/control-plane/build.sh >/dev/null
 
 .PHONY: dev-cluster
-dev-cluster: control-plane ## Start a local control plane in the background; kubeconfigs in .local/.
+dev-cluster: control-plane ## Start a local control plane in the background with CRDs and RBAC; kubeconfigs in .local/.
 	@$(CLUSTER) start $(LOCAL_DIR)
+	@tests/control-plane/install.sh $(LOCAL_DIR)
 	@echo "export KUBECONFIG=$(abspath $(LOCAL_DIR))/kubeconfig-admin"
 
 .PHONY: dev-cluster-down
 dev-cluster-down: ## Stop the local control plane started by dev-cluster.
 	@$(CLUSTER) stop $(LOCAL_DIR)
 
-.PHONY: install-crds
-install-crds: ## Apply crds/ to the cluster KUBECONFIG names and wait until they are served.
-	kubectl apply --server-side --field-manager=jit-operator-install -f crds/
-	kubectl wait --for=condition=Established --timeout=60s -f crds/
-
 .PHONY: run
 run: ## Run the operator against KUBECONFIG, or a local control plane when it is unset.
 ifeq ($(origin KUBECONFIG),undefined)
 	@$(MAKE) --no-print-directory dev-cluster
-	@$(MAKE) --no-print-directory run-against KUBECONFIG=$(abspath $(LOCAL_DIR))/kubeconfig-admin
+	@echo "running the operator as jit-operator; it registers its admission webhooks"
+	KUBECONFIG=$(abspath $(LOCAL_DIR))/kubeconfig-jit-operator \
+		$(CARGO) run --locked --bin jit-operator -- --register-webhooks $(ARGS)
 else
-	@$(MAKE) --no-print-directory run-against
-endif
-
-.PHONY: run-against
-run-against:
-	@$(MAKE) --no-print-directory install-crds
+	kubectl apply --server-side --field-manager=jit-operator-install -f crds/
+	kubectl wait --for=condition=Established --timeout=60s -f crds/
+	@echo "note: the webhooks are registered only with ARGS=--register-webhooks, and only work"
+	@echo "      if that API server can reach this machine's --webhook-addr"
 	$(CARGO) run --locked --bin jit-operator -- $(ARGS)
+endif
 
 .PHONY: test
 test: lint verify control-plane ## Everything CI runs: lint, CRD drift, unit and integration tests.

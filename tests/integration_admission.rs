@@ -319,6 +319,33 @@ async fn self_approval_is_refused_unless_the_policy_allows_it() {
     );
     assert_mentions(&message, "may not approve or deny their own request");
 
+    // The subject of a delegated request may not approve it either: carol asks for alice,
+    // and alice, an approver here, would be approving her own access.
+    let delegated = policy(&env, |spec| {
+        spec["approvers"]["users"] = json!(["bob", "alice"])
+    })
+    .await;
+    let request = create_as(
+        &env.carol,
+        &env.namespace,
+        &request_object(&delegated, |spec| spec["subject"] = json!("alice")),
+    )
+    .await
+    .unwrap();
+    let name = request.metadata.name.unwrap();
+    let message = webhook_refusal(
+        annotate(
+            &env.alice,
+            &env.namespace,
+            &name,
+            annotations::APPROVE,
+            "mine",
+        )
+        .await,
+        "subject approving",
+    );
+    assert_mentions(&message, "alice may not approve or deny their own request");
+
     let lenient = policy(&env, |spec| {
         spec["requesters"]["users"] = json!(["carol"]);
         spec["allowSelfApproval"] = json!(true);

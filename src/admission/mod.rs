@@ -213,18 +213,18 @@ pub fn mutate(review: &Review<'_>, now: Timestamp) -> Result<(Patch, Vec<String>
             }
             // Re-applying the original manifest (kubectl apply, server-side apply) drops the
             // fields admission stamped; put them back so the re-apply is a no-op.
-            if object.spec.requester.is_none() {
-                if let Some(requester) = &old.spec.requester {
-                    operations.push(add(
-                        &["spec", "requester"],
-                        serde_json::to_value(requester).unwrap_or_default(),
-                    ));
-                }
+            if object.spec.requester.is_none()
+                && let Some(requester) = &old.spec.requester
+            {
+                operations.push(add(
+                    &["spec", "requester"],
+                    serde_json::to_value(requester).unwrap_or_default(),
+                ));
             }
-            if object.spec.subject.is_none() {
-                if let Some(subject) = &old.spec.subject {
-                    operations.push(add(&["spec", "subject"], subject.clone().into()));
-                }
+            if object.spec.subject.is_none()
+                && let Some(subject) = &old.spec.subject
+            {
+                operations.push(add(&["spec", "subject"], subject.clone().into()));
             }
             decisions_from_annotations(object, &me, now, &mut operations)?;
             revocation_from_annotation(object, old, &me, now, &mut operations, &mut warnings)?;

@@ -133,13 +133,15 @@ fn respond(response: AdmissionResponse) -> axum::Json<AdmissionReview<DynamicObj
     axum::Json(response.into_review())
 }
 
-fn parse(body: &Bytes) -> Result<AdmissionRequest<AccessRequest>, AdmissionResponse> {
+fn parse(body: &Bytes) -> Result<AdmissionRequest<AccessRequest>, Box<AdmissionResponse>> {
     let review: AdmissionReview<AccessRequest> = serde_json::from_slice(body).map_err(|error| {
-        AdmissionResponse::invalid(format!("unreadable admission review: {error}"))
+        Box::new(AdmissionResponse::invalid(format!(
+            "unreadable admission review: {error}"
+        )))
     })?;
     review
         .try_into()
-        .map_err(|error| AdmissionResponse::invalid(format!("{error}")))
+        .map_err(|error| Box::new(AdmissionResponse::invalid(format!("{error}"))))
 }
 
 fn review_of(request: &AdmissionRequest<AccessRequest>) -> Review<'_> {
@@ -175,7 +177,7 @@ async fn mutate_handler(
 ) -> axum::Json<AdmissionReview<DynamicObject>> {
     let request = match parse(&body) {
         Ok(request) => request,
-        Err(response) => return respond(response),
+        Err(response) => return respond(*response),
     };
     let response = AdmissionResponse::from(&request);
     if request.user_info.username.as_deref() == Some(&*state.operator) {
@@ -208,7 +210,7 @@ async fn validate_handler(
 ) -> axum::Json<AdmissionReview<DynamicObject>> {
     let request = match parse(&body) {
         Ok(request) => request,
-        Err(response) => return respond(response),
+        Err(response) => return respond(*response),
     };
     if request.user_info.username.as_deref() == Some(&*state.operator) {
         return respond(AdmissionResponse::from(&request));

@@ -29,7 +29,8 @@ log() { echo "cluster: $*" >&2; }
 # Whether PID is alive and one of the processes started for this DIR.
 is_ours() {
 	local pid="$1"
-	[[ -n "$pid" && -r "/proc/$pid/cmdline" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$dir/"
+	[[ -n "$pid" && -r "/proc/$pid/cmdline" ]] &&
+		tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$dir/"
 }
 
 recorded_pid() { cat "$dir/pids/$1" 2>/dev/null || true; }
