@@ -146,12 +146,12 @@ async fn reconcile(
 
     // Decide: no client.
     let plan = decide::decide(&observed, now);
-    info!(
-        phase = ?request.status.as_ref().and_then(|status| status.phase),
-        next = ?plan.status.phase,
-        effect = ?plan.effect,
-        "observed access request"
-    );
+    let phase = request.status.as_ref().and_then(|status| status.phase);
+    if phase != plan.status.phase || plan.effect != decide::Effect::None {
+        info!(?phase, next = ?plan.status.phase, effect = ?plan.effect, "observed access request");
+    } else {
+        debug!(?phase, "observed access request; nothing to do");
+    }
 
     // Apply: client required.
     let api = Api::<AccessRequest>::namespaced(context.client.clone(), &namespace);

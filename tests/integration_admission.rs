@@ -6,43 +6,32 @@
 
 mod support;
 
-use jit_operator::crd::v1alpha1::{AccessPolicy, AccessRequest, Approval, FINALIZER, annotations};
+use jit_operator::crd::v1alpha1::{AccessRequest, Approval, FINALIZER, annotations};
 use kube::{
     Api, Client,
     api::{Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
-use support::{TestEnv, operator::shared_operator, random_suffix, wait_for_request};
+use support::{TestEnv, annotate, operator::shared_operator, random_suffix, wait_for_request};
 
 /// A policy: alice and `devs` request, bob and `approvers` approve, one approval, reasons
 /// like `INC-1`, at most 2h; the GitOps ServiceAccount may request for others.
 async fn policy(env: &TestEnv, changes: impl FnOnce(&mut Value)) -> String {
-    let name = format!("policy-{}", random_suffix(8));
-    let mut object = json!({
-        "apiVersion": "jit.dev/v1alpha1",
-        "kind": "AccessPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "requesters": {"users": ["alice"], "groups": ["devs"]},
-            "approvers": {"users": ["bob"], "groups": ["approvers"]},
-            "delegates": {"users": ["system:serviceaccount:ci:gitops", "carol"]},
-            "approvalsRequired": 1,
-            "defaultDuration": "30m",
-            "maxDuration": "2h",
-            "reason": {"required": true, "pattern": "^INC-[0-9]+"},
-            "roles": [
-                {"name": "view", "kubernetes": {"clusterRole": "view", "namespace": env.namespace}},
-                {"name": "edit", "maxDuration": "30m", "kubernetes": {"clusterRole": "edit", "namespace": env.namespace}}
-            ]
-        }
+    let mut spec = json!({
+        "requesters": {"users": ["alice"], "groups": ["devs"]},
+        "approvers": {"users": ["bob"], "groups": ["approvers"]},
+        "delegates": {"users": ["system:serviceaccount:ci:gitops", "carol"]},
+        "approvalsRequired": 1,
+        "defaultDuration": "30m",
+        "maxDuration": "2h",
+        "reason": {"required": true, "pattern": "^INC-[0-9]+"},
+        "roles": [
+            {"name": "view", "kubernetes": {"clusterRole": "view", "namespace": env.namespace}},
+            {"name": "edit", "maxDuration": "30m", "kubernetes": {"clusterRole": "edit", "namespace": env.namespace}}
+        ]
     });
-    changes(&mut object["spec"]);
-    let policy: AccessPolicy = serde_json::from_value(object).unwrap();
-    Api::<AccessPolicy>::all(env.admin.clone())
-        .create(&PostParams::default(), &policy)
-        .await
-        .expect("create policy");
-    name
+    changes(&mut spec);
+    support::create_policy(env, spec).await
 }
 
 fn request_object(policy: &str, changes: impl FnOnce(&mut Value)) -> AccessRequest {
@@ -85,19 +74,6 @@ fn assert_mentions(message: &str, part: &str) {
         message.contains(part),
         "{message:?} does not mention {part:?}"
     );
-}
-
-async fn annotate(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    key: &str,
-    value: &str,
-) -> Result<AccessRequest, kube::Error> {
-    let patch = json!({"metadata": {"annotations": {key: value}}});
-    Api::<AccessRequest>::namespaced(client.clone(), namespace)
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
 }
 
 fn decisions(request: &AccessRequest) -> Vec<Approval> {

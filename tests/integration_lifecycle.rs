@@ -14,38 +14,28 @@ use k8s_openapi::api::{
     rbac::v1::RoleBinding,
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
 use support::{
-    TestEnv, condition_true, operator::shared_operator, phase, random_suffix, wait_for_request,
+    TestEnv, annotate, condition_true, operator::shared_operator, phase, random_suffix,
+    wait_for_request,
 };
 
 async fn policy(env: &TestEnv, changes: impl FnOnce(&mut Value)) -> String {
-    let name = format!("policy-{}", random_suffix(8));
-    let mut object = json!({
-        "apiVersion": "jit.dev/v1alpha1",
-        "kind": "AccessPolicy",
-        "metadata": {"name": name},
-        "spec": {
-            "requesters": {"groups": ["devs"]},
-            "approvers": {"groups": ["approvers"]},
-            "approvalsRequired": 1,
-            "maxDuration": "2h",
-            "roles": [
-                {"name": "view", "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}},
-                {"name": "admin", "approvalsRequired": 2, "kubernetes": {"clusterRole": "jit-dev-edit", "namespace": env.namespace}}
-            ]
-        }
+    let mut spec = json!({
+        "requesters": {"groups": ["devs"]},
+        "approvers": {"groups": ["approvers"]},
+        "approvalsRequired": 1,
+        "maxDuration": "2h",
+        "roles": [
+            {"name": "view", "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}},
+            {"name": "admin", "approvalsRequired": 2, "kubernetes": {"clusterRole": "jit-dev-edit", "namespace": env.namespace}}
+        ]
     });
-    changes(&mut object["spec"]);
-    let policy: AccessPolicy = serde_json::from_value(object).unwrap();
-    Api::<AccessPolicy>::all(env.admin.clone())
-        .create(&PostParams::default(), &policy)
-        .await
-        .expect("create policy");
-    name
+    changes(&mut spec);
+    support::create_policy(env, spec).await
 }
 
 async fn request(env: &TestEnv, policy: &str, role: &str, duration: &str) -> String {
@@ -62,14 +52,6 @@ async fn request(env: &TestEnv, policy: &str, role: &str, duration: &str) -> Str
         .await
         .expect("alice requests");
     name
-}
-
-async fn annotate(client: &Client, namespace: &str, name: &str, key: &str, value: &str) {
-    let patch = json!({"metadata": {"annotations": {key: value}}});
-    Api::<AccessRequest>::namespaced(client.clone(), namespace)
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap_or_else(|error| panic!("annotating {key}: {error}"));
 }
 
 /// Whether alice may `verb` deployments in the test namespace, as the API server decides.
@@ -135,7 +117,9 @@ async fn one_approval_grants_and_expiry_takes_it_away() {
     assert!(!condition_true(&pending, "Granted"));
     assert!(!alice_can(&env, "list").await, "nothing before approval");
 
-    annotate(&env.bob, &env.namespace, &name, annotations::APPROVE, "ok").await;
+    annotate(&env.bob, &env.namespace, &name, annotations::APPROVE, "ok")
+        .await
+        .expect("annotate");
     let active = wait_for_request(&requests(&env), &name, "granted", |r| {
         condition_true(r, "Granted")
     })
@@ -198,7 +182,9 @@ async fn two_approval_role_needs_two_distinct_approvers() {
     let env = TestEnv::new().await;
     let policy = policy(&env, |_| {}).await;
     let name = request(&env, &policy, "admin", "1h").await;
-    annotate(&env.bob, &env.namespace, &name, annotations::APPROVE, "one").await;
+    annotate(&env.bob, &env.namespace, &name, annotations::APPROVE, "one")
+        .await
+        .expect("annotate");
     let one = wait_for_request(&requests(&env), &name, "counting bob", |r| {
         r.status.as_ref().is_some_and(|s| s.approvals.len() == 1)
     })
@@ -221,7 +207,8 @@ async fn two_approval_role_needs_two_distinct_approvers() {
         annotations::APPROVE,
         "two",
     )
-    .await;
+    .await
+    .expect("annotate");
     let active = wait_for_request(&requests(&env), &name, "granted", |r| {
         condition_true(r, "Granted")
     })
@@ -250,7 +237,8 @@ async fn a_denial_ends_the_request_without_access() {
         annotations::DENY,
         "not during the freeze",
     )
-    .await;
+    .await
+    .expect("annotate");
     let denied = wait_for_request(&requests(&env), &name, "denied", |r| {
         phase(r) == Some(Phase::Denied)
     })
@@ -307,7 +295,8 @@ async fn revoke_annotation_ends_access_early() {
         annotations::REVOKE,
         "done",
     )
-    .await;
+    .await
+    .expect("annotate");
     let revoked = wait_for_request(&requests(&env), &name, "revoked", |r| {
         phase(r) == Some(Phase::Revoked)
     })

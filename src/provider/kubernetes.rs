@@ -240,6 +240,38 @@ where
     }
 }
 
+/// Deletes every object of one kind that `selector` finds, in any namespace; an object already
+/// gone counts as deleted.
+async fn delete_labelled<K>(
+    kind: &str,
+    everywhere: Api<K>,
+    api_for: impl Fn(Option<&str>) -> Api<K>,
+    selector: &ListParams,
+) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let found = everywhere
+        .list_metadata(selector)
+        .await
+        .map_err(kubernetes_error("list", &format!("{kind}s")))?;
+    for object in found {
+        let namespace = object.namespace();
+        let name = object.name_any();
+        let reference = match &namespace {
+            Some(namespace) => format!("{kind} {namespace}/{name}"),
+            None => format!("{kind} {name}"),
+        };
+        api_for(namespace.as_deref())
+            .delete(&name, &DeleteParams::default())
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)
+            .map_err(kubernetes_error("delete", &reference))?;
+    }
+    Ok(())
+}
+
 fn ignore_not_found(error: kube::Error) -> Result<(), kube::Error> {
     match error {
         kube::Error::Api(status) if status.code == 404 => Ok(()),
@@ -315,42 +347,21 @@ impl Provider for KubernetesProvider {
         // By label, across namespaces: the request's role may have moved or gone from the
         // policy since the grant, and revocation must not depend on it.
         let selector = managed_by_request(request);
-        let role_bindings = Api::<RoleBinding>::all(self.client.clone());
-        let found = role_bindings
-            .list_metadata(&selector)
-            .await
-            .map_err(kubernetes_error("list", "RoleBindings"))?;
-        for binding in found {
-            let namespace = binding.namespace().unwrap_or_default();
-            let name = binding.name_any();
-            Api::<RoleBinding>::namespaced(self.client.clone(), &namespace)
-                .delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ())
-                .or_else(ignore_not_found)
-                .map_err(kubernetes_error(
-                    "delete",
-                    &format!("RoleBinding {namespace}/{name}"),
-                ))?;
-        }
-        let cluster_role_bindings = Api::<ClusterRoleBinding>::all(self.client.clone());
-        let found = cluster_role_bindings
-            .list_metadata(&selector)
-            .await
-            .map_err(kubernetes_error("list", "ClusterRoleBindings"))?;
-        for binding in found {
-            let name = binding.name_any();
-            cluster_role_bindings
-                .delete(&name, &DeleteParams::default())
-                .await
-                .map(|_| ())
-                .or_else(ignore_not_found)
-                .map_err(kubernetes_error(
-                    "delete",
-                    &format!("ClusterRoleBinding {name}"),
-                ))?;
-        }
-        Ok(())
+        let client = &self.client;
+        delete_labelled(
+            "RoleBinding",
+            Api::<RoleBinding>::all(client.clone()),
+            |namespace| Api::namespaced(client.clone(), namespace.unwrap_or_default()),
+            &selector,
+        )
+        .await?;
+        delete_labelled(
+            "ClusterRoleBinding",
+            Api::<ClusterRoleBinding>::all(client.clone()),
+            |_| Api::all(client.clone()),
+            &selector,
+        )
+        .await
     }
 
     async fn verify(&self, grant: &GrantSpec<'_>) -> Result<GrantState, Error> {

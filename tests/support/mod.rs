@@ -283,3 +283,38 @@ pub fn condition_true(request: &AccessRequest, kind: &str) -> bool {
             .any(|condition| condition.type_ == kind && condition.status == "True")
     })
 }
+
+/// Creates a policy with a random name from its spec, as the admin; returns the name.
+pub async fn create_policy(env: &TestEnv, spec: serde_json::Value) -> String {
+    let name = format!("policy-{}", random_suffix(8));
+    let policy: AccessPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "jit.dev/v1alpha1",
+        "kind": "AccessPolicy",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("policy parses");
+    Api::<AccessPolicy>::all(env.admin.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .expect("create policy");
+    name
+}
+
+/// Sets one annotation on a request, as `kubectl annotate` does.
+pub async fn annotate(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    key: &str,
+    value: &str,
+) -> Result<AccessRequest, kube::Error> {
+    let patch = serde_json::json!({"metadata": {"annotations": {key: value}}});
+    Api::<AccessRequest>::namespaced(client.clone(), namespace)
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+}
