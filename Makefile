@@ -22,7 +22,7 @@ fmt: ## Format the Rust code.
 .PHONY: lint
 lint: ## Check formatting and run clippy with warnings as errors.
 	$(CARGO) fmt --check
-	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) clippy --all-targets --all-features --locked -- -D warnings
 
 .PHONY: crds
 crds: ## Regenerate crds/ from the Rust types.
@@ -68,4 +68,4 @@ endif
 
 .PHONY: test
 test: lint verify control-plane ## Everything CI runs: lint, CRD drift, unit and integration tests.
-	$(CARGO) test --locked
+	$(CARGO) test --locked --features failpoints

@@ -1,6 +1,6 @@
 //! The operator's command line: flags, each also settable from the environment.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
@@ -32,7 +32,18 @@ pub struct Args {
     #[arg(long, env = "JIT_REGISTER_WEBHOOKS")]
     pub register_webhooks: bool,
 
+    /// Longest time between two looks at each request: verifies every active grant (drift)
+    /// and sweeps orphaned grants. Hours, minutes, seconds: 30s, 5m, 1h.
+    #[arg(long, env = "JIT_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+
     /// Log line format.
     #[arg(long, env = "JIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    crate::crd::ApiDuration::parse(text)
+        .and_then(|duration| duration.to_std())
+        .map_err(|error| error.to_string())
 }

@@ -7,12 +7,14 @@
 pub mod admission;
 pub mod cli;
 pub mod crd;
+pub mod metrics;
 pub mod operator;
 pub mod policy;
 pub mod provider;
 pub mod request_controller;
 pub mod server;
 pub mod subject;
+pub mod sweep;
 pub mod telemetry;
 
 #[cfg(test)]

@@ -9,6 +9,9 @@ use jit_operator::{cli::Args, operator, telemetry};
 async fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.log_format);
+    // Test builds only: read crash points from FAILPOINTS.
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     match operator::run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -19,8 +19,9 @@ use crate::{
     admission::{self, certs, register, server::WebhookServer},
     cli::Args,
     crd::v1alpha1::{AccessPolicy, AccessRequest},
+    metrics::Metrics,
     provider::{Providers, kubernetes::KubernetesProvider},
-    request_controller, server,
+    request_controller, server, sweep,
 };
 
 /// Why the operator could not start or stopped.
@@ -127,7 +128,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
     }
 
     let readiness = server::Readiness::default();
-    let health = server::HealthServer::bind(args.health_addr, readiness.clone()).await?;
+    let metrics = Metrics::shared();
+    let health =
+        server::HealthServer::bind(args.health_addr, readiness.clone(), metrics.clone()).await?;
     let health_addr = health.local_addr()?;
 
     let providers = Providers {
@@ -137,7 +140,18 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .ok()
         .or_else(|| Some(identity.clone()));
     let context = Arc::new(request_controller::Context::new(
-        client, providers, instance,
+        client,
+        providers,
+        instance,
+        args.resync_interval,
+        metrics.clone(),
+    ));
+    let sweeper = tokio::spawn(sweep::run(
+        context.client.clone(),
+        context.providers.clone(),
+        args.resync_interval,
+        metrics,
+        stopped(),
     ));
     let controller = tokio::spawn(request_controller::run(context, stopped()));
     let server = tokio::spawn(health.serve(stopped()));
@@ -148,6 +162,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     info!("shutting down");
     let _ = stop_sender.send(true);
     let _ = controller.await;
+    let _ = sweeper.await;
     let _ = webhook_task.await;
     if let Ok(result) = server.await {
         result?;

@@ -10,7 +10,10 @@ use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::{
+    api::rbac::v1::{ClusterRoleBinding, RoleBinding},
+    apimachinery::pkg::apis::meta::v1::Time,
+};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -28,13 +31,20 @@ use tracing::{debug, error, info, instrument, warn};
 
 use self::decide::{FinalizerChange, Notice, Severity};
 use crate::{
-    crd::v1alpha1::{AccessPolicy, AccessRequest, AccessRequestStatus, Phase, TimelineEntry},
-    provider::Providers,
+    crd::v1alpha1::{
+        AccessPolicy, AccessRequest, AccessRequestStatus, GrantIntent, IntentAction, Phase,
+        TimelineEntry,
+    },
+    metrics::Metrics,
+    provider::{GrantKey, MANAGED_BY, MANAGED_BY_LABEL, Providers, REQUEST_ANNOTATION},
     telemetry::error_chain,
 };
 
 /// The controller's name, as Events report it.
 pub const CONTROLLER_NAME: &str = "jit-operator";
+
+/// The field manager of the operator's status writes.
+const FIELD_MANAGER: &str = "jit-operator";
 
 /// Longest wait between retries of a failing step.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
@@ -72,11 +82,21 @@ pub struct Context {
     pub providers: Providers,
     /// Publishes Events.
     pub recorder: Recorder,
+    /// Longest time between two looks at a request (`--resync-interval`): the drift check.
+    pub resync: Duration,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Context {
     /// A context publishing Events as `jit-operator` from `instance`.
-    pub fn new(client: Client, providers: Providers, instance: Option<String>) -> Self {
+    pub fn new(
+        client: Client,
+        providers: Providers,
+        instance: Option<String>,
+        resync: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let reporter = Reporter {
             controller: CONTROLLER_NAME.into(),
             instance,
@@ -85,6 +105,8 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             providers,
+            resync,
+            metrics,
         }
     }
 }
@@ -115,6 +137,17 @@ pub async fn run(
                 .map(|guarded| ObjectRef::from_obj(guarded.as_ref()))
                 .collect::<Vec<_>>()
         })
+        // A managed binding changed or deleted by hand: look at its request now (drift).
+        .watches(
+            Api::<RoleBinding>::all(context.client.clone()),
+            managed_only(),
+            |binding| request_of(&binding),
+        )
+        .watches(
+            Api::<ClusterRoleBinding>::all(context.client.clone()),
+            managed_only(),
+            |binding| request_of(&binding),
+        )
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -123,6 +156,20 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Watches only what the operator manages.
+fn managed_only() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+}
+
+/// The request a managed object belongs to, from its `jit.dev/request` annotation.
+fn request_of<K: ResourceExt>(object: &K) -> Option<ObjectRef<DeserializeGuard<AccessRequest>>> {
+    let (namespace, name) = object
+        .annotations()
+        .get(REQUEST_ANNOTATION)?
+        .split_once('/')?;
+    Some(ObjectRef::new(name).within(namespace))
 }
 
 #[instrument(skip_all, fields(request = %guarded.name_any(), namespace = guarded.namespace()))]
@@ -138,7 +185,9 @@ async fn reconcile(
     let name = guarded.name_any();
 
     // Observe: client required.
-    let Some(observed) = observe::observe(&context.client, &namespace, &name).await? else {
+    let Some(observed) =
+        observe::observe(&context.client, &context.providers, &namespace, &name).await?
+    else {
         return Ok(Action::await_change());
     };
     let request = &observed.request;
@@ -158,34 +207,113 @@ async fn reconcile(
     if plan.finalizer == FinalizerChange::Add {
         apply::set_finalizer(&api, request, true).await?;
     }
+    let mut written = request.status.clone().unwrap_or_default();
+    let kind = match &plan.effect {
+        decide::Effect::None => None,
+        decide::Effect::Grant { .. } => Some(IntentAction::Grant),
+        decide::Effect::Revoke => Some(IntentAction::Revoke),
+    };
+    if let Some(action) = kind {
+        // Intent before action: status says what is about to happen before the provider
+        // is called, so a crash in between is visible and resolved on restart.
+        let mut intent = written.clone();
+        intent.intent = Some(GrantIntent {
+            action,
+            key: GrantKey::for_request(&request.uid().unwrap_or_default())
+                .as_str()
+                .to_owned(),
+            time: Time(now),
+        });
+        write_status(&api, request, &written, &intent).await?;
+        written = intent;
+        crash_point(action, "before-effect");
+    }
     let applied = match apply::effect(&context.providers, request, &plan.effect).await {
         Ok(applied) => applied,
-        Err(error) => return record_failure(&context, &api, request, &plan, error, now).await,
+        Err(error) => {
+            return record_failure(&context, &api, request, &written, &plan, error, now).await;
+        }
     };
+    if let Some(action) = kind {
+        crash_point(action, "after-effect");
+    }
+    count_success(&context.metrics, request, &plan);
 
     // Status: from what was applied.
     let status = status::after_success(plan.status, &applied);
-    write_status(&api, request, &status).await?;
+    write_status(&api, request, &written, &status).await?;
+    if let Some(action) = kind {
+        crash_point(action, "after-status");
+    }
     publish(&context, request, &plan.notices).await;
     if plan.finalizer == FinalizerChange::Remove {
         apply::set_finalizer(&api, request, false).await?;
+        if let Some(action) = kind {
+            crash_point(action, "after-finalizer");
+        }
     }
-    Ok(Action::requeue(plan.requeue_after))
+    Ok(Action::requeue(plan.requeue_after.min(context.resync)))
 }
 
+fn count_success(metrics: &Metrics, request: &AccessRequest, plan: &decide::Plan) {
+    match plan.effect {
+        decide::Effect::None => {}
+        decide::Effect::Grant { .. } => {
+            metrics.grants.inc();
+            if plan
+                .notices
+                .iter()
+                .any(|notice| notice.reason == "GrantRepaired")
+            {
+                metrics.drift_repairs.inc();
+            }
+        }
+        decide::Effect::Revoke => {
+            metrics.revocations.inc();
+            metrics.revocation_failing(&request.uid().unwrap_or_default(), false);
+        }
+    }
+    metrics.reconciled("ok");
+}
+
+/// Crashes the process here when the test failpoint `<grant|revoke>-<step>` is on (feature
+/// `failpoints`, set with the `FAILPOINTS` environment variable); nothing otherwise.
+fn crash_point(action: IntentAction, step: &str) {
+    #[cfg(feature = "failpoints")]
+    {
+        let kind = match action {
+            IntentAction::Grant => "grant",
+            IntentAction::Revoke => "revoke",
+        };
+        if fail::eval(&format!("{kind}-{step}"), |_| ()).is_some() {
+            error!(failpoint = %format!("{kind}-{step}"), "failpoint: crashing");
+            std::process::abort();
+        }
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = (action, step);
+}
+
+/// Writes the status with server-side apply, so that fields the operator no longer sets are
+/// removed; skips the write when nothing but condition times would change.
 async fn write_status(
     api: &Api<AccessRequest>,
     request: &AccessRequest,
+    current: &AccessRequestStatus,
     status: &AccessRequestStatus,
 ) -> Result<(), Error> {
-    let current = request.status.clone().unwrap_or_default();
-    if !status::differs(&current, status) {
+    if !status::differs(current, status) {
         return Ok(());
     }
+    let patch = json!({
+        "apiVersion": "jit.dev/v1alpha1",
+        "kind": "AccessRequest",
+        "status": status,
+    });
     api.patch_status(
         &request.name_any(),
-        &PatchParams::default(),
-        &Patch::Merge(&json!({ "status": status })),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
     )
     .await
     .map(|_| ())
@@ -198,6 +326,7 @@ async fn record_failure(
     context: &Context,
     api: &Api<AccessRequest>,
     request: &AccessRequest,
+    written: &AccessRequestStatus,
     plan: &decide::Plan,
     error: apply::Error,
     now: Timestamp,
@@ -213,13 +342,13 @@ async fn record_failure(
                 reason: "Failed".into(),
                 note: format!("could not grant: {message}"),
             };
-            write_status(api, request, &status).await?;
+            write_status(api, request, written, &status).await?;
             publish(context, request, &[notice]).await;
             return Ok(Action::requeue(decide::RESYNC));
         }
         apply::Error::Grant(_) => (
             status::after_failure(
-                request.status.as_ref(),
+                Some(written),
                 status::GRANT_FAILING,
                 "GrantFailed",
                 &message,
@@ -234,9 +363,13 @@ async fn record_failure(
         ),
         _ => {
             error!(error = %message, "revocation failed; retrying");
+            context.metrics.revocation_failures.inc();
+            context
+                .metrics
+                .revocation_failing(&request.uid().unwrap_or_default(), true);
             (
                 status::after_failure(
-                    request.status.as_ref(),
+                    Some(written),
                     status::REVOCATION_FAILING,
                     "RevokeFailed",
                     &message,
@@ -252,7 +385,7 @@ async fn record_failure(
         }
     };
     let backoff = backoff(status.failures);
-    write_status(api, request, &status).await?;
+    write_status(api, request, written, &status).await?;
     publish(context, request, &[notice]).await;
     Ok(Action::requeue(backoff))
 }
@@ -315,8 +448,9 @@ async fn publish(context: &Context, request: &AccessRequest, notices: &[Notice])
 fn error_policy(
     _request: Arc<DeserializeGuard<AccessRequest>>,
     error: &Error,
-    _context: Arc<Context>,
+    context: Arc<Context>,
 ) -> Action {
+    context.metrics.reconciled(error.category());
     warn!(error = %error_chain(error), category = error.category(), "reconcile failed; retrying");
     // Conflicts and API hiccups: the next reconcile reads everything fresh.
     Action::requeue(Duration::from_secs(1))

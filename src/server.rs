@@ -1,5 +1,5 @@
-//! The operator's HTTP endpoints: `/healthz` (the process is alive) and `/readyz` (it has
-//! checked its CRDs and its controllers are running).
+//! The operator's HTTP endpoints: `/healthz` (the process is alive), `/readyz` (it has
+//! checked its CRDs and its controllers are running) and `/metrics` (Prometheus).
 
 use std::{
     net::SocketAddr,
@@ -11,6 +11,8 @@ use std::{
 
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use tokio::net::TcpListener;
+
+use crate::metrics::Metrics;
 
 /// Whether the operator is ready to serve; shared between the server and the operator.
 #[derive(Clone, Debug, Default)]
@@ -49,17 +51,23 @@ pub enum Error {
 pub struct HealthServer {
     listener: TcpListener,
     readiness: Readiness,
+    metrics: Arc<Metrics>,
 }
 
 impl HealthServer {
     /// Binds the address now, so a taken port fails start-up rather than later.
-    pub async fn bind(address: SocketAddr, readiness: Readiness) -> Result<Self, Error> {
+    pub async fn bind(
+        address: SocketAddr,
+        readiness: Readiness,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, Error> {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| Error::Bind { address, source })?;
         Ok(Self {
             listener,
             readiness,
+            metrics,
         })
     }
 
@@ -73,10 +81,12 @@ impl HealthServer {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), Error> {
+        let metrics = self.metrics;
         let router = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
-            .with_state(self.readiness);
+            .with_state(self.readiness)
+            .route("/metrics", get(move || async move { metrics.render() }));
         axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await

@@ -353,6 +353,28 @@ pub struct Approval {
     pub comment: Option<String>,
 }
 
+/// What the operator is about to do to a request's grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum IntentAction {
+    /// Make (or adopt) the grant.
+    Grant,
+    /// Remove the grant.
+    Revoke,
+}
+
+/// An action on the grant, recorded before the operator calls the provider and cleared once
+/// the outcome is in status, so that a crash in between is visible and resolved on restart.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantIntent {
+    /// What is about to happen.
+    pub action: IntentAction,
+    /// The deterministic grant key (from the request UID) the provider uses.
+    pub key: String,
+    /// Since when.
+    pub time: Time,
+}
+
 /// Who ended a request early, verified by admission.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -420,6 +442,9 @@ pub struct AccessRequestStatus {
     /// The grant held for this request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<Grant>,
+    /// An action on the grant under way; set before the provider call, cleared after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<GrantIntent>,
     /// What happened, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub timeline: Vec<TimelineEntry>,

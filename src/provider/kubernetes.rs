@@ -364,6 +364,33 @@ impl Provider for KubernetesProvider {
         .await
     }
 
+    async fn list_managed(&self) -> Result<Vec<String>, Error> {
+        let selector = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        let mut uids = Vec::new();
+        let role_bindings = Api::<RoleBinding>::all(self.client.clone())
+            .list_metadata(&selector)
+            .await
+            .map_err(kubernetes_error("list", "RoleBindings"))?;
+        let cluster_role_bindings = Api::<ClusterRoleBinding>::all(self.client.clone())
+            .list_metadata(&selector)
+            .await
+            .map_err(kubernetes_error("list", "ClusterRoleBindings"))?;
+        let labels = role_bindings
+            .into_iter()
+            .map(|binding| binding.metadata.labels)
+            .chain(
+                cluster_role_bindings
+                    .into_iter()
+                    .map(|binding| binding.metadata.labels),
+            );
+        for labels in labels.flatten() {
+            if let Some(uid) = labels.get(REQUEST_UID_LABEL) {
+                uids.push(uid.clone());
+            }
+        }
+        Ok(uids)
+    }
+
     async fn verify(&self, grant: &GrantSpec<'_>) -> Result<GrantState, Error> {
         let target = target(grant)?;
         let want = desired(grant, target);

@@ -144,6 +144,10 @@ pub trait Provider: Send + Sync {
 
     /// Compares the grant with what it should be, for drift repair.
     async fn verify(&self, grant: &GrantSpec<'_>) -> Result<GrantState, Error>;
+
+    /// The request UIDs of every grant this provider manages (by its managed-by marker), for
+    /// the orphan sweep.
+    async fn list_managed(&self) -> Result<Vec<String>, Error>;
 }
 
 /// The providers the operator runs with.

@@ -1,11 +1,11 @@
 //! Step 3, client required: carry out a plan's finalizer change and its one effect through the
 //! providers. Returns what was done, from which the status is computed.
 
+use json_patch::{AddOperation, PatchOperation, TestOperation, jsonptr::PointerBuf};
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
 };
-use serde_json::json;
 
 use super::decide::Effect;
 use crate::{
@@ -46,32 +46,39 @@ pub fn request_ref(request: &AccessRequest) -> Result<RequestRef, Error> {
     })
 }
 
-/// Adds or removes the finalizer, guarded by the resourceVersion read, so that a concurrent
-/// change makes this fail (and retry) rather than overwrite it.
+/// Adds or removes the finalizer. The JSON patch first tests that the finalizer list is
+/// still what was read, so that a concurrent change makes this fail (and retry) rather than
+/// overwrite it; status writes in between do not matter.
 pub async fn set_finalizer(
     api: &Api<AccessRequest>,
     request: &AccessRequest,
     present: bool,
 ) -> Result<(), Error> {
-    let mut finalizers: Vec<String> = request
-        .finalizers()
+    let current = request.metadata.finalizers.clone();
+    let mut finalizers: Vec<String> = current
         .iter()
+        .flatten()
         .filter(|finalizer| *finalizer != FINALIZER)
         .cloned()
         .collect();
     if present {
         finalizers.push(FINALIZER.to_owned());
     }
-    let patch = json!({
-        "metadata": {
-            "finalizers": finalizers,
-            "resourceVersion": request.resource_version(),
-        }
-    });
+    let path = PointerBuf::from_tokens(["metadata", "finalizers"]);
+    let patch = json_patch::Patch(vec![
+        PatchOperation::Test(TestOperation {
+            path: path.clone(),
+            value: serde_json::to_value(&current).unwrap_or_default(),
+        }),
+        PatchOperation::Add(AddOperation {
+            path,
+            value: serde_json::to_value(&finalizers).unwrap_or_default(),
+        }),
+    ]);
     api.patch(
         &request.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(&patch),
+        &Patch::<()>::Json(patch),
     )
     .await
     .map(|_| ())

@@ -22,6 +22,7 @@ use crate::{
         PolicyRole, Revocation, TimelineEntry, annotations,
     },
     policy::{self, Refusal, auto_approve},
+    provider::GrantState,
     subject::Subject,
 };
 
@@ -32,8 +33,9 @@ pub const GRANTED: &str = "Granted";
 /// The condition that the auto-approve expression failed.
 pub const AUTO_APPROVE: &str = "AutoApprove";
 
-/// Longest wait before looking at a request again, whatever its timers say.
-pub const RESYNC: Duration = Duration::from_secs(300);
+/// Longest wait before looking at a request again, whatever its timers say; the driver
+/// shortens it to `--resync-interval`.
+pub const RESYNC: Duration = Duration::from_secs(3600);
 
 /// What the controller read, fresh from the API server.
 #[derive(Clone, Debug)]
@@ -42,6 +44,8 @@ pub struct Observed {
     pub request: AccessRequest,
     /// Its policy; `None` when it does not exist.
     pub policy: Option<AccessPolicy>,
+    /// The grant as the provider has it, for an active request; `None` when not looked at.
+    pub grant: Option<GrantState>,
 }
 
 /// Whether the finalizer must change.
@@ -131,7 +135,7 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Plan {
             if !has_finalizer {
                 builder.plan.finalizer = FinalizerChange::Add;
             }
-            builder.active(observed.policy.as_ref());
+            builder.active(observed.policy.as_ref(), observed.grant.as_ref());
         }
         None | Some(Phase::Pending) => {
             if !has_finalizer {
@@ -187,6 +191,8 @@ impl<'a> Builder<'a> {
 
     fn finish(mut self) -> Plan {
         self.plan.status.observed_generation = self.generation;
+        // The plan's status is the state once its effect is done: no intent is left open.
+        self.plan.status.intent = None;
         self.plan
     }
 
@@ -229,6 +235,9 @@ impl<'a> Builder<'a> {
 
     /// Moves to a final phase; the caller has planned the revoke if one is needed.
     fn end(&mut self, phase: Phase, reason: &str, actor: Option<&str>, message: &str) {
+        // Ending always revokes: it is idempotent, and a crash between a grant and its
+        // status write leaves a grant that a Pending status does not show.
+        self.plan.effect = Effect::Revoke;
         let was_active = self.plan.status.phase == Some(Phase::Active);
         self.plan.status.phase = Some(phase);
         self.plan.status.message = Some(message.to_owned());
@@ -327,7 +336,6 @@ impl<'a> Builder<'a> {
                 .clone()
                 .unwrap_or_else(|| "withdrawn before it was granted".into());
             // Something may have been granted just before a crash; revoking is harmless.
-            self.plan.effect = Effect::Revoke;
             self.condition(APPROVED, ConditionStatus::False, "Revoked", &message);
             return self.end(Phase::Revoked, "Revoked", Some(&revocation.user), &message);
         }
@@ -429,7 +437,6 @@ impl<'a> Builder<'a> {
         let message = refusal.to_string();
         self.condition(APPROVED, ConditionStatus::False, refusal.reason(), &message);
         // Nothing was granted in Pending, but a crash right after a grant looks the same.
-        self.plan.effect = Effect::Revoke;
         self.end(phase, refusal.reason(), Some("policy"), &message);
     }
 
@@ -523,7 +530,7 @@ impl<'a> Builder<'a> {
         self.plan.status.message = Some(format!("waiting for approval: {message}"));
     }
 
-    fn active(&mut self, policy: Option<&AccessPolicy>) {
+    fn active(&mut self, policy: Option<&AccessPolicy>, grant: Option<&GrantState>) {
         self.sync_decisions();
         let expires_at = self.plan.status.expires_at.as_ref().map(|time| time.0);
         if let Some(revocation) = revocation(self.request) {
@@ -531,18 +538,15 @@ impl<'a> Builder<'a> {
                 .comment
                 .clone()
                 .unwrap_or_else(|| "ended early".into());
-            self.plan.effect = Effect::Revoke;
             return self.end(Phase::Revoked, "Revoked", Some(&revocation.user), &message);
         }
         let Some(expires_at) = expires_at.filter(|expires_at| self.now < *expires_at) else {
             // Past its time, or with no expiry recorded at all: either way, take it away.
-            self.plan.effect = Effect::Revoke;
             return self.end(Phase::Expired, "Expired", None, "the granted time is up");
         };
         let still_offered =
             policy.is_some_and(|policy| policy::find_role(policy, &self.request.spec.role).is_ok());
         if !still_offered {
-            self.plan.effect = Effect::Revoke;
             let message = format!(
                 "policy {} no longer offers role {}",
                 self.request.spec.policy, self.request.spec.role
@@ -552,7 +556,6 @@ impl<'a> Builder<'a> {
         if let Some(policy) = policy {
             let records = self.plan.status.approvals.clone();
             if let Some(denial) = policy::tally(policy, &self.request.spec, &records).denied_by {
-                self.plan.effect = Effect::Revoke;
                 let message = denial
                     .comment
                     .clone()
@@ -565,7 +568,37 @@ impl<'a> Builder<'a> {
                 );
             }
         }
+        if let (Some(policy), Some(state)) = (policy, grant) {
+            self.repair(policy, state, expires_at);
+        }
         self.plan.requeue_after = until(self.now, expires_at).min(RESYNC);
+    }
+
+    /// Restores a grant that was removed or changed by hand while the request is active, with
+    /// the same expiry.
+    fn repair(&mut self, policy: &AccessPolicy, state: &GrantState, expires_at: Timestamp) {
+        let what = match state {
+            GrantState::Present => return,
+            GrantState::Missing => "the grant was removed by hand".to_owned(),
+            GrantState::Drifted(how) => format!("the grant was changed by hand: it {how}"),
+        };
+        let Some(requester) = &self.request.spec.requester else {
+            return;
+        };
+        let (Ok(role), Ok(subject)) = (
+            policy::find_role(policy, &self.request.spec.role),
+            Subject::of_request(self.request.spec.subject.as_deref(), &requester.username),
+        ) else {
+            return;
+        };
+        self.plan.effect = Effect::Grant {
+            role: role.clone(),
+            subject,
+            expires_at,
+        };
+        let message = format!("{what}; restored as granted until {expires_at}");
+        self.record("Repaired", None, &message);
+        self.notice(Severity::Warning, "GrantRepaired", message);
     }
 }
 

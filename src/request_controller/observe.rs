@@ -1,10 +1,16 @@
 //! Step 1, client required: read the request and its policy fresh from the API server, not
-//! from the watch cache, so that a decision to grant rests on what is true now.
+//! from the watch cache, so that a decision to grant rests on what is true now; and for an
+//! active request, look at the grant itself, so that drift is seen.
 
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use super::decide::Observed;
-use crate::crd::v1alpha1::{AccessPolicy, AccessRequest};
+use crate::{
+    crd::v1alpha1::{AccessPolicy, AccessRequest, Phase},
+    policy,
+    provider::{self, GrantSpec, Providers, RequestRef},
+    subject::Subject,
+};
 
 /// Why observing failed.
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +27,16 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Looking at the grant failed.
+    #[error("failed to verify the grant")]
+    Verify(#[source] provider::Error),
 }
 
-/// Reads the request and its policy; `None` when the request is gone.
+/// Reads the request and its policy, and verifies an active grant; `None` when the request
+/// is gone.
 pub async fn observe(
     client: &Client,
+    providers: &Providers,
     namespace: &str,
     name: &str,
 ) -> Result<Option<Observed>, Error> {
@@ -40,5 +51,54 @@ pub async fn observe(
             policy: request.spec.policy.clone(),
             source,
         })?;
-    Ok(Some(Observed { request, policy }))
+    let grant = verify_active(providers, &request, policy.as_ref()).await?;
+    Ok(Some(Observed {
+        request,
+        policy,
+        grant,
+    }))
+}
+
+/// The state of an active request's grant; `None` when there is nothing to verify (not
+/// active, being deleted, or the role is gone, which `decide` handles by revoking).
+async fn verify_active(
+    providers: &Providers,
+    request: &AccessRequest,
+    policy: Option<&AccessPolicy>,
+) -> Result<Option<provider::GrantState>, Error> {
+    let status = request.status.as_ref();
+    let active = status.and_then(|status| status.phase) == Some(Phase::Active);
+    if !active || request.metadata.deletion_timestamp.is_some() {
+        return Ok(None);
+    }
+    let (Some(policy), Some(expires_at), Some(requester)) = (
+        policy,
+        status.and_then(|status| status.expires_at.as_ref()),
+        request.spec.requester.as_ref(),
+    ) else {
+        return Ok(None);
+    };
+    let Ok(role) = policy::find_role(policy, &request.spec.role) else {
+        return Ok(None);
+    };
+    let Ok(subject) = Subject::of_request(request.spec.subject.as_deref(), &requester.username)
+    else {
+        return Ok(None);
+    };
+    let request_ref = RequestRef {
+        uid: request.uid().unwrap_or_default(),
+        namespace: request.namespace().unwrap_or_default(),
+        name: request.name_any(),
+    };
+    let provider = providers.for_role(role).map_err(Error::Verify)?;
+    let state = provider
+        .verify(&GrantSpec {
+            request: &request_ref,
+            subject: &subject,
+            role,
+            expires_at: expires_at.0,
+        })
+        .await
+        .map_err(Error::Verify)?;
+    Ok(Some(state))
 }

@@ -11,12 +11,14 @@ use crate::{
         v1alpha1::{AutoApprove, annotations},
     },
     fixtures::{self, at, decision, revocation},
+    provider::GrantState,
 };
 
 fn observed() -> Observed {
     Observed {
         request: fixtures::request(),
         policy: Some(fixtures::policy()),
+        grant: None,
     }
 }
 
@@ -344,7 +346,7 @@ fn an_active_grant_is_revoked_at_its_expiry_not_before() {
     let plan = decide(&observed, at("2026-01-01T00:30:00Z"));
     assert_eq!(plan.effect, Effect::None);
     assert_eq!(plan.status.phase, Some(Phase::Active));
-    assert_eq!(plan.requeue_after, RESYNC);
+    assert_eq!(plan.requeue_after, Duration::from_secs(32 * 60));
     let plan = decide(&observed, at("2026-01-01T00:59:00Z"));
     assert_eq!(
         plan.requeue_after,
@@ -499,4 +501,45 @@ fn deciding_twice_on_the_same_input_is_stable() {
     let again = decide(&advance(observed, &plan), at("2026-01-01T00:05:00Z"));
     assert_eq!(plan.status, again.status);
     assert!(again.notices.is_empty(), "no Events without a transition");
+}
+
+#[test]
+fn a_grant_removed_or_changed_by_hand_is_restored_with_the_same_expiry() {
+    for state in [
+        GrantState::Missing,
+        GrantState::Drifted("has 2 subjects instead of exactly 1".into()),
+    ] {
+        let mut observed = active("2026-01-01T00:02:00Z");
+        observed.grant = Some(state);
+        let plan = decide(&observed, at("2026-01-01T00:10:00Z"));
+        assert_eq!(
+            plan.effect,
+            Effect::Grant {
+                role: observed.policy.as_ref().unwrap().spec.roles[0].clone(),
+                subject: Subject::User("alice".into()),
+                expires_at: at("2026-01-01T01:02:00Z"),
+            }
+        );
+        assert_eq!(plan.status.phase, Some(Phase::Active));
+        assert_eq!(
+            plan.status.expires_at,
+            Some(Time(at("2026-01-01T01:02:00Z")))
+        );
+        assert_eq!(reasons(&plan), ["GrantRepaired"]);
+    }
+    let mut intact = active("2026-01-01T00:02:00Z");
+    intact.grant = Some(GrantState::Present);
+    assert_eq!(
+        decide(&intact, at("2026-01-01T00:10:00Z")).effect,
+        Effect::None
+    );
+}
+
+#[test]
+fn a_drifted_grant_past_its_expiry_is_revoked_not_repaired() {
+    let mut observed = active("2026-01-01T00:02:00Z");
+    observed.grant = Some(GrantState::Missing);
+    let plan = decide(&observed, at("2026-01-01T01:02:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
 }
