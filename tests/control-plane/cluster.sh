@@ -8,7 +8,8 @@
 #                          the processes die with this script, whatever kills it
 #
 # DIR receives kubeconfig-<user> for admin (system:masters), alice (devs), bob and carol
-# (approvers), mallory (no groups) and jit-operator (the operator's own identity, no groups),
+# (approvers), mallory (no groups), jit-operator (the operator's own identity, no groups) and
+# approver-1 to approver-5 (approvers, for concurrency tests),
 # plus bin (a link to the binaries), logs/, pki/ and the etcd data.
 set -euo pipefail
 
@@ -17,7 +18,8 @@ readonly here
 readonly ready_timeout_seconds="${JIT_CLUSTER_READY_TIMEOUT:-90}"
 # user:groups, groups comma-separated
 readonly users=("admin:system:masters" "alice:devs" "bob:approvers" "carol:approvers" "mallory:"
-	"jit-operator:")
+	"jit-operator:" "approver-1:approvers" "approver-2:approvers" "approver-3:approvers"
+	"approver-4:approvers" "approver-5:approvers")
 
 usage() {
 	echo "usage: $0 start|stop|run DIR" >&2

@@ -318,3 +318,8 @@ pub async fn annotate(
         )
         .await
 }
+
+/// A client for any user of the control plane, e.g. `approver-3`.
+pub async fn client_for(user: &str) -> Client {
+    client_from(&control_plane().kubeconfig(user)).await
+}

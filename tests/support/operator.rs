@@ -35,6 +35,11 @@ impl Operator {
     /// Starts the operator as `user` with the webhooks registered, and waits until it is
     /// ready.
     pub fn start(user: &str) -> Self {
+        Self::start_with(user, &[])
+    }
+
+    /// Like `start`, with extra environment (e.g. `FAILPOINTS`).
+    pub fn start_with(user: &str, environment: &[(&str, &str)]) -> Self {
         let control_plane = control_plane();
         let log = control_plane
             .dir
@@ -51,7 +56,11 @@ impl Operator {
                 "--register-webhooks",
                 "--log-format",
                 "json",
+                // Short, so that drift checks and the orphan sweep happen within a test.
+                "--resync-interval",
+                "2s",
             ])
+            .envs(environment.iter().copied())
             .env("KUBECONFIG", control_plane.kubeconfig(user))
             .env("RUST_LOG", "info,jit_operator=debug")
             .stdin(Stdio::piped())
@@ -79,6 +88,27 @@ impl Operator {
             assert!(
                 Instant::now() < deadline,
                 "operator did not log {text:?} within {limit:?}; see {}",
+                self.log.display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the operator to exit by itself (a failpoint crash), up to `limit`.
+    pub fn wait_for_exit(&mut self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            // The guard exits once the operator has: its `wait` returns.
+            let children = Command::new("pgrep")
+                .args(["-P", &self.process.id().to_string(), "-f", "jit-operator"])
+                .output()
+                .expect("pgrep");
+            if children.stdout.iter().all(u8::is_ascii_whitespace) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "operator still running after {limit:?}; see {}",
                 self.log.display()
             );
             std::thread::sleep(Duration::from_millis(50));
