@@ -4,6 +4,8 @@
 #
 #   cluster.sh start DIR   start in the background and return; harmless when already running
 #   cluster.sh stop DIR    stop exactly the processes `start` recorded in DIR
+#   cluster.sh restart-apiserver DIR
+#                          stop kube-apiserver and start it again, same port and data
 #   cluster.sh run DIR     start, print "ready", and stop when stdin closes or on a signal;
 #                          the processes die with this script, whatever kills it
 #
@@ -22,7 +24,7 @@ readonly users=("admin:system:masters" "alice:devs" "bob:approvers" "carol:appro
 	"approver-4:approvers" "approver-5:approvers")
 
 usage() {
-	echo "usage: $0 start|stop|run DIR" >&2
+	echo "usage: $0 start|stop|run|restart-apiserver DIR" >&2
 	exit 2
 }
 
@@ -131,6 +133,26 @@ launch() {
 	echo $! >"$dir/pids/$name"
 }
 
+# Starts kube-apiserver on the ports recorded in DIR/ports.
+launch_apiserver() {
+	local etcd_client apiserver
+	read -r etcd_client apiserver <"$dir/ports"
+	launch kube-apiserver "$dir/bin/kube-apiserver" \
+		--etcd-servers="http://127.0.0.1:$etcd_client" \
+		--secure-port="$apiserver" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
+		--cert-dir="$dir/pki/apiserver" \
+		--tls-cert-file="$dir/pki/serving.crt" --tls-private-key-file="$dir/pki/serving.key" \
+		--authorization-mode=RBAC --anonymous-auth=false \
+		--token-auth-file="$dir/pki/tokens.csv" \
+		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
+		--service-account-key-file="$dir/pki/service-account.pub" \
+		--service-account-signing-key-file="$dir/pki/service-account.key" \
+		--service-cluster-ip-range=10.96.0.0/24 \
+		--disable-admission-plugins=ServiceAccount \
+		--profiling=false
+
+}
+
 start() {
 	if running; then
 		log "already running at $(cat "$dir/endpoint") (kubeconfigs in $dir)"
@@ -157,21 +179,17 @@ start() {
 		--initial-advertise-peer-urls="http://127.0.0.1:$etcd_peer" \
 		--initial-cluster="jit-dev=http://127.0.0.1:$etcd_peer"
 
-	launch kube-apiserver "$bin/kube-apiserver" \
-		--etcd-servers="http://127.0.0.1:$etcd_client" \
-		--secure-port="$apiserver" --bind-address=127.0.0.1 --advertise-address=127.0.0.1 \
-		--cert-dir="$dir/pki/apiserver" \
-		--tls-cert-file="$dir/pki/serving.crt" --tls-private-key-file="$dir/pki/serving.key" \
-		--authorization-mode=RBAC --anonymous-auth=false \
-		--token-auth-file="$dir/pki/tokens.csv" \
-		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
-		--service-account-key-file="$dir/pki/service-account.pub" \
-		--service-account-signing-key-file="$dir/pki/service-account.key" \
-		--service-cluster-ip-range=10.96.0.0/24 \
-		--disable-admission-plugins=ServiceAccount \
-		--profiling=false
+	echo "$etcd_client $apiserver" >"$dir/ports"
+	launch_apiserver
 
-	local waited=0
+	wait_until_ready || return 1
+	write_kubeconfigs
+	log "ready at $(cat "$dir/endpoint") (kubeconfigs in $dir)"
+}
+
+# Waits for /readyz, failing with the logs when a process dies or time runs out.
+wait_until_ready() {
+	local waited=0 name
 	until is_ready; do
 		for name in etcd kube-apiserver; do
 			if ! is_ours "$(recorded_pid "$name")"; then
@@ -190,8 +208,20 @@ start() {
 		sleep 0.25
 		waited=$((waited + 1))
 	done
-	write_kubeconfigs
-	log "ready at $(cat "$dir/endpoint") (kubeconfigs in $dir)"
+}
+
+# Kills kube-apiserver (as a crash would; a graceful stop waits up to a minute for open
+# watches) and starts it again on the same port, against the same etcd.
+restart_apiserver() {
+	local pid
+	pid="$(recorded_pid kube-apiserver)"
+	if is_ours "$pid"; then
+		kill -KILL "$pid"
+		while is_ours "$pid"; do sleep 0.1; done
+	fi
+	launch_apiserver
+	wait_until_ready
+	log "kube-apiserver restarted"
 }
 
 stop_processes() {
@@ -221,6 +251,7 @@ readonly mode dir
 
 case "$mode" in
 start) start ;;
+restart-apiserver) restart_apiserver ;;
 stop)
 	stop_processes
 	log "stopped"

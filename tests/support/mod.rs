@@ -97,6 +97,21 @@ impl ControlPlane {
         self.dir.join(format!("kubeconfig-{user}"))
     }
 
+    /// Stops kube-apiserver and starts it again on the same port and data, as an outage.
+    pub fn restart_apiserver(&self) {
+        let script = repo_root().join("tests/control-plane/cluster.sh");
+        let status = Command::new("bash")
+            .arg(&script)
+            .arg("restart-apiserver")
+            .arg(&self.dir)
+            .status()
+            .expect("run cluster.sh");
+        assert!(
+            status.success(),
+            "restarting kube-apiserver failed; see above"
+        );
+    }
+
     /// The kubectl built beside the control plane, at the same version.
     pub fn kubectl(&self) -> PathBuf {
         self.dir.join("bin/kubectl")
