@@ -613,4 +613,6 @@ fn until(now: Timestamp, deadline: Timestamp) -> Duration {
 }
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod tests;
