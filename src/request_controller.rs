@@ -435,7 +435,8 @@ async fn publish(context: &Context, request: &AccessRequest, notices: &[Notice])
                 Severity::Warning => EventType::Warning,
             },
             reason: notice.reason.clone(),
-            note: Some(notice.note.clone()),
+            // The API server refuses Event notes over 1024 characters.
+            note: Some(crate::telemetry::truncate(&notice.note, 1024)),
             action: notice.reason.clone(),
             secondary: None,
         };

@@ -28,14 +28,62 @@ pub fn init(format: LogFormat) {
     }
 }
 
-/// An error and all its sources on one line, `outer: inner: innermost`, for logs and Events.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
+/// An error and all its sources on one line, `outer: inner: innermost`, for logs, conditions
+/// and Events. An API server refusal ends the chain with just its message, not the whole
+/// Status it came in.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        if let Some(kube::Error::Api(status)) = cause.downcast_ref::<kube::Error>() {
+            text.push_str(&status.message);
+            break;
+        }
         text.push_str(&cause.to_string());
-        source = cause.source();
+        current = cause.source();
     }
     text
+}
+
+/// Cuts text to at most `limit` bytes on a character boundary, marking the cut.
+pub fn truncate(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_owned();
+    }
+    let marker = "…";
+    let mut end = limit.saturating_sub(marker.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{marker}", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_the_limit_and_characters() {
+        assert_eq!(truncate("short", 10), "short");
+        let long = "é".repeat(600);
+        let cut = truncate(&long, 1024);
+        assert!(cut.len() <= 1024);
+        assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn api_refusals_end_the_chain_with_their_message() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("failed to revoke")]
+        struct Outer(#[source] kube::Error);
+        let status = kube::core::Status::failure("rolebindings is forbidden", "Forbidden");
+        let error = Outer(kube::Error::Api(Box::new(status)));
+        assert_eq!(
+            error_chain(&error),
+            "failed to revoke: rolebindings is forbidden"
+        );
+    }
 }
