@@ -13,7 +13,7 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use tokio::sync::watch;
-use tracing::info;
+use tracing::{debug, info, warn};
 
 use crate::{
     admission::{self, certs, register, server::WebhookServer},
@@ -161,14 +161,25 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let signal_result = wait_for_signal().await;
     info!("shutting down");
     let _ = stop_sender.send(true);
-    let _ = controller.await;
-    let _ = sweeper.await;
-    let _ = webhook_task.await;
-    if let Ok(result) = server.await {
-        result?;
+    // Let running reconciles finish, but never hang: whatever is interrupted is resumed from
+    // status by the next operator.
+    let stopping = async {
+        let _ = controller.await;
+        debug!("controller stopped");
+        let _ = sweeper.await;
+        let _ = webhook_task.await;
+        server.await
+    };
+    match tokio::time::timeout(SHUTDOWN_GRACE, stopping).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(_)) => {}
+        Err(_) => warn!(grace = ?SHUTDOWN_GRACE, "shutdown took too long; exiting anyway"),
     }
     signal_result
 }
+
+/// How long a graceful shutdown may take.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Who the API server says the operator is; admission exempts exactly this user.
 async fn own_username(client: &Client) -> Result<String, Error> {

@@ -27,7 +27,16 @@ const START_LIMIT: Duration = Duration::from_secs(60);
 const GUARD: &str = r#"
 "$@" </dev/null &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null; wait "$child"' EXIT
+stop() {
+	kill -TERM "$child" 2>/dev/null
+	for _ in $(seq 1 150); do
+		kill -0 "$child" 2>/dev/null || return 0
+		sleep 0.1
+	done
+	echo "operator-guard: the operator ignored SIGTERM for 15s; killing it" >&2
+	kill -KILL "$child" 2>/dev/null
+}
+trap stop EXIT
 cat >/dev/null
 "#;
 
