@@ -10,14 +10,11 @@ use std::time::Duration;
 
 use jit_operator::crd::v1alpha1::{AccessRequest, Phase, annotations};
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::{
-    Api, Client, ResourceExt,
-    api::{ListParams, PostParams},
-};
+use kube::{Api, Client, ResourceExt, api::ListParams};
 use rand::Rng;
-use serde_json::json;
 use support::{
-    TestEnv, annotate, client_for, create_policy, operator::Operator, phase, wait_for_request,
+    TestEnv, annotate, client_for, operator::Operator, phase, request_view, view_policy,
+    wait_for_request,
 };
 
 const REQUESTS: usize = 12;
@@ -51,33 +48,13 @@ async fn approvals_survive_an_operator_killed_at_random() {
             .unwrap(),
     );
     let env = TestEnv::new().await;
-    let policy = create_policy(
-        &env,
-        json!({
-            "requesters": {"groups": ["devs"]},
-            "approvers": {"groups": ["approvers"]},
-            "approvalsRequired": 1,
-            "maxDuration": "1h",
-            "roles": [{"name": "view", "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}}]
-        }),
-    )
-    .await;
+    let policy = view_policy(&env, 1).await;
     let mut names = Vec::new();
     for index in 0..REQUESTS {
         let name = format!("chaos-{index}");
         // Half expire during or soon after the chaos, half stay active.
         let duration = if index % 2 == 0 { "8s" } else { "20m" };
-        let request: AccessRequest = serde_json::from_value(json!({
-            "apiVersion": "jit.dev/v1alpha1",
-            "kind": "AccessRequest",
-            "metadata": {"name": name},
-            "spec": {"policy": policy, "role": "view", "duration": duration}
-        }))
-        .unwrap();
-        Api::<AccessRequest>::namespaced(env.alice.clone(), &env.namespace)
-            .create(&PostParams::default(), &request)
-            .await
-            .unwrap();
+        request_view(&env, &name, &policy, duration).await;
         names.push(name);
     }
 

@@ -17,12 +17,11 @@ use jit_operator::crd::v1alpha1::{AccessRequest, IntentAction, Phase};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{DeleteParams, ListParams},
 };
-use serde_json::json;
 use support::{
-    ACT_LIMIT, TestEnv, condition_true, create_policy, operator::Operator, phase, random_suffix,
-    wait_for_request,
+    ACT_LIMIT, TestEnv, condition_true, operator::Operator, phase, random_suffix, request_view,
+    view_policy, wait_for_request,
 };
 
 /// How the request is ended in a scenario.
@@ -51,28 +50,14 @@ async fn bindings(env: &TestEnv, uid: &str) -> usize {
 }
 
 async fn create_request(env: &TestEnv, duration: &str) -> AccessRequest {
-    let policy = create_policy(
+    let policy = view_policy(env, 0).await;
+    request_view(
         env,
-        json!({
-            "requesters": {"groups": ["devs"]},
-            "approvers": {"groups": ["approvers"]},
-            "approvalsRequired": 0,
-            "maxDuration": "1h",
-            "roles": [{"name": "view", "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}}]
-        }),
+        &format!("crash-{}", random_suffix(6)),
+        &policy,
+        duration,
     )
-    .await;
-    let request: AccessRequest = serde_json::from_value(json!({
-        "apiVersion": "jit.dev/v1alpha1",
-        "kind": "AccessRequest",
-        "metadata": {"name": format!("crash-{}", random_suffix(6))},
-        "spec": {"policy": policy, "role": "view", "duration": duration}
-    }))
-    .unwrap();
-    Api::<AccessRequest>::namespaced(env.alice.clone(), &env.namespace)
-        .create(&PostParams::default(), &request)
-        .await
-        .unwrap()
+    .await
 }
 
 async fn run(scenario: &Scenario) {

@@ -8,39 +8,18 @@ mod support;
 use std::time::Duration;
 
 use jit_operator::crd::v1alpha1::{AccessRequest, Phase, annotations};
-use kube::{Api, api::PostParams};
-use serde_json::json;
+use kube::Api;
 use support::{
-    TestEnv, annotate, condition_true, control_plane, create_policy, operator::Operator, phase,
-    wait_for_request,
+    TestEnv, annotate, condition_true, control_plane, operator::Operator, phase, request_view,
+    view_policy, wait_for_request,
 };
 
 #[tokio::test]
 async fn the_operator_rides_out_an_api_server_restart() {
     let operator = Operator::start("jit-operator");
     let env = TestEnv::new().await;
-    let policy = create_policy(
-        &env,
-        json!({
-            "requesters": {"groups": ["devs"]},
-            "approvers": {"groups": ["approvers"]},
-            "approvalsRequired": 1,
-            "maxDuration": "1h",
-            "roles": [{"name": "view", "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}}]
-        }),
-    )
-    .await;
-    let request: AccessRequest = serde_json::from_value(json!({
-        "apiVersion": "jit.dev/v1alpha1",
-        "kind": "AccessRequest",
-        "metadata": {"name": "across-the-outage"},
-        "spec": {"policy": policy, "role": "view", "duration": "10m"}
-    }))
-    .unwrap();
-    Api::<AccessRequest>::namespaced(env.alice.clone(), &env.namespace)
-        .create(&PostParams::default(), &request)
-        .await
-        .unwrap();
+    let policy = view_policy(&env, 1).await;
+    request_view(&env, "across-the-outage", &policy, "10m").await;
     let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
     wait_for_request(&requests, "across-the-outage", "pending", |r| {
         phase(r) == Some(Phase::Pending)

@@ -18,7 +18,7 @@ use kube::{
 };
 use serde_json::json;
 use support::{
-    TestEnv, condition_true, create_policy, operator::Operator, phase, wait_for_request,
+    TestEnv, condition_true, operator::Operator, phase, request_view, view_policy, wait_for_request,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -58,28 +58,8 @@ async fn a_failing_revoke_is_retried_loudly_until_it_succeeds() {
     .unwrap();
     let health = ready["health_addr"].as_str().unwrap().to_owned();
     let env = TestEnv::new().await;
-    let policy = create_policy(
-        &env,
-        json!({
-            "requesters": {"groups": ["devs"]},
-            "approvers": {"groups": ["approvers"]},
-            "approvalsRequired": 0,
-            "maxDuration": "1h",
-            "roles": [{"name": "view", "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}}]
-        }),
-    )
-    .await;
-    let request: AccessRequest = serde_json::from_value(json!({
-        "apiVersion": "jit.dev/v1alpha1",
-        "kind": "AccessRequest",
-        "metadata": {"name": "stuck"},
-        "spec": {"policy": policy, "role": "view", "duration": "4s"}
-    }))
-    .unwrap();
-    Api::<AccessRequest>::namespaced(env.alice.clone(), &env.namespace)
-        .create(&PostParams::default(), &request)
-        .await
-        .unwrap();
+    let policy = view_policy(&env, 0).await;
+    request_view(&env, "stuck", &policy, "4s").await;
     let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
     let active = wait_for_request(&requests, "stuck", "granted", |r| {
         condition_true(r, "Granted")

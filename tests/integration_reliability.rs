@@ -16,34 +16,14 @@ use kube::{
 };
 use serde_json::json;
 use support::{
-    ACT_LIMIT, TestEnv, annotate, client_for, condition_true, create_policy,
-    operator::shared_operator, phase, random_suffix, wait_for_request,
+    ACT_LIMIT, TestEnv, annotate, client_for, condition_true, operator::shared_operator, phase,
+    random_suffix, request_view, view_policy, wait_for_request,
 };
 
 async fn granted_request(env: &TestEnv, approvals: u32) -> (String, AccessRequest) {
-    let policy = create_policy(
-        env,
-        json!({
-            "requesters": {"groups": ["devs"]},
-            "approvers": {"groups": ["approvers"]},
-            "approvalsRequired": approvals,
-            "maxDuration": "1h",
-            "roles": [{"name": "view", "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}}]
-        }),
-    )
-    .await;
+    let policy = view_policy(env, approvals).await;
     let name = format!("request-{}", random_suffix(6));
-    let request: AccessRequest = serde_json::from_value(json!({
-        "apiVersion": "jit.dev/v1alpha1",
-        "kind": "AccessRequest",
-        "metadata": {"name": name},
-        "spec": {"policy": policy, "role": "view", "duration": "30m"}
-    }))
-    .unwrap();
-    let created = Api::<AccessRequest>::namespaced(env.alice.clone(), &env.namespace)
-        .create(&PostParams::default(), &request)
-        .await
-        .unwrap();
+    let created = request_view(env, &name, &policy, "30m").await;
     (name, created)
 }
 

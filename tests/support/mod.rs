@@ -338,3 +338,42 @@ pub async fn annotate(
 pub async fn client_for(user: &str) -> Client {
     client_from(&control_plane().kubeconfig(user)).await
 }
+
+/// A policy offering one role, `view` (ClusterRole `jit-dev-view` in the test's namespace),
+/// to group `devs`, decided by group `approvers`; returns its name.
+pub async fn view_policy(env: &TestEnv, approvals: u32) -> String {
+    create_policy(
+        env,
+        serde_json::json!({
+            "requesters": {"groups": ["devs"]},
+            "approvers": {"groups": ["approvers"]},
+            "approvalsRequired": approvals,
+            "maxDuration": "1h",
+            "roles": [{
+                "name": "view",
+                "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}
+            }]
+        }),
+    )
+    .await
+}
+
+/// Creates, as alice, a request for `view` of `policy`.
+pub async fn request_view(
+    env: &TestEnv,
+    name: &str,
+    policy: &str,
+    duration: &str,
+) -> AccessRequest {
+    let request: AccessRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "jit.dev/v1alpha1",
+        "kind": "AccessRequest",
+        "metadata": {"name": name},
+        "spec": {"policy": policy, "role": "view", "duration": duration}
+    }))
+    .expect("request parses");
+    Api::<AccessRequest>::namespaced(env.alice.clone(), &env.namespace)
+        .create(&PostParams::default(), &request)
+        .await
+        .expect("alice requests")
+}
