@@ -252,6 +252,11 @@ async fn reconcile(
             crash_point(action, "after-finalizer");
         }
     }
+    if status.phase.is_some_and(Phase::is_final) {
+        // Ended, revoked and released: nothing to look at until someone changes it (a
+        // leftover grant would be the orphan sweep's).
+        return Ok(Action::await_change());
+    }
     Ok(Action::requeue(plan.requeue_after.min(context.resync)))
 }
 
