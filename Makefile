@@ -38,7 +38,8 @@ verify: ## Fail if anything generated (crds/) is stale.
 	echo "crds/ is up to date"
 
 .PHONY: control-plane
-control-plane: ## Build kube-apiserver and etcd from the Go module proxy into the cache (once).
+control-plane: ## Build kube-apiserver, kubectl and etcd from the Go module proxy into the cache (once).
+	@tests/control-plane/prerequisites.sh
 	@tests/control-plane/build.sh >/dev/null
 
 .PHONY: dev-cluster
