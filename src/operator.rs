@@ -239,25 +239,30 @@ const REQUIRED_PERMISSIONS: &[(&str, &str, &str, &str)] = &[
 
 async fn check_permissions(client: &Client) -> Result<(), Error> {
     let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
-    for (group, resource, subresource, verb) in REQUIRED_PERMISSIONS {
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    group: Some((*group).to_owned()),
-                    resource: Some((*resource).to_owned()),
-                    subresource: Some((*subresource).to_owned()).filter(|s| !s.is_empty()),
-                    verb: Some((*verb).to_owned()),
-                    ..ResourceAttributes::default()
-                }),
-                ..SelfSubjectAccessReviewSpec::default()
-            },
-            ..SelfSubjectAccessReview::default()
-        };
-        let answer = reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(Error::PermissionCheck)?;
-        if !answer.status.is_some_and(|status| status.allowed) {
+    // Asked all at once (start-up latency); the first missing one in the list is reported.
+    let answers = futures::future::try_join_all(REQUIRED_PERMISSIONS.iter().map(
+        |(group, resource, subresource, verb)| {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        group: Some((*group).to_owned()),
+                        resource: Some((*resource).to_owned()),
+                        subresource: Some((*subresource).to_owned()).filter(|s| !s.is_empty()),
+                        verb: Some((*verb).to_owned()),
+                        ..ResourceAttributes::default()
+                    }),
+                    ..SelfSubjectAccessReviewSpec::default()
+                },
+                ..SelfSubjectAccessReview::default()
+            };
+            let reviews = reviews.clone();
+            async move { reviews.create(&PostParams::default(), &review).await }
+        },
+    ))
+    .await
+    .map_err(Error::PermissionCheck)?;
+    for (answer, (_, resource, subresource, verb)) in answers.iter().zip(REQUIRED_PERMISSIONS) {
+        if !answer.status.as_ref().is_some_and(|status| status.allowed) {
             return Err(Error::Forbidden {
                 verb,
                 resource: match (*resource, *subresource) {

@@ -49,6 +49,14 @@ struct AppState {
     operator: Arc<str>,
 }
 
+impl AppState {
+    /// Whether the request comes from the operator itself, which is always admitted (the
+    /// matchCondition should already have kept it away).
+    fn is_operator(&self, request: &AdmissionRequest<AccessRequest>) -> bool {
+        request.user_info.username.as_deref() == Some(&*self.operator)
+    }
+}
+
 /// A bound, not yet serving, webhook server.
 pub struct WebhookServer {
     listener: TcpListener,
@@ -180,7 +188,7 @@ async fn mutate_handler(
         Err(response) => return respond(*response),
     };
     let response = AdmissionResponse::from(&request);
-    if request.user_info.username.as_deref() == Some(&*state.operator) {
+    if state.is_operator(&request) {
         return respond(response);
     }
     match mutate(&review_of(&request), Timestamp::now()) {
@@ -212,7 +220,7 @@ async fn validate_handler(
         Ok(request) => request,
         Err(response) => return respond(*response),
     };
-    if request.user_info.username.as_deref() == Some(&*state.operator) {
+    if state.is_operator(&request) {
         return respond(AdmissionResponse::from(&request));
     }
     let policy_name = request

@@ -258,6 +258,18 @@ pub fn find_role<'policy>(
         })
 }
 
+/// The role and subject a request's grant is for, as the policy has the role now; `None` when
+/// the role is gone, the request has no requester or its subject does not parse.
+pub fn granted_role<'policy>(
+    policy: &'policy AccessPolicy,
+    spec: &AccessRequestSpec,
+) -> Option<(&'policy PolicyRole, Subject)> {
+    let requester = spec.requester.as_ref()?;
+    let role = find_role(policy, &spec.role).ok()?;
+    let subject = Subject::of_request(spec.subject.as_deref(), &requester.username).ok()?;
+    Some((role, subject))
+}
+
 /// Checks everything a policy says about a request and its authenticated requester.
 pub fn check_request<'policy>(
     policy: &'policy AccessPolicy,

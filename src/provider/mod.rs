@@ -8,7 +8,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use jiff::Timestamp;
 
-use crate::{crd::v1alpha1::PolicyRole, subject::Subject};
+use kube::ResourceExt;
+
+use crate::{
+    crd::v1alpha1::{AccessRequest, PolicyRole},
+    subject::Subject,
+};
 
 /// The label every object the operator manages carries.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -50,6 +55,15 @@ pub struct RequestRef {
 }
 
 impl RequestRef {
+    /// Identifies a stored request; `None` without the UID and namespace the API server sets.
+    pub fn of(request: &AccessRequest) -> Option<Self> {
+        Some(Self {
+            uid: request.uid()?,
+            namespace: request.namespace()?,
+            name: request.name_any(),
+        })
+    }
+
     /// The grant key of this request.
     pub fn key(&self) -> GrantKey {
         GrantKey::for_request(&self.uid)

@@ -38,12 +38,8 @@ pub struct Applied {
 }
 
 /// Identifies a request to the providers.
-pub fn request_ref(request: &AccessRequest) -> Result<RequestRef, Error> {
-    Ok(RequestRef {
-        uid: request.uid().ok_or(Error::Unidentified)?,
-        namespace: request.namespace().ok_or(Error::Unidentified)?,
-        name: request.name_any(),
-    })
+fn request_ref(request: &AccessRequest) -> Result<RequestRef, Error> {
+    RequestRef::of(request).ok_or(Error::Unidentified)
 }
 
 /// Adds or removes the finalizer. The JSON patch first tests that the finalizer list is

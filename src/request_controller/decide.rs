@@ -335,7 +335,6 @@ impl<'a> Builder<'a> {
                 .comment
                 .clone()
                 .unwrap_or_else(|| "withdrawn before it was granted".into());
-            // Something may have been granted just before a crash; revoking is harmless.
             self.condition(APPROVED, ConditionStatus::False, "Revoked", &message);
             return self.end(Phase::Revoked, "Revoked", Some(&revocation.user), &message);
         }
@@ -436,7 +435,6 @@ impl<'a> Builder<'a> {
         };
         let message = refusal.to_string();
         self.condition(APPROVED, ConditionStatus::False, refusal.reason(), &message);
-        // Nothing was granted in Pending, but a crash right after a grant looks the same.
         self.end(phase, refusal.reason(), Some("policy"), &message);
     }
 
@@ -582,13 +580,7 @@ impl<'a> Builder<'a> {
             GrantState::Missing => "the grant was removed by hand".to_owned(),
             GrantState::Drifted(how) => format!("the grant was changed by hand: it {how}"),
         };
-        let Some(requester) = &self.request.spec.requester else {
-            return;
-        };
-        let (Ok(role), Ok(subject)) = (
-            policy::find_role(policy, &self.request.spec.role),
-            Subject::of_request(self.request.spec.subject.as_deref(), &requester.username),
-        ) else {
+        let Some((role, subject)) = policy::granted_role(policy, &self.request.spec) else {
             return;
         };
         self.plan.effect = Effect::Grant {

@@ -2,14 +2,13 @@
 //! from the watch cache, so that a decision to grant rests on what is true now; and for an
 //! active request, look at the grant itself, so that drift is seen.
 
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client};
 
 use super::decide::Observed;
 use crate::{
     crd::v1alpha1::{AccessPolicy, AccessRequest, Phase},
     policy,
     provider::{self, GrantSpec, Providers, RequestRef},
-    subject::Subject,
 };
 
 /// Why observing failed.
@@ -71,24 +70,15 @@ async fn verify_active(
     if !active || request.metadata.deletion_timestamp.is_some() {
         return Ok(None);
     }
-    let (Some(policy), Some(expires_at), Some(requester)) = (
+    let (Some(policy), Some(expires_at), Some(request_ref)) = (
         policy,
         status.and_then(|status| status.expires_at.as_ref()),
-        request.spec.requester.as_ref(),
+        RequestRef::of(request),
     ) else {
         return Ok(None);
     };
-    let Ok(role) = policy::find_role(policy, &request.spec.role) else {
+    let Some((role, subject)) = policy::granted_role(policy, &request.spec) else {
         return Ok(None);
-    };
-    let Ok(subject) = Subject::of_request(request.spec.subject.as_deref(), &requester.username)
-    else {
-        return Ok(None);
-    };
-    let request_ref = RequestRef {
-        uid: request.uid().unwrap_or_default(),
-        namespace: request.namespace().unwrap_or_default(),
-        name: request.name_any(),
     };
     let provider = providers.for_role(role).map_err(Error::Verify)?;
     let state = provider
