@@ -14,6 +14,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// A target the operator can grant in, besides Kubernetes RBAC (always on).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProviderName {
+    /// Kubernetes RBAC; always enabled, accepted for completeness.
+    Kubernetes,
+    /// AWS IAM and IAM Identity Center, with the SDK's standard credentials, region and
+    /// endpoint (`AWS_REGION`, `AWS_ENDPOINT_URL`, IRSA, instance profile).
+    Aws,
+}
+
 /// jit-operator: grants one role for a bounded time when a policy allows it, and takes it away.
 #[derive(Clone, Debug, Parser)]
 #[command(name = "jit-operator", version, about)]
@@ -36,6 +46,22 @@ pub struct Args {
     /// and sweeps orphaned grants. Hours, minutes, seconds: 30s, 5m, 1h.
     #[arg(long, env = "JIT_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub resync_interval: Duration,
+
+    /// Targets to grant in, comma-separated. A role naming a target that is not enabled fails
+    /// its requests with a message saying so.
+    #[arg(
+        long,
+        env = "JIT_PROVIDERS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "kubernetes"
+    )]
+    pub providers: Vec<ProviderName>,
+
+    /// The operator's own namespace, where it records what it granted in clouds (ConfigMaps
+    /// `jit-grant-<request uid>`), so that every cloud grant can be found and revoked.
+    #[arg(long, env = "JIT_NAMESPACE", default_value = "jit-system")]
+    pub namespace: String,
 
     /// Log line format.
     #[arg(long, env = "JIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -17,10 +17,12 @@ use tracing::{debug, info, warn};
 
 use crate::{
     admission::{self, certs, register, server::WebhookServer},
-    cli::Args,
+    cli::{Args, ProviderName},
     crd::v1alpha1::{AccessPolicy, AccessRequest},
     metrics::Metrics,
-    provider::{Providers, kubernetes::KubernetesProvider},
+    provider::{
+        Provider, Providers, aws::AwsProvider, kubernetes::KubernetesProvider, ledger::Ledger,
+    },
     request_controller, server, sweep,
 };
 
@@ -49,6 +51,16 @@ pub enum Error {
         verb: &'static str,
         /// The resource, with its subresource.
         resource: &'static str,
+    },
+    /// The operator lacks a permission it needs in one namespace.
+    #[error("the operator may not {verb} {resource} in namespace {namespace}")]
+    ForbiddenIn {
+        /// The verb.
+        verb: &'static str,
+        /// The resource.
+        resource: &'static str,
+        /// The namespace.
+        namespace: String,
     },
     /// Asking the API server about permissions failed.
     #[error("failed to check the operator's permissions")]
@@ -80,6 +92,9 @@ impl Error {
             }
             Self::CrdMissing { .. } => {
                 "install the CRDs (kubectl apply --server-side -f crds/) and check the operator's RBAC (config/rbac/)"
+            }
+            Self::ForbiddenIn { .. } => {
+                "create the namespace given by --namespace and bind the operator to the Role in config/rbac/ledger.yaml there"
             }
             Self::Forbidden { .. } | Self::PermissionCheck(_) => {
                 "bind the operator's identity to the ClusterRole in config/rbac/operator.yaml"
@@ -133,8 +148,17 @@ pub async fn run(args: Args) -> Result<(), Error> {
         server::HealthServer::bind(args.health_addr, readiness.clone(), metrics.clone()).await?;
     let health_addr = health.local_addr()?;
 
+    let aws: Option<Arc<dyn Provider>> = if args.providers.contains(&ProviderName::Aws) {
+        check_ledger_permissions(&client, &args.namespace).await?;
+        let ledger = Ledger::new(client.clone(), &args.namespace, "aws");
+        info!(namespace = %args.namespace, "aws provider enabled");
+        Some(Arc::new(AwsProvider::from_environment(ledger).await))
+    } else {
+        None
+    };
     let providers = Providers {
         kubernetes: Arc::new(KubernetesProvider::new(client.clone())),
+        aws,
     };
     let instance = std::env::var("POD_NAME")
         .ok()
@@ -274,6 +298,40 @@ async fn check_permissions(client: &Client) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Checks that the operator can keep its cloud grant ledger in `namespace`.
+async fn check_ledger_permissions(client: &Client, namespace: &str) -> Result<(), Error> {
+    let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
+    for verb in LEDGER_VERBS {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.to_owned()),
+                    resource: Some("configmaps".to_owned()),
+                    verb: Some((*verb).to_owned()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let answer = reviews
+            .create(&PostParams::default(), &review)
+            .await
+            .map_err(Error::PermissionCheck)?;
+        if !answer.status.as_ref().is_some_and(|status| status.allowed) {
+            return Err(Error::ForbiddenIn {
+                verb,
+                resource: "configmaps",
+                namespace: namespace.to_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What the cloud grant ledger needs on ConfigMaps in the operator's namespace.
+const LEDGER_VERBS: &[&str] = &["get", "list", "create", "update", "delete"];
 
 async fn wait_for_signal() -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};

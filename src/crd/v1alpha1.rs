@@ -30,7 +30,16 @@ pub mod annotations {
 pub const FINALIZER: &str = "jit.dev/revoke";
 
 /// The target blocks a role may carry; a role names exactly one of them.
-pub const ROLE_TARGETS: &[&str] = &["kubernetes"];
+pub const ROLE_TARGETS: &[&str] = &["kubernetes", "aws"];
+
+/// The kinds of AWS grant; an `aws` block names exactly one of them.
+pub const AWS_GRANT_KINDS: &[&str] = &[
+    "policyDocument",
+    "policyArn",
+    "groupName",
+    "assumeRoleArn",
+    "identityCenter",
+];
 
 /// Longest name of a policy, role or namespace reference (a DNS label is at most 63).
 const NAME_MAX_LENGTH: u32 = 253;
@@ -51,6 +60,31 @@ fn exactly_one_target_rule() -> kube::core::Rule {
             ROLE_TARGETS.join(", ")
         )),
     )
+}
+
+/// The rule that an `aws` block names exactly one kind of grant, and a principal unless the
+/// grant is an Identity Center assignment (which names its own).
+fn aws_kind_rule() -> kube::core::Rule {
+    let present = AWS_GRANT_KINDS
+        .iter()
+        .map(|kind| format!("has(self.{kind})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    kube::core::Rule::new(format!(
+        "[{present}].filter(set, set).size() == 1 && (has(self.identityCenter) != has(self.principal))"
+    ))
+    .message(kube::core::Message::Message(format!(
+        "an aws role must name exactly one of {}, and a principal unless it is identityCenter",
+        AWS_GRANT_KINDS.join(", ")
+    )))
+}
+
+/// An object kept as written (an IAM policy document), not described field by field.
+fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// The rule that a policy's default duration is not above its maximum. Malformed durations are
@@ -117,6 +151,90 @@ pub struct KubernetesTarget {
     pub namespace: Option<String>,
 }
 
+/// An AWS grant: one of an inline policy, a managed policy, a group membership, the right to
+/// assume a role, or an IAM Identity Center account assignment. Text fields marked as templates
+/// may use `{{username}}`, `{{group}}`, `{{extra.KEY}}` and `{{mapping.KEY}}` (see
+/// `identityMappings`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = aws_kind_rule())]
+pub struct AwsTarget {
+    /// Who receives the grant: the ARN of an IAM user, role or group (a template), e.g.
+    /// `arn:aws:iam::123456789012:user/{{username}}`. Not used with `identityCenter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub principal: Option<String>,
+    /// An IAM policy document put on the principal as an inline policy that AWS itself stops
+    /// honouring at the expiry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_object")]
+    pub policy_document: Option<serde_json::Value>,
+    /// A managed policy attached to the principal for the duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::(\d{12}|aws):policy/.+$"))]
+    pub policy_arn: Option<String>,
+    /// An IAM group the principal (a user) is added to for the duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[\w+=,.@-]+$"))]
+    pub group_name: Option<String>,
+    /// A role the principal may assume until the expiry, through a statement in its trust
+    /// policy; sessions are tied to the subject by `sts:SourceIdentity`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:iam::\d{12}:role/.+$"))]
+    pub assume_role_arn: Option<String>,
+    /// The source identity sessions of an `assumeRoleArn` grant must carry (a template);
+    /// `{{username}}` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub source_identity: Option<String>,
+    /// An IAM Identity Center account assignment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_center: Option<IdentityCenterTarget>,
+}
+
+/// Who an Identity Center assignment is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum IdentityCenterPrincipalType {
+    /// An Identity Center user.
+    User,
+    /// An Identity Center group.
+    Group,
+}
+
+/// An IAM Identity Center account assignment: a permission set in one account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityCenterTarget {
+    /// The Identity Center instance.
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:sso:::instance/.+$"))]
+    pub instance_arn: String,
+    /// The permission set to assign.
+    #[schemars(regex(pattern = r"^arn:aws[a-z-]*:sso:::permissionSet/.+$"))]
+    pub permission_set_arn: String,
+    /// The AWS account it applies to.
+    #[schemars(regex(pattern = r"^\d{12}$"))]
+    pub account_id: String,
+    /// Whether `principalId` is a user or a group.
+    pub principal_type: IdentityCenterPrincipalType,
+    /// The Identity Center user or group ID (a template, usually `{{mapping.KEY}}`).
+    #[schemars(length(min = 1, max = 256))]
+    pub principal_id: String,
+}
+
+/// Values an administrator sets for one subject, for templates that cannot derive them from
+/// the username (`{{mapping.KEY}}`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityMapping {
+    /// The subject, written as in a request: `alice`, `group:oncall` or
+    /// `system:serviceaccount:NAMESPACE:NAME`.
+    #[schemars(length(min = 1, max = 253))]
+    pub subject: String,
+    /// The values, by key.
+    pub values: BTreeMap<String, String>,
+}
+
 /// One role a policy can grant, with the target that grants it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -138,6 +256,9 @@ pub struct PolicyRole {
     /// Bind a Kubernetes ClusterRole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kubernetes: Option<KubernetesTarget>,
+    /// Grant in AWS IAM or IAM Identity Center.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aws: Option<AwsTarget>,
 }
 
 fn default_approvals_required() -> i32 {
@@ -226,6 +347,14 @@ pub struct AccessPolicySpec {
         "self.all(role, self.filter(other, other.name == role.name).size() == 1)"
     ).message("role names must be unique within a policy"))]
     pub roles: Vec<PolicyRole>,
+    /// Values for `{{mapping.KEY}}` in role templates, per subject; a subject a template needs
+    /// a value for and that has none here is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(validation = kube::core::Rule::new(
+        "self.all(entry, self.filter(other, other.subject == entry.subject).size() == 1)"
+    ).message("each subject may be mapped once"))]
+    pub identity_mappings: Vec<IdentityMapping>,
 }
 
 /// The authenticated identity that created a request, as the API server saw it.

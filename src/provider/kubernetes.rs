@@ -48,7 +48,7 @@ impl KubernetesProvider {
         let Some(attributes) = self.sample_permission(target).await else {
             return;
         };
-        let Some(review) = access_review(grant.subject, attributes) else {
+        let Some(review) = access_review(&grant.identity.subject, attributes) else {
             return;
         };
         let reviews = Api::<SubjectAccessReview>::all(self.client.clone());
@@ -189,7 +189,7 @@ fn desired(grant: &GrantSpec<'_>, target: &KubernetesTarget) -> DesiredBinding {
             kind: "ClusterRole".into(),
             name: target.cluster_role.clone(),
         },
-        subjects: vec![rbac_subject(grant.subject)],
+        subjects: vec![rbac_subject(&grant.identity.subject)],
     }
 }
 
@@ -423,7 +423,7 @@ impl Provider for KubernetesProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{crd::v1alpha1::PolicyRole, fixtures};
+    use crate::{crd::v1alpha1::PolicyRole, fixtures, provider::identity::Identity};
 
     fn role(namespace: Option<&str>) -> PolicyRole {
         PolicyRole {
@@ -434,6 +434,7 @@ mod tests {
                 cluster_role: "view".into(),
                 namespace: namespace.map(str::to_owned),
             }),
+            aws: None,
         }
     }
 
@@ -444,11 +445,11 @@ mod tests {
             namespace: "team-a".into(),
             name: "alice-view".into(),
         };
-        let subject = Subject::User("alice".into());
+        let identity = Identity::bare(Subject::User("alice".into()));
         let role = role(Some("prod"));
         let grant = GrantSpec {
             request: &request,
-            subject: &subject,
+            identity: &identity,
             role: &role,
             expires_at: fixtures::at("2026-01-01T01:00:00Z"),
         };

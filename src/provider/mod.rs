@@ -1,7 +1,10 @@
 //! Where grants live: one trait every target implements, one module per target, and the one
 //! place that picks the provider for a role. SDK types never leave their module.
 
+pub mod aws;
+pub mod identity;
 pub mod kubernetes;
+pub mod ledger;
 
 use std::sync::Arc;
 
@@ -12,7 +15,7 @@ use kube::ResourceExt;
 
 use crate::{
     crd::v1alpha1::{AccessRequest, PolicyRole},
-    subject::Subject,
+    provider::identity::Identity,
 };
 
 /// The label every object the operator manages carries.
@@ -75,8 +78,8 @@ impl RequestRef {
 pub struct GrantSpec<'a> {
     /// The request it is for.
     pub request: &'a RequestRef,
-    /// Who receives it.
-    pub subject: &'a Subject,
+    /// Who receives it, with what is known about them.
+    pub identity: &'a Identity,
     /// What the policy says to grant.
     pub role: &'a PolicyRole,
     /// When it must end.
@@ -114,6 +117,40 @@ pub enum Error {
         /// The role.
         role: String,
     },
+    /// The role names a target this operator runs without.
+    #[error(
+        "role {role} grants in {provider}, which this operator is not configured for (see --providers)"
+    )]
+    Disabled {
+        /// The role.
+        role: String,
+        /// The provider.
+        provider: &'static str,
+    },
+    /// The role and subject do not make a grant (a template, an ARN, a document).
+    #[error("{message}")]
+    Invalid {
+        /// What is wrong.
+        message: String,
+    },
+    /// A template could not be filled in for the subject.
+    #[error(transparent)]
+    Template(#[from] identity::Error),
+    /// The grant ledger could not be read or written.
+    #[error(transparent)]
+    Ledger(#[from] ledger::Error),
+    /// A cloud API refused or failed.
+    #[error("{provider}: failed to {action}: {message}")]
+    Cloud {
+        /// The provider.
+        provider: &'static str,
+        /// What was being done.
+        action: String,
+        /// The cloud's own words.
+        message: String,
+        /// Whether trying again may help (throttling, 5xx, a dropped connection).
+        retryable: bool,
+    },
     /// The Kubernetes API refused or failed.
     #[error("failed to {action} {reference}")]
     Kubernetes {
@@ -132,7 +169,12 @@ impl Error {
     /// namespace, a permission the operator lacks, an invalid object) are not retryable.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Self::NoTarget { .. } => false,
+            Self::NoTarget { .. }
+            | Self::Disabled { .. }
+            | Self::Invalid { .. }
+            | Self::Template(_) => false,
+            Self::Ledger(error) => error.is_retryable(),
+            Self::Cloud { retryable, .. } => *retryable,
             Self::Kubernetes { source, .. } => match source {
                 kube::Error::Api(status) => !matches!(status.code, 400 | 403 | 404 | 422),
                 _ => true,
@@ -169,6 +211,8 @@ pub trait Provider: Send + Sync {
 pub struct Providers {
     /// Kubernetes RBAC.
     pub kubernetes: Arc<dyn Provider>,
+    /// AWS IAM and Identity Center, when enabled.
+    pub aws: Option<Arc<dyn Provider>>,
 }
 
 impl Providers {
@@ -177,6 +221,12 @@ impl Providers {
         if role.kubernetes.is_some() {
             return Ok(self.kubernetes.clone());
         }
+        if role.aws.is_some() {
+            return self.aws.clone().ok_or_else(|| Error::Disabled {
+                role: role.name.clone(),
+                provider: "aws",
+            });
+        }
         Err(Error::NoTarget {
             role: role.name.clone(),
         })
@@ -184,6 +234,8 @@ impl Providers {
 
     /// Every provider, for revoking a request whose role can no longer be looked up.
     pub fn all(&self) -> Vec<Arc<dyn Provider>> {
-        vec![self.kubernetes.clone()]
+        std::iter::once(self.kubernetes.clone())
+            .chain(self.aws.clone())
+            .collect()
     }
 }

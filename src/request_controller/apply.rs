@@ -91,7 +91,7 @@ pub async fn effect(
         Effect::None => Ok(Applied::default()),
         Effect::Grant {
             role,
-            subject,
+            identity,
             expires_at,
         } => {
             let request_ref = request_ref(request)?;
@@ -99,7 +99,7 @@ pub async fn effect(
             let record = provider
                 .grant(&GrantSpec {
                     request: &request_ref,
-                    subject,
+                    identity,
                     role,
                     expires_at: *expires_at,
                 })

@@ -22,8 +22,7 @@ use crate::{
         PolicyRole, Revocation, TimelineEntry, annotations,
     },
     policy::{self, Refusal, auto_approve},
-    provider::GrantState,
-    subject::Subject,
+    provider::{GrantState, identity::Identity},
 };
 
 /// The condition that a request was approved.
@@ -61,6 +60,8 @@ pub enum FinalizerChange {
 
 /// The one effect on the outside world a reconcile may have.
 #[derive(Clone, Debug, PartialEq, Eq)]
+// One plan exists per reconcile and none are kept, so the large variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Effect {
     /// Nothing.
     None,
@@ -68,8 +69,8 @@ pub enum Effect {
     Grant {
         /// The role as the policy defines it now.
         role: PolicyRole,
-        /// Who receives it.
-        subject: Subject,
+        /// Who receives it, with what is known about them.
+        identity: Identity,
         /// When it ends.
         expires_at: Timestamp,
     },
@@ -378,7 +379,7 @@ impl<'a> Builder<'a> {
         };
 
         match approved {
-            Some((reason, message)) => self.grant(&allowed, reason, &message),
+            Some((reason, message)) => self.grant(policy, &allowed, reason, &message),
             None => self.wait(policy, &tally, allowed.approvals_required),
         }
     }
@@ -438,7 +439,13 @@ impl<'a> Builder<'a> {
         self.end(phase, refusal.reason(), Some("policy"), &message);
     }
 
-    fn grant(&mut self, allowed: &policy::Allowed<'_>, reason: &str, message: &str) {
+    fn grant(
+        &mut self,
+        policy: &AccessPolicy,
+        allowed: &policy::Allowed<'_>,
+        reason: &str,
+        message: &str,
+    ) {
         // Status keeps whole seconds: grant at a whole second so that, read back,
         // expiresAt is exactly grantedAt plus the duration.
         let granted_at = Timestamp::from_second(self.now.as_second()).unwrap_or(self.now);
@@ -452,7 +459,11 @@ impl<'a> Builder<'a> {
         };
         self.plan.effect = Effect::Grant {
             role: allowed.role.clone(),
-            subject: allowed.subject.clone(),
+            identity: Identity::of(
+                &allowed.subject,
+                self.request.spec.requester.as_ref(),
+                policy,
+            ),
             expires_at,
         };
         self.condition(APPROVED, ConditionStatus::True, reason, message);
@@ -585,7 +596,7 @@ impl<'a> Builder<'a> {
         };
         self.plan.effect = Effect::Grant {
             role: role.clone(),
-            subject,
+            identity: Identity::of(&subject, self.request.spec.requester.as_ref(), policy),
             expires_at,
         };
         let message = format!("{what}; restored as granted until {expires_at}");

@@ -5,6 +5,7 @@
 use kube::{Api, Client};
 
 use super::decide::Observed;
+use crate::provider::identity::Identity;
 use crate::{
     crd::v1alpha1::{AccessPolicy, AccessRequest, Phase},
     policy,
@@ -84,7 +85,7 @@ async fn verify_active(
     let state = provider
         .verify(&GrantSpec {
             request: &request_ref,
-            subject: &subject,
+            identity: &Identity::of(&subject, request.spec.requester.as_ref(), policy),
             role,
             expires_at: expires_at.0,
         })

@@ -12,6 +12,7 @@ use crate::{
     },
     fixtures::{self, at, decision, revocation},
     provider::GrantState,
+    subject::Subject,
 };
 
 fn observed() -> Observed {
@@ -138,7 +139,7 @@ fn one_approval_grants_from_now_for_the_requested_duration() {
         plan.effect,
         Effect::Grant {
             role: observed.policy.as_ref().unwrap().spec.roles[0].clone(),
-            subject: Subject::User("alice".into()),
+            identity: alice_identity(&observed),
             expires_at: at("2026-01-01T01:02:00Z"),
         }
     );
@@ -516,7 +517,7 @@ fn a_grant_removed_or_changed_by_hand_is_restored_with_the_same_expiry() {
             plan.effect,
             Effect::Grant {
                 role: observed.policy.as_ref().unwrap().spec.roles[0].clone(),
-                subject: Subject::User("alice".into()),
+                identity: alice_identity(&observed),
                 expires_at: at("2026-01-01T01:02:00Z"),
             }
         );
@@ -542,4 +543,13 @@ fn a_drifted_grant_past_its_expiry_is_revoked_not_repaired() {
     let plan = decide(&observed, at("2026-01-01T01:02:00Z"));
     assert_eq!(plan.effect, Effect::Revoke);
     assert_eq!(plan.status.phase, Some(Phase::Expired));
+}
+
+/// Alice as the grant sees her under the observed policy.
+fn alice_identity(observed: &Observed) -> Identity {
+    Identity::of(
+        &Subject::User("alice".into()),
+        observed.request.spec.requester.as_ref(),
+        observed.policy.as_ref().unwrap(),
+    )
 }

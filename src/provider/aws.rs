@@ -1,0 +1,1296 @@
+//! The AWS provider: inline policies that AWS stops honouring at the expiry, managed-policy
+//! attachments, group memberships, the right to assume a role (through its trust policy, with
+//! the subject's live sessions ended on revoke) and IAM Identity Center account assignments.
+//! Credentials, region and endpoint come from the SDK's standard chain (`AWS_*` variables,
+//! IRSA web identity, instance profile), so an emulator needs no special flag.
+
+pub mod documents;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::{BehaviorVersion, retry::RetryConfig};
+use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ssoadmin::types::{PrincipalType, StatusValues, TargetType};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{debug, info};
+
+use super::{
+    Error, GrantRecord, GrantSpec, GrantState, Provider, RequestRef, identity::Identity,
+    ledger::Ledger,
+};
+use crate::crd::v1alpha1::{AwsTarget, IdentityCenterPrincipalType};
+
+/// The provider's name.
+const NAME: &str = "aws";
+/// Attempts per AWS call; the SDK backs off between them on throttling, 5xx and dropped
+/// connections.
+const MAX_ATTEMPTS: u32 = 5;
+/// How long to wait for an Identity Center assignment to finish provisioning.
+const PROVISIONING_LIMIT: Duration = Duration::from_secs(60);
+
+/// The kind of IAM identity an ARN names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PrincipalKind {
+    /// An IAM user.
+    User,
+    /// An IAM role.
+    Role,
+    /// An IAM group.
+    Group,
+}
+
+/// An IAM user, role or group, by ARN.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    /// What it is.
+    pub kind: PrincipalKind,
+    /// Its name (the ARN's last path segment), as the IAM API takes it.
+    pub name: String,
+    /// Its ARN.
+    pub arn: String,
+}
+
+impl Principal {
+    /// Parses `arn:PARTITION:iam::ACCOUNT:(user|role|group)/[PATH/]NAME`.
+    pub fn parse(arn: &str) -> Result<Self, String> {
+        let refuse = |why: &str| format!("{arn:?} is not an IAM user, role or group ARN: {why}");
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let [prefix, partition, service, region, account, resource] = parts[..] else {
+            return Err(refuse("expected arn:PARTITION:iam::ACCOUNT:KIND/NAME"));
+        };
+        if prefix != "arn"
+            || !partition.starts_with("aws")
+            || service != "iam"
+            || !region.is_empty()
+        {
+            return Err(refuse("expected arn:PARTITION:iam::ACCOUNT:KIND/NAME"));
+        }
+        if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+            return Err(refuse("the account must be 12 digits"));
+        }
+        let Some((kind, path)) = resource.split_once('/') else {
+            return Err(refuse("no name"));
+        };
+        let kind = match kind {
+            "user" => PrincipalKind::User,
+            "role" => PrincipalKind::Role,
+            "group" => PrincipalKind::Group,
+            _ => return Err(refuse("only user, role and group can receive a grant")),
+        };
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let valid = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c);
+        if name.is_empty() || name.len() > 128 || !name.chars().all(valid) {
+            return Err(refuse("the name is not a valid IAM name"));
+        }
+        Ok(Self {
+            kind,
+            name: name.to_owned(),
+            arn: arn.to_owned(),
+        })
+    }
+}
+
+/// One grant as made in AWS: what the ledger records and revoke undoes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+pub enum AwsGrant {
+    /// An inline policy named from the grant key.
+    InlinePolicy {
+        /// On whom.
+        principal: Principal,
+        /// Its name.
+        policy_name: String,
+    },
+    /// A managed policy attachment.
+    ManagedPolicy {
+        /// On whom.
+        principal: Principal,
+        /// The policy.
+        policy_arn: String,
+    },
+    /// A user in a group.
+    GroupMembership {
+        /// The user.
+        user_name: String,
+        /// The group.
+        group_name: String,
+    },
+    /// A statement in a role's trust policy.
+    AssumeRole {
+        /// The role.
+        role_name: String,
+        /// The statement's Sid.
+        sid: String,
+        /// Who may assume it.
+        principal: String,
+        /// The source identity sessions must carry.
+        source_identity: String,
+    },
+    /// An Identity Center account assignment.
+    IdentityCenter {
+        /// The instance.
+        instance_arn: String,
+        /// The permission set.
+        permission_set_arn: String,
+        /// The account.
+        account_id: String,
+        /// USER or GROUP.
+        principal_type: IdentityCenterPrincipalType,
+        /// The user or group ID.
+        principal_id: String,
+    },
+}
+
+impl AwsGrant {
+    /// Where it is, for people.
+    pub fn reference(&self) -> String {
+        match self {
+            Self::InlinePolicy {
+                principal,
+                policy_name,
+            } => format!("inline policy {policy_name} on {}", principal.arn),
+            Self::ManagedPolicy {
+                principal,
+                policy_arn,
+            } => format!("{policy_arn} attached to {}", principal.arn),
+            Self::GroupMembership {
+                user_name,
+                group_name,
+            } => format!("user {user_name} in group {group_name}"),
+            Self::AssumeRole {
+                role_name,
+                sid,
+                principal,
+                ..
+            } => format!("trust statement {sid} on role {role_name} for {principal}"),
+            Self::IdentityCenter {
+                permission_set_arn,
+                account_id,
+                principal_id,
+                ..
+            } => format!("{permission_set_arn} in account {account_id} for {principal_id}"),
+        }
+    }
+
+    /// Whether AWS itself ends it at the expiry.
+    pub fn cloud_enforced(&self) -> bool {
+        matches!(self, Self::InlinePolicy { .. } | Self::AssumeRole { .. })
+    }
+}
+
+/// The Sid of our trust statement: the grant key without its dashes (a Sid is alphanumeric).
+pub fn statement_id(request: &RequestRef) -> String {
+    request
+        .key()
+        .as_str()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect()
+}
+
+/// The name of the inline policy that ends a subject's sessions of a role.
+fn session_revocation_name(source_identity: &str) -> String {
+    format!("jit-revoked-{source_identity}")
+}
+
+/// Resolves a role's `aws` block for a subject into the grant to make. Pure.
+pub fn resolve(
+    target: &AwsTarget,
+    identity: &Identity,
+    request: &RequestRef,
+) -> Result<AwsGrant, Error> {
+    let invalid = |message: String| Error::Invalid { message };
+    let render = |template: &str| identity.render(template).map_err(Error::Template);
+    if let Some(center) = &target.identity_center {
+        return Ok(AwsGrant::IdentityCenter {
+            instance_arn: center.instance_arn.clone(),
+            permission_set_arn: center.permission_set_arn.clone(),
+            account_id: center.account_id.clone(),
+            principal_type: center.principal_type,
+            principal_id: render(&center.principal_id)?,
+        });
+    }
+    let Some(principal) = &target.principal else {
+        return Err(invalid("the aws role names no principal".into()));
+    };
+    let principal = Principal::parse(&render(principal)?).map_err(invalid)?;
+    if target.policy_document.is_some() {
+        return Ok(AwsGrant::InlinePolicy {
+            principal,
+            policy_name: request.key().as_str().to_owned(),
+        });
+    }
+    if let Some(policy_arn) = &target.policy_arn {
+        return Ok(AwsGrant::ManagedPolicy {
+            principal,
+            policy_arn: policy_arn.clone(),
+        });
+    }
+    if let Some(group_name) = &target.group_name {
+        if principal.kind != PrincipalKind::User {
+            return Err(invalid(format!(
+                "only a user can be added to group {group_name}, not {}",
+                principal.arn
+            )));
+        }
+        return Ok(AwsGrant::GroupMembership {
+            user_name: principal.name,
+            group_name: group_name.clone(),
+        });
+    }
+    if let Some(role_arn) = &target.assume_role_arn {
+        if principal.kind == PrincipalKind::Group {
+            return Err(invalid(format!(
+                "a group cannot assume a role: {}",
+                principal.arn
+            )));
+        }
+        let role = Principal::parse(role_arn).map_err(invalid)?;
+        let source_identity = render(target.source_identity.as_deref().unwrap_or("{{username}}"))?;
+        let valid = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c);
+        if !(2..=64).contains(&source_identity.len()) || !source_identity.chars().all(valid) {
+            return Err(invalid(format!(
+                "{source_identity:?} cannot be an STS source identity (2-64 of letters, digits and +=,.@_-); set sourceIdentity in the role"
+            )));
+        }
+        return Ok(AwsGrant::AssumeRole {
+            role_name: role.name,
+            sid: statement_id(request),
+            principal: principal.arn,
+            source_identity,
+        });
+    }
+    Err(invalid("the aws role names no kind of grant".into()))
+}
+
+/// Grants in AWS IAM and IAM Identity Center.
+pub struct AwsProvider {
+    iam: aws_sdk_iam::Client,
+    sso: aws_sdk_ssoadmin::Client,
+    ledger: Ledger,
+}
+
+impl AwsProvider {
+    /// A provider with the SDK's standard configuration, recording grants in `ledger`.
+    pub async fn from_environment(ledger: Ledger) -> Self {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        let config = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .load()
+            .await;
+        Self {
+            iam: aws_sdk_iam::Client::new(&config),
+            sso: aws_sdk_ssoadmin::Client::new(&config),
+            ledger,
+        }
+    }
+
+    fn target<'a>(grant: &'a GrantSpec<'_>) -> Result<&'a AwsTarget, Error> {
+        grant.role.aws.as_ref().ok_or_else(|| Error::NoTarget {
+            role: grant.role.name.clone(),
+        })
+    }
+
+    /// The inline policy document for this grant, with the expiry in every statement.
+    fn inline_document(target: &AwsTarget, expires_at: Timestamp) -> Result<Value, Error> {
+        let document = target
+            .policy_document
+            .as_ref()
+            .ok_or_else(|| Error::Invalid {
+                message: "the aws role has no policyDocument".into(),
+            })?;
+        documents::with_expiry(document, expires_at).map_err(|error| Error::Invalid {
+            message: error.to_string(),
+        })
+    }
+
+    /// Whether the grant is already there, as made by anyone.
+    async fn exists(&self, grant: &AwsGrant) -> Result<bool, Error> {
+        match grant {
+            AwsGrant::ManagedPolicy {
+                principal,
+                policy_arn,
+            } => Ok(self
+                .attached_policies(principal)
+                .await?
+                .contains(policy_arn)),
+            AwsGrant::GroupMembership {
+                user_name,
+                group_name,
+            } => Ok(self.groups_of(user_name).await?.contains(group_name)),
+            AwsGrant::IdentityCenter { .. } => self.assignment_exists(grant).await,
+            // Named by our grant key: nobody else makes these.
+            AwsGrant::InlinePolicy { .. } | AwsGrant::AssumeRole { .. } => Ok(false),
+        }
+    }
+
+    async fn make(
+        &self,
+        grant: &AwsGrant,
+        target: &AwsTarget,
+        expires_at: Timestamp,
+    ) -> Result<(), Error> {
+        match grant {
+            AwsGrant::InlinePolicy {
+                principal,
+                policy_name,
+            } => {
+                let document = Self::inline_document(target, expires_at)?.to_string();
+                self.put_inline(principal, policy_name, &document).await
+            }
+            AwsGrant::ManagedPolicy {
+                principal,
+                policy_arn,
+            } => {
+                let name = principal.name.as_str();
+                match principal.kind {
+                    PrincipalKind::User => self
+                        .iam
+                        .attach_user_policy()
+                        .user_name(name)
+                        .policy_arn(policy_arn)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|error| cloud("attach a policy", error)),
+                    PrincipalKind::Role => self
+                        .iam
+                        .attach_role_policy()
+                        .role_name(name)
+                        .policy_arn(policy_arn)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|error| cloud("attach a policy", error)),
+                    PrincipalKind::Group => self
+                        .iam
+                        .attach_group_policy()
+                        .group_name(name)
+                        .policy_arn(policy_arn)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|error| cloud("attach a policy", error)),
+                }
+            }
+            AwsGrant::GroupMembership {
+                user_name,
+                group_name,
+            } => self
+                .iam
+                .add_user_to_group()
+                .user_name(user_name)
+                .group_name(group_name)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|error| cloud("add a user to a group", error)),
+            AwsGrant::AssumeRole {
+                role_name,
+                sid,
+                principal,
+                source_identity,
+            } => {
+                let trust = self.trust_policy(role_name).await?;
+                let edited = documents::with_trust_statement(
+                    &trust,
+                    sid,
+                    principal,
+                    source_identity,
+                    expires_at,
+                )
+                .map_err(|error| Error::Invalid {
+                    message: format!("the trust policy of role {role_name}: {error}"),
+                })?;
+                if edited != trust {
+                    self.iam
+                        .update_assume_role_policy()
+                        .role_name(role_name)
+                        .policy_document(edited.to_string())
+                        .send()
+                        .await
+                        .map_err(|error| cloud("update a trust policy", error))?;
+                }
+                Ok(())
+            }
+            AwsGrant::IdentityCenter { .. } => self.assign(grant).await,
+        }
+    }
+
+    async fn put_inline(
+        &self,
+        principal: &Principal,
+        policy_name: &str,
+        document: &str,
+    ) -> Result<(), Error> {
+        let name = principal.name.as_str();
+        let action = "put an inline policy";
+        match principal.kind {
+            PrincipalKind::User => self
+                .iam
+                .put_user_policy()
+                .user_name(name)
+                .policy_name(policy_name)
+                .policy_document(document)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|error| cloud(action, error)),
+            PrincipalKind::Role => self
+                .iam
+                .put_role_policy()
+                .role_name(name)
+                .policy_name(policy_name)
+                .policy_document(document)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|error| cloud(action, error)),
+            PrincipalKind::Group => self
+                .iam
+                .put_group_policy()
+                .group_name(name)
+                .policy_name(policy_name)
+                .policy_document(document)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|error| cloud(action, error)),
+        }
+    }
+
+    /// The inline policy's document; `None` when it (or its principal) is gone.
+    async fn inline_policy(
+        &self,
+        principal: &Principal,
+        policy_name: &str,
+    ) -> Result<Option<Value>, Error> {
+        let name = principal.name.as_str();
+        let action = "read an inline policy";
+        let document = match principal.kind {
+            PrincipalKind::User => gone_is_none(
+                self.iam
+                    .get_user_policy()
+                    .user_name(name)
+                    .policy_name(policy_name)
+                    .send()
+                    .await,
+                action,
+            )?
+            .map(|out| out.policy_document),
+            PrincipalKind::Role => gone_is_none(
+                self.iam
+                    .get_role_policy()
+                    .role_name(name)
+                    .policy_name(policy_name)
+                    .send()
+                    .await,
+                action,
+            )?
+            .map(|out| out.policy_document),
+            PrincipalKind::Group => gone_is_none(
+                self.iam
+                    .get_group_policy()
+                    .group_name(name)
+                    .policy_name(policy_name)
+                    .send()
+                    .await,
+                action,
+            )?
+            .map(|out| out.policy_document),
+        };
+        document
+            .map(|text| {
+                documents::decode(&text).map_err(|error| Error::Invalid {
+                    message: error.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    async fn delete_inline(&self, principal: &Principal, policy_name: &str) -> Result<(), Error> {
+        let name = principal.name.as_str();
+        let action = "delete an inline policy";
+        match principal.kind {
+            PrincipalKind::User => gone_is_none(
+                self.iam
+                    .delete_user_policy()
+                    .user_name(name)
+                    .policy_name(policy_name)
+                    .send()
+                    .await,
+                action,
+            )
+            .map(|_| ()),
+            PrincipalKind::Role => gone_is_none(
+                self.iam
+                    .delete_role_policy()
+                    .role_name(name)
+                    .policy_name(policy_name)
+                    .send()
+                    .await,
+                action,
+            )
+            .map(|_| ()),
+            PrincipalKind::Group => gone_is_none(
+                self.iam
+                    .delete_group_policy()
+                    .group_name(name)
+                    .policy_name(policy_name)
+                    .send()
+                    .await,
+                action,
+            )
+            .map(|_| ()),
+        }
+    }
+
+    async fn attached_policies(&self, principal: &Principal) -> Result<Vec<String>, Error> {
+        let name = principal.name.as_str();
+        let action = "list attached policies";
+        let attached = match principal.kind {
+            PrincipalKind::User => gone_is_none(
+                self.iam
+                    .list_attached_user_policies()
+                    .user_name(name)
+                    .max_items(1000)
+                    .send()
+                    .await,
+                action,
+            )?
+            .map(|out| out.attached_policies.unwrap_or_default()),
+            PrincipalKind::Role => gone_is_none(
+                self.iam
+                    .list_attached_role_policies()
+                    .role_name(name)
+                    .max_items(1000)
+                    .send()
+                    .await,
+                action,
+            )?
+            .map(|out| out.attached_policies.unwrap_or_default()),
+            PrincipalKind::Group => gone_is_none(
+                self.iam
+                    .list_attached_group_policies()
+                    .group_name(name)
+                    .max_items(1000)
+                    .send()
+                    .await,
+                action,
+            )?
+            .map(|out| out.attached_policies.unwrap_or_default()),
+        };
+        Ok(attached
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|policy| policy.policy_arn)
+            .collect())
+    }
+
+    async fn groups_of(&self, user_name: &str) -> Result<Vec<String>, Error> {
+        let groups = gone_is_none(
+            self.iam
+                .list_groups_for_user()
+                .user_name(user_name)
+                .max_items(1000)
+                .send()
+                .await,
+            "list a user's groups",
+        )?;
+        Ok(groups
+            .map(|out| {
+                out.groups
+                    .into_iter()
+                    .map(|group| group.group_name)
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn trust_policy(&self, role_name: &str) -> Result<Value, Error> {
+        let role = self
+            .iam
+            .get_role()
+            .role_name(role_name)
+            .send()
+            .await
+            .map_err(|error| cloud("read a role", error))?;
+        let text = role
+            .role
+            .and_then(|role| role.assume_role_policy_document)
+            .unwrap_or_default();
+        documents::decode(&text).map_err(|error| Error::Invalid {
+            message: format!("the trust policy of role {role_name}: {error}"),
+        })
+    }
+
+    async fn assignment_exists(&self, grant: &AwsGrant) -> Result<bool, Error> {
+        let AwsGrant::IdentityCenter {
+            instance_arn,
+            permission_set_arn,
+            account_id,
+            principal_type,
+            principal_id,
+        } = grant
+        else {
+            return Ok(false);
+        };
+        let mut pages = self
+            .sso
+            .list_account_assignments()
+            .instance_arn(instance_arn)
+            .account_id(account_id)
+            .permission_set_arn(permission_set_arn)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|error| cloud("list account assignments", error))?;
+            if page.account_assignments().iter().any(|assignment| {
+                assignment.principal_id() == Some(principal_id.as_str())
+                    && assignment.principal_type() == Some(&sso_principal_type(*principal_type))
+            }) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    async fn assign(&self, grant: &AwsGrant) -> Result<(), Error> {
+        let AwsGrant::IdentityCenter {
+            instance_arn,
+            permission_set_arn,
+            account_id,
+            principal_type,
+            principal_id,
+        } = grant
+        else {
+            return Ok(());
+        };
+        // Creating an assignment that exists would start a second provisioning; adopt it.
+        if self.assignment_exists(grant).await? {
+            return Ok(());
+        }
+        let created = self
+            .sso
+            .create_account_assignment()
+            .instance_arn(instance_arn)
+            .target_id(account_id)
+            .target_type(TargetType::AwsAccount)
+            .permission_set_arn(permission_set_arn)
+            .principal_type(sso_principal_type(*principal_type))
+            .principal_id(principal_id)
+            .send()
+            .await
+            .map_err(|error| cloud("create an account assignment", error))?;
+        let status = created.account_assignment_creation_status;
+        self.await_provisioning(instance_arn, status, true).await
+    }
+
+    async fn unassign(&self, grant: &AwsGrant) -> Result<(), Error> {
+        let AwsGrant::IdentityCenter {
+            instance_arn,
+            permission_set_arn,
+            account_id,
+            principal_type,
+            principal_id,
+        } = grant
+        else {
+            return Ok(());
+        };
+        if !self.assignment_exists(grant).await? {
+            return Ok(());
+        }
+        let deleted = self
+            .sso
+            .delete_account_assignment()
+            .instance_arn(instance_arn)
+            .target_id(account_id)
+            .target_type(TargetType::AwsAccount)
+            .permission_set_arn(permission_set_arn)
+            .principal_type(sso_principal_type(*principal_type))
+            .principal_id(principal_id)
+            .send()
+            .await;
+        match deleted {
+            Ok(out) => {
+                self.await_provisioning(instance_arn, out.account_assignment_deletion_status, false)
+                    .await
+            }
+            Err(error) if is_gone(&error) => Ok(()),
+            Err(error) => Err(cloud("delete an account assignment", error)),
+        }
+    }
+
+    /// Polls an assignment's creation or deletion until it succeeds or fails.
+    async fn await_provisioning(
+        &self,
+        instance_arn: &str,
+        mut status: Option<aws_sdk_ssoadmin::types::AccountAssignmentOperationStatus>,
+        creating: bool,
+    ) -> Result<(), Error> {
+        let what = if creating { "creation" } else { "deletion" };
+        let deadline = tokio::time::Instant::now() + PROVISIONING_LIMIT;
+        let mut pause = Duration::from_millis(200);
+        loop {
+            let Some(current) = status.take() else {
+                return Err(retryable(format!(
+                    "the assignment {what} reported no status"
+                )));
+            };
+            match current.status() {
+                Some(StatusValues::Succeeded) => return Ok(()),
+                Some(StatusValues::Failed) => {
+                    return Err(Error::Cloud {
+                        provider: NAME,
+                        action: format!("finish the account assignment {what}"),
+                        message: current
+                            .failure_reason()
+                            .unwrap_or("failed without a reason")
+                            .to_owned(),
+                        retryable: !creating,
+                    });
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(retryable(format!(
+                    "the account assignment {what} is still in progress after {}s",
+                    PROVISIONING_LIMIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(5));
+            let Some(id) = current.request_id() else {
+                return Err(retryable(format!(
+                    "the assignment {what} has no request id"
+                )));
+            };
+            status = if creating {
+                self.sso
+                    .describe_account_assignment_creation_status()
+                    .instance_arn(instance_arn)
+                    .account_assignment_creation_request_id(id)
+                    .send()
+                    .await
+                    .map_err(|error| cloud("read an assignment's status", error))?
+                    .account_assignment_creation_status
+            } else {
+                self.sso
+                    .describe_account_assignment_deletion_status()
+                    .instance_arn(instance_arn)
+                    .account_assignment_deletion_request_id(id)
+                    .send()
+                    .await
+                    .map_err(|error| cloud("read an assignment's status", error))?
+                    .account_assignment_deletion_status
+            };
+        }
+    }
+
+    async fn remove(&self, grant: &AwsGrant, now: Timestamp) -> Result<(), Error> {
+        match grant {
+            AwsGrant::InlinePolicy {
+                principal,
+                policy_name,
+            } => self.delete_inline(principal, policy_name).await,
+            AwsGrant::ManagedPolicy {
+                principal,
+                policy_arn,
+            } => {
+                let name = principal.name.as_str();
+                let action = "detach a policy";
+                match principal.kind {
+                    PrincipalKind::User => gone_is_none(
+                        self.iam
+                            .detach_user_policy()
+                            .user_name(name)
+                            .policy_arn(policy_arn)
+                            .send()
+                            .await,
+                        action,
+                    )
+                    .map(|_| ()),
+                    PrincipalKind::Role => gone_is_none(
+                        self.iam
+                            .detach_role_policy()
+                            .role_name(name)
+                            .policy_arn(policy_arn)
+                            .send()
+                            .await,
+                        action,
+                    )
+                    .map(|_| ()),
+                    PrincipalKind::Group => gone_is_none(
+                        self.iam
+                            .detach_group_policy()
+                            .group_name(name)
+                            .policy_arn(policy_arn)
+                            .send()
+                            .await,
+                        action,
+                    )
+                    .map(|_| ()),
+                }
+            }
+            AwsGrant::GroupMembership {
+                user_name,
+                group_name,
+            } => gone_is_none(
+                self.iam
+                    .remove_user_from_group()
+                    .user_name(user_name)
+                    .group_name(group_name)
+                    .send()
+                    .await,
+                "remove a user from a group",
+            )
+            .map(|_| ()),
+            AwsGrant::AssumeRole {
+                role_name,
+                sid,
+                source_identity,
+                ..
+            } => {
+                let trust = match self.iam.get_role().role_name(role_name).send().await {
+                    Ok(out) => out.role.and_then(|role| role.assume_role_policy_document),
+                    Err(error) if is_gone(&error) => return Ok(()),
+                    Err(error) => return Err(cloud("read a role", error)),
+                };
+                let trust = documents::decode(&trust.unwrap_or_default()).map_err(|error| {
+                    Error::Invalid {
+                        message: format!("the trust policy of role {role_name}: {error}"),
+                    }
+                })?;
+                if let Some(edited) =
+                    documents::without_trust_statement(&trust, sid).map_err(|error| {
+                        Error::Invalid {
+                            message: format!("the trust policy of role {role_name}: {error}"),
+                        }
+                    })?
+                {
+                    self.iam
+                        .update_assume_role_policy()
+                        .role_name(role_name)
+                        .policy_document(edited.to_string())
+                        .send()
+                        .await
+                        .map_err(|error| cloud("update a trust policy", error))?;
+                }
+                // No new sessions can start now; end the ones already issued.
+                let deny = documents::session_revocation(source_identity, now).to_string();
+                gone_is_none(
+                    self.iam
+                        .put_role_policy()
+                        .role_name(role_name)
+                        .policy_name(session_revocation_name(source_identity))
+                        .policy_document(deny)
+                        .send()
+                        .await,
+                    "put the session revocation policy",
+                )
+                .map(|_| ())
+            }
+            AwsGrant::IdentityCenter { .. } => self.unassign(grant).await,
+        }
+    }
+
+    async fn state(
+        &self,
+        grant: &AwsGrant,
+        target: &AwsTarget,
+        expires_at: Timestamp,
+    ) -> Result<GrantState, Error> {
+        match grant {
+            AwsGrant::InlinePolicy {
+                principal,
+                policy_name,
+            } => {
+                let Some(found) = self.inline_policy(principal, policy_name).await? else {
+                    return Ok(GrantState::Missing);
+                };
+                if found == Self::inline_document(target, expires_at)? {
+                    Ok(GrantState::Present)
+                } else {
+                    Ok(GrantState::Drifted(format!(
+                        "inline policy {policy_name} on {} was changed",
+                        principal.arn
+                    )))
+                }
+            }
+            AwsGrant::AssumeRole {
+                role_name,
+                sid,
+                principal,
+                source_identity,
+            } => {
+                let trust = self.trust_policy(role_name).await?;
+                let found =
+                    documents::statement_with_sid(&trust, sid).map_err(|error| Error::Invalid {
+                        message: error.to_string(),
+                    })?;
+                match found {
+                    None => Ok(GrantState::Missing),
+                    Some(statement)
+                        if statement
+                            == documents::trust_statement(
+                                sid,
+                                principal,
+                                source_identity,
+                                expires_at,
+                            ) =>
+                    {
+                        Ok(GrantState::Present)
+                    }
+                    Some(_) => Ok(GrantState::Drifted(format!(
+                        "trust statement {sid} on role {role_name} was changed"
+                    ))),
+                }
+            }
+            _ => Ok(if self.exists(grant).await? {
+                GrantState::Present
+            } else {
+                GrantState::Missing
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for AwsProvider {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn enforces_expiry(&self) -> bool {
+        false
+    }
+
+    async fn grant(&self, grant: &GrantSpec<'_>) -> Result<GrantRecord, Error> {
+        let target = Self::target(grant)?;
+        let made = resolve(target, grant.identity, grant.request)?;
+        if target.policy_document.is_some() {
+            // Refuse a malformed document before anything is recorded.
+            Self::inline_document(target, grant.expires_at)?;
+        }
+        let uid = &grant.request.uid;
+        if !self.ledger.holds(uid, &made).await? {
+            // Not ours yet: access that exists already was granted outside the operator, and
+            // taking it over would end it at our expiry.
+            if self.exists(&made).await? {
+                return Err(Error::Invalid {
+                    message: format!(
+                        "{} exists already, granted outside this request; the operator will not take over access it did not grant",
+                        made.reference()
+                    ),
+                });
+            }
+            self.ledger
+                .record(grant.request, &made, grant.expires_at)
+                .await?;
+        }
+        if let Err(error) = self.make(&made, target, grant.expires_at).await {
+            if !error.is_retryable() {
+                // Refused for good: nothing was made, so nothing is left to revoke.
+                if let Err(forget) = self.ledger.clear(uid).await {
+                    debug!(error = %forget, "could not forget a refused grant; the sweep will");
+                }
+            }
+            return Err(error);
+        }
+        info!(reference = %made.reference(), "granted in aws");
+        Ok(GrantRecord {
+            provider: NAME,
+            reference: made.reference(),
+            cloud_enforced_expiry: made.cloud_enforced(),
+        })
+    }
+
+    async fn revoke(&self, request: &RequestRef) -> Result<(), Error> {
+        let held: Vec<AwsGrant> = self.ledger.targets(&request.uid).await?;
+        if held.is_empty() {
+            return Ok(());
+        }
+        let now = Timestamp::now();
+        for grant in &held {
+            self.remove(grant, now).await?;
+            info!(reference = %grant.reference(), "revoked in aws");
+        }
+        self.ledger.clear(&request.uid).await?;
+        Ok(())
+    }
+
+    async fn verify(&self, grant: &GrantSpec<'_>) -> Result<GrantState, Error> {
+        let target = Self::target(grant)?;
+        let made = resolve(target, grant.identity, grant.request)?;
+        self.state(&made, target, grant.expires_at).await
+    }
+
+    async fn list_managed(&self) -> Result<Vec<String>, Error> {
+        Ok(self.ledger.uids().await?)
+    }
+}
+
+fn sso_principal_type(kind: IdentityCenterPrincipalType) -> PrincipalType {
+    match kind {
+        IdentityCenterPrincipalType::User => PrincipalType::User,
+        IdentityCenterPrincipalType::Group => PrincipalType::Group,
+    }
+}
+
+fn retryable(message: String) -> Error {
+    Error::Cloud {
+        provider: NAME,
+        action: "provision".into(),
+        message,
+        retryable: true,
+    }
+}
+
+/// Error codes that mean "try again later".
+const RETRYABLE_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ServiceFailure",
+    "ServiceUnavailable",
+    "InternalFailure",
+    "InternalServerException",
+    "ConcurrentModification",
+    "ConflictException",
+];
+
+/// Whether an error says the thing (or its principal) does not exist.
+fn is_gone<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> bool {
+    matches!(
+        error.code(),
+        Some("NoSuchEntity" | "ResourceNotFoundException")
+    )
+}
+
+/// The result, with "it is not there" as `None`: what revoke and read want.
+fn gone_is_none<T, E, R>(
+    result: Result<T, SdkError<E, R>>,
+    action: &str,
+) -> Result<Option<T>, Error>
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    match result {
+        Ok(out) => Ok(Some(out)),
+        Err(error) if is_gone(&error) => Ok(None),
+        Err(error) => Err(cloud(action, error)),
+    }
+}
+
+/// An SDK error as the provider reports it: AWS's code and message, never the request.
+fn cloud<E, R>(action: &str, error: SdkError<E, R>) -> Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let (message, retryable) = match &error {
+        SdkError::ServiceError(_) => {
+            let code = error.code().unwrap_or("Unknown");
+            let text = error.message().unwrap_or("no message");
+            (format!("{code}: {text}"), RETRYABLE_CODES.contains(&code))
+        }
+        SdkError::ConstructionFailure(_) => (crate::telemetry::error_chain(&error), false),
+        // Timeouts, dropped connections and replies that do not parse: try again.
+        _ => (crate::telemetry::error_chain(&error), true),
+    };
+    Error::Cloud {
+        provider: NAME,
+        action: action.to_owned(),
+        message,
+        retryable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{crd::v1alpha1::IdentityCenterTarget, subject::Subject};
+    use serde_json::json;
+
+    fn request() -> RequestRef {
+        RequestRef {
+            uid: "0b6e-41".into(),
+            namespace: "team".into(),
+            name: "fix".into(),
+        }
+    }
+
+    fn target(extra: Value) -> AwsTarget {
+        let mut block = json!({"principal": "arn:aws:iam::123456789012:user/{{username}}"});
+        if let (Some(block), Some(extra)) = (block.as_object_mut(), extra.as_object()) {
+            block.extend(extra.clone());
+        }
+        serde_json::from_value(block).unwrap()
+    }
+
+    fn alice() -> Identity {
+        Identity::bare(Subject::User("alice".into()))
+    }
+
+    #[test]
+    fn principals_parse_by_kind_and_keep_only_the_name() {
+        let user = Principal::parse("arn:aws:iam::123456789012:user/engineering/alice").unwrap();
+        assert_eq!(
+            (user.kind, user.name.as_str()),
+            (PrincipalKind::User, "alice")
+        );
+        let role = Principal::parse("arn:aws-us-gov:iam::123456789012:role/ops").unwrap();
+        assert_eq!(role.kind, PrincipalKind::Role);
+        for arn in [
+            "arn:aws:iam::123456789012:policy/x",
+            "arn:aws:s3:::bucket",
+            "arn:aws:iam::12345:user/alice",
+            "arn:aws:iam::123456789012:user/",
+            "arn:aws:iam::123456789012:user/a*",
+            "user/alice",
+        ] {
+            assert!(Principal::parse(arn).is_err(), "{arn}");
+        }
+    }
+
+    #[test]
+    fn each_kind_resolves_to_its_grant() {
+        let inline = resolve(
+            &target(json!({"policyDocument": {"Statement": []}})),
+            &alice(),
+            &request(),
+        )
+        .unwrap();
+        assert_eq!(
+            inline,
+            AwsGrant::InlinePolicy {
+                principal: Principal::parse("arn:aws:iam::123456789012:user/alice").unwrap(),
+                policy_name: "jit-0b6e-41".into(),
+            }
+        );
+        let group = resolve(
+            &target(json!({"groupName": "readers"})),
+            &alice(),
+            &request(),
+        )
+        .unwrap();
+        assert_eq!(
+            group,
+            AwsGrant::GroupMembership {
+                user_name: "alice".into(),
+                group_name: "readers".into()
+            }
+        );
+        let assume = resolve(
+            &target(json!({"assumeRoleArn": "arn:aws:iam::123456789012:role/prod-admin"})),
+            &alice(),
+            &request(),
+        )
+        .unwrap();
+        assert_eq!(
+            assume,
+            AwsGrant::AssumeRole {
+                role_name: "prod-admin".into(),
+                sid: "jit0b6e41".into(),
+                principal: "arn:aws:iam::123456789012:user/alice".into(),
+                source_identity: "alice".into(),
+            }
+        );
+        assert!(assume.cloud_enforced() && inline.cloud_enforced() && !group.cloud_enforced());
+    }
+
+    #[test]
+    fn identity_center_principals_come_from_the_mapping() {
+        let block = AwsTarget {
+            principal: None,
+            policy_document: None,
+            policy_arn: None,
+            group_name: None,
+            assume_role_arn: None,
+            source_identity: None,
+            identity_center: Some(IdentityCenterTarget {
+                instance_arn: "arn:aws:sso:::instance/ssoins-1".into(),
+                permission_set_arn: "arn:aws:sso:::permissionSet/ssoins-1/ps-1".into(),
+                account_id: "123456789012".into(),
+                principal_type: IdentityCenterPrincipalType::User,
+                principal_id: "{{mapping.ssoUserId}}".into(),
+            }),
+        };
+        let unmapped = resolve(&block, &alice(), &request()).unwrap_err();
+        assert!(
+            unmapped.to_string().contains("mapping.ssoUserId"),
+            "{unmapped}"
+        );
+        let mut mapped = alice();
+        mapped.mapping.insert("ssoUserId".into(), "9067-abc".into());
+        let AwsGrant::IdentityCenter { principal_id, .. } =
+            resolve(&block, &mapped, &request()).unwrap()
+        else {
+            panic!("not an assignment");
+        };
+        assert_eq!(principal_id, "9067-abc");
+    }
+
+    #[test]
+    fn impossible_combinations_are_refused_with_a_reason() {
+        let group_principal = AwsTarget {
+            principal: Some("arn:aws:iam::123456789012:group/ops".into()),
+            ..target(json!({"assumeRoleArn": "arn:aws:iam::123456789012:role/x"}))
+        };
+        assert!(
+            resolve(&group_principal, &alice(), &request())
+                .unwrap_err()
+                .to_string()
+                .contains("a group cannot assume")
+        );
+        let role_in_group = AwsTarget {
+            principal: Some("arn:aws:iam::123456789012:role/ci".into()),
+            ..target(json!({"groupName": "readers"}))
+        };
+        assert!(
+            resolve(&role_in_group, &alice(), &request())
+                .unwrap_err()
+                .to_string()
+                .contains("only a user")
+        );
+        let account = Identity::bare(Subject::parse("system:serviceaccount:ci:deploy").unwrap());
+        let colon = target(json!({"assumeRoleArn": "arn:aws:iam::123456789012:role/x"}));
+        let refused = resolve(
+            &AwsTarget {
+                principal: Some("arn:aws:iam::123456789012:role/ci".into()),
+                ..colon
+            },
+            &account,
+            &request(),
+        )
+        .unwrap_err();
+        assert!(refused.to_string().contains("source identity"), "{refused}");
+    }
+
+    #[test]
+    fn ledger_records_round_trip() {
+        let grant = AwsGrant::ManagedPolicy {
+            principal: Principal::parse("arn:aws:iam::123456789012:role/ci").unwrap(),
+            policy_arn: "arn:aws:iam::aws:policy/ReadOnlyAccess".into(),
+        };
+        let text = serde_json::to_value(&grant).unwrap();
+        assert_eq!(text["kind"], "managedPolicy");
+        assert_eq!(text["policyArn"], "arn:aws:iam::aws:policy/ReadOnlyAccess");
+        assert_eq!(serde_json::from_value::<AwsGrant>(text).unwrap(), grant);
+    }
+}

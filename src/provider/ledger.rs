@@ -1,0 +1,237 @@
+//! The grant ledger: what a cloud provider granted for each request, kept in a ConfigMap in the
+//! operator's namespace and written before the cloud call. Clouds cannot be searched for "what
+//! did the operator grant for request X" (a managed-policy attachment carries no label), so
+//! revocation, the orphan sweep and crash recovery read the ledger instead; a policy edited or
+//! deleted after the grant does not change what is revoked.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::{
+    Api, Client,
+    api::{DeleteParams, ListParams, ObjectMeta, PostParams},
+};
+use serde::{Serialize, de::DeserializeOwned};
+use serde_json::Value;
+
+use super::{
+    EXPIRES_AT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, REQUEST_ANNOTATION, REQUEST_UID_LABEL,
+    RequestRef,
+};
+
+/// The label naming the provider a ledger entry belongs to.
+pub const PROVIDER_LABEL: &str = "jit.dev/provider";
+/// The data key holding the JSON list of targets.
+const TARGETS_KEY: &str = "targets";
+
+/// Why the ledger could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The API server refused or failed.
+    #[error("failed to {action} grant ledger entry {name}")]
+    Api {
+        /// What was being done.
+        action: &'static str,
+        /// The ConfigMap.
+        name: String,
+        /// Why.
+        #[source]
+        source: kube::Error,
+    },
+    /// An entry does not parse; it is left for a person to look at.
+    #[error("grant ledger entry {name} does not parse: {reason}")]
+    Corrupt {
+        /// The ConfigMap.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Whether trying again may help.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Api { source, .. } => !matches!(
+                source,
+                kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422)
+            ),
+            Self::Corrupt { .. } => false,
+        }
+    }
+}
+
+/// One provider's entries.
+#[derive(Clone)]
+pub struct Ledger {
+    api: Api<ConfigMap>,
+    provider: &'static str,
+}
+
+impl Ledger {
+    /// The ledger of `provider` in `namespace`.
+    pub fn new(client: Client, namespace: &str, provider: &'static str) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            provider,
+        }
+    }
+
+    fn name(uid: &str) -> String {
+        format!("jit-grant-{uid}")
+    }
+
+    async fn entry(&self, uid: &str) -> Result<Option<ConfigMap>, Error> {
+        let name = Self::name(uid);
+        self.api.get_opt(&name).await.map_err(|source| Error::Api {
+            action: "read",
+            name,
+            source,
+        })
+    }
+
+    fn parse(name: &str, entry: &ConfigMap) -> Result<Vec<Value>, Error> {
+        let Some(text) = entry.data.as_ref().and_then(|data| data.get(TARGETS_KEY)) else {
+            return Ok(Vec::new());
+        };
+        serde_json::from_str(text).map_err(|error| Error::Corrupt {
+            name: name.to_owned(),
+            reason: error.to_string(),
+        })
+    }
+
+    /// What is recorded for the request with this UID; empty when nothing is.
+    pub async fn targets<T: DeserializeOwned>(&self, uid: &str) -> Result<Vec<T>, Error> {
+        let name = Self::name(uid);
+        let Some(entry) = self.entry(uid).await? else {
+            return Ok(Vec::new());
+        };
+        Self::parse(&name, &entry)?
+            .into_iter()
+            .map(|value| {
+                serde_json::from_value(value).map_err(|error| Error::Corrupt {
+                    name: name.clone(),
+                    reason: error.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Whether `target` is recorded for the request.
+    pub async fn holds<T: Serialize>(&self, uid: &str, target: &T) -> Result<bool, Error> {
+        let name = Self::name(uid);
+        let wanted = serde_json::to_value(target).map_err(|error| Error::Corrupt {
+            name: name.clone(),
+            reason: error.to_string(),
+        })?;
+        let Some(entry) = self.entry(uid).await? else {
+            return Ok(false);
+        };
+        Ok(Self::parse(&name, &entry)?.contains(&wanted))
+    }
+
+    /// Records `target` for the request, before it is granted.
+    pub async fn record<T: Serialize>(
+        &self,
+        request: &RequestRef,
+        target: &T,
+        expires_at: jiff::Timestamp,
+    ) -> Result<(), Error> {
+        let name = Self::name(&request.uid);
+        let wanted = serde_json::to_value(target).map_err(|error| Error::Corrupt {
+            name: name.clone(),
+            reason: error.to_string(),
+        })?;
+        let existing = self.entry(&request.uid).await?;
+        let mut targets = match &existing {
+            Some(entry) => Self::parse(&name, entry)?,
+            None => Vec::new(),
+        };
+        if targets.contains(&wanted) {
+            return Ok(());
+        }
+        targets.push(wanted);
+        let mut entry = existing.unwrap_or_else(|| self.new_entry(request, &name));
+        entry
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(EXPIRES_AT_ANNOTATION.into(), expires_at.to_string());
+        entry.data.get_or_insert_with(BTreeMap::new).insert(
+            TARGETS_KEY.into(),
+            serde_json::to_string(&targets).unwrap_or_default(),
+        );
+        // Replace carries the resourceVersion read above: a concurrent writer makes this fail
+        // and the reconcile retry, instead of one record overwriting another.
+        let written = if entry.metadata.resource_version.is_some() {
+            self.api
+                .replace(&name, &PostParams::default(), &entry)
+                .await
+        } else {
+            self.api.create(&PostParams::default(), &entry).await
+        };
+        written.map(|_| ()).map_err(|source| Error::Api {
+            action: "write",
+            name,
+            source,
+        })
+    }
+
+    fn new_entry(&self, request: &RequestRef, name: &str) -> ConfigMap {
+        let mut annotations = BTreeMap::new();
+        if !request.namespace.is_empty() {
+            annotations.insert(
+                REQUEST_ANNOTATION.to_owned(),
+                format!("{}/{}", request.namespace, request.name),
+            );
+        }
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(BTreeMap::from([
+                    (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+                    (REQUEST_UID_LABEL.to_owned(), request.uid.clone()),
+                    (PROVIDER_LABEL.to_owned(), self.provider.to_owned()),
+                ])),
+                annotations: Some(annotations),
+                ..ObjectMeta::default()
+            },
+            ..ConfigMap::default()
+        }
+    }
+
+    /// Forgets everything recorded for the request, once it is all revoked.
+    pub async fn clear(&self, uid: &str) -> Result<(), Error> {
+        let name = Self::name(uid);
+        match self.api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(source) => Err(Error::Api {
+                action: "delete",
+                name,
+                source,
+            }),
+        }
+    }
+
+    /// The UIDs of every request with an entry.
+    pub async fn uids(&self) -> Result<Vec<String>, Error> {
+        let selector = format!(
+            "{MANAGED_BY_LABEL}={MANAGED_BY},{PROVIDER_LABEL}={}",
+            self.provider
+        );
+        let entries = self
+            .api
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .map_err(|source| Error::Api {
+                action: "list",
+                name: "*".into(),
+                source,
+            })?;
+        Ok(entries
+            .into_iter()
+            .filter_map(|entry| entry.metadata.labels?.remove(REQUEST_UID_LABEL))
+            .collect())
+    }
+}
