@@ -271,6 +271,15 @@ pub fn resolve(
     Err(invalid("the aws role names no kind of grant".into()))
 }
 
+/// The HTTP client the SDK uses: rustls with ring, like the rest of the operator.
+pub fn http_client() -> aws_sdk_iam::config::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+            aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https()
+}
+
 /// Grants in AWS IAM and IAM Identity Center.
 pub struct AwsProvider {
     iam: aws_sdk_iam::Client,
@@ -281,13 +290,8 @@ pub struct AwsProvider {
 impl AwsProvider {
     /// A provider with the SDK's standard configuration, recording grants in `ledger`.
     pub async fn from_environment(ledger: Ledger) -> Self {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
-                aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
         let config = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
+            .http_client(http_client())
             .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
             .load()
             .await;

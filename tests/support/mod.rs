@@ -252,6 +252,8 @@ pub fn read_yaml(relative: &str) -> serde_json::Value {
         .unwrap_or_else(|error| panic!("failed to parse {}: {error}", path.display()))
 }
 
+pub mod aws;
+pub mod moto;
 pub mod operator;
 
 /// How long a test waits for the operator to act; only stops a hung test.

@@ -49,6 +49,11 @@ impl Operator {
 
     /// Like `start`, with extra environment (e.g. `FAILPOINTS`).
     pub fn start_with(user: &str, environment: &[(&str, &str)]) -> Self {
+        Self::start_with_args(user, &[], environment)
+    }
+
+    /// Like `start`, with extra flags and environment.
+    pub fn start_with_args(user: &str, args: &[&str], environment: &[(&str, &str)]) -> Self {
         let control_plane = control_plane();
         let log = control_plane
             .dir
@@ -69,6 +74,7 @@ impl Operator {
                 "--resync-interval",
                 "2s",
             ])
+            .args(args)
             .envs(environment.iter().copied())
             .env("KUBECONFIG", control_plane.kubeconfig(user))
             .env("RUST_LOG", "info,jit_operator=debug")

@@ -1,0 +1,264 @@
+//! The AWS provider end to end: the operator (a separate process, `--providers aws`) against a
+//! real moto server through its real SDK clients. Every kind of grant is made on approval and
+//! gone after expiry, an early revoke and deletion; the inline policy and trust statement
+//! expire at `status.expiresAt` on AWS's side; other trust statements survive; a missing
+//! principal, an unmapped subject and access held outside the operator fail cleanly. Crash
+//! safety is in e2e_aws_crash.rs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use jit_operator::{
+    crd::v1alpha1::{AccessRequest, Phase, annotations},
+    provider::aws::documents,
+};
+use kube::{Api, ResourceExt, api::DeleteParams};
+use serde_json::json;
+use support::{
+    ACT_LIMIT, TestEnv, annotate,
+    aws::{
+        Ending, Kind, assignments, aws_block, aws_operator, aws_policy, failure_message, fixture,
+        held, inline_document, ledger_entry, original_trust, request, trust,
+    },
+    create_policy,
+    moto::{ACCOUNT, moto},
+    phase, random_suffix, wait_for_request,
+};
+
+/// One kind of grant, approved by bob, then ended one way; checks AWS at each step.
+async fn lifecycle(env: &TestEnv, kind: Kind, ending: Ending) {
+    let fixture = fixture().await;
+    let policy = aws_policy(env, kind, &fixture, 1).await;
+    let duration = if ending == Ending::Expiry {
+        "8s"
+    } else {
+        "30m"
+    };
+    let created = request(env, &policy, duration).await;
+    let name = created.name_any();
+    let uid = created.uid().unwrap();
+    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
+    let what = format!("{kind:?}/{ending:?}");
+
+    assert_eq!(
+        held(kind, &fixture, &uid).await,
+        0,
+        "{what}: nothing before approval"
+    );
+    annotate(&env.bob, &env.namespace, &name, annotations::APPROVE, "ok")
+        .await
+        .unwrap();
+    let active = wait_for_request(&requests, &name, "active", |r| {
+        phase(r) == Some(Phase::Active)
+    })
+    .await;
+    assert_eq!(held(kind, &fixture, &uid).await, 1, "{what}: granted once");
+    let status = active.status.as_ref().unwrap();
+    let grant = status.grant.as_ref().unwrap();
+    assert_eq!(grant.provider, "aws", "{what}");
+    assert_eq!(
+        grant.cloud_enforced_expiry,
+        matches!(kind, Kind::Inline | Kind::AssumeRole),
+        "{what}"
+    );
+    assert!(
+        ledger_entry(env, &uid).await.is_some(),
+        "{what}: recorded in the ledger"
+    );
+    let expires_at = status.expires_at.as_ref().unwrap().0;
+    let iam_expiry = documents::iam_time(expires_at);
+    match kind {
+        Kind::Inline => {
+            let document = inline_document(&fixture, &format!("jit-{uid}"))
+                .await
+                .unwrap();
+            let statements = document["Statement"].as_array().unwrap();
+            assert_eq!(statements.len(), 2);
+            for statement in statements {
+                assert_eq!(
+                    statement["Condition"]["DateLessThan"]["aws:CurrentTime"],
+                    iam_expiry.as_str(),
+                    "{what}: AWS stops honouring it at status.expiresAt"
+                );
+            }
+            assert_eq!(
+                statements[1]["Condition"]["Bool"]["aws:SecureTransport"],
+                "true"
+            );
+        }
+        Kind::AssumeRole => {
+            let trust = trust(&fixture).await;
+            let statements = trust["Statement"].as_array().unwrap();
+            assert_eq!(statements.len(), 2, "{what}: {trust}");
+            assert_eq!(
+                statements[0],
+                original_trust()["Statement"][0],
+                "{what}: theirs kept"
+            );
+            let ours = &statements[1];
+            assert_eq!(
+                ours["Principal"]["AWS"],
+                format!("arn:aws:iam::{ACCOUNT}:user/{}", fixture.user)
+            );
+            assert_eq!(
+                ours["Condition"]["DateLessThan"]["aws:CurrentTime"],
+                iam_expiry.as_str()
+            );
+            assert_eq!(
+                ours["Condition"]["StringEquals"]["sts:SourceIdentity"],
+                "alice"
+            );
+        }
+        _ => {}
+    }
+
+    match ending {
+        Ending::Expiry => {
+            wait_for_request(&requests, &name, "expired", |r| {
+                phase(r) == Some(Phase::Expired)
+            })
+            .await;
+        }
+        Ending::Revoke => {
+            annotate(
+                &env.alice,
+                &env.namespace,
+                &name,
+                annotations::REVOKE,
+                "done",
+            )
+            .await
+            .unwrap();
+            wait_for_request(&requests, &name, "revoked", |r| {
+                phase(r) == Some(Phase::Revoked)
+            })
+            .await;
+        }
+        Ending::Delete => {
+            requests
+                .delete(&name, &DeleteParams::default())
+                .await
+                .unwrap();
+            tokio::time::timeout(ACT_LIMIT, async {
+                while requests.get_opt(&name).await.unwrap().is_some() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("{what}: request not deleted"));
+        }
+    }
+    assert_eq!(
+        held(kind, &fixture, &uid).await,
+        0,
+        "{what}: gone after the end"
+    );
+    assert!(
+        ledger_entry(env, &uid).await.is_none(),
+        "{what}: ledger entry removed"
+    );
+    if kind == Kind::AssumeRole {
+        assert_eq!(
+            trust(&fixture).await,
+            original_trust(),
+            "{what}: trust policy as it was"
+        );
+        let deny = moto()
+            .iam()
+            .await
+            .get_role_policy()
+            .role_name(&fixture.role)
+            .policy_name("jit-revoked-alice")
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("{what}: no session revocation policy: {error:?}"));
+        let deny = documents::decode(&deny.policy_document).unwrap();
+        let condition = &deny["Statement"][0]["Condition"];
+        assert_eq!(condition["StringEquals"]["aws:SourceIdentity"], "alice");
+        assert!(condition["DateLessThan"]["aws:TokenIssueTime"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn every_kind_is_granted_on_approval_and_gone_after_expiry_revoke_and_delete() {
+    let env = TestEnv::new().await;
+    let _ = aws_operator();
+    let mut scenarios = Vec::new();
+    for kind in [
+        Kind::Inline,
+        Kind::Managed,
+        Kind::Group,
+        Kind::AssumeRole,
+        Kind::IdentityCenter,
+    ] {
+        for ending in [Ending::Expiry, Ending::Revoke, Ending::Delete] {
+            scenarios.push(lifecycle(&env, kind, ending));
+        }
+    }
+    futures::future::join_all(scenarios).await;
+}
+
+#[tokio::test]
+async fn a_missing_principal_fails_the_request_with_aws_words_and_leaves_nothing() {
+    let env = TestEnv::new().await;
+    let _ = aws_operator();
+    let mut fixture = fixture().await;
+    fixture.user = format!("nobody-{}", random_suffix(6));
+    let policy = aws_policy(&env, Kind::Managed, &fixture, 0).await;
+    let created = request(&env, &policy, "10m").await;
+    let message = failure_message(&env, &created.name_any()).await;
+    assert!(message.contains("NoSuchEntity"), "{message}");
+    assert!(message.contains("attach a policy"), "{message}");
+    assert!(ledger_entry(&env, &created.uid().unwrap()).await.is_none());
+}
+
+#[tokio::test]
+async fn an_unmapped_subject_fails_with_the_reason() {
+    let env = TestEnv::new().await;
+    let _ = aws_operator();
+    let fixture = fixture().await;
+    let policy = create_policy(
+        &env,
+        json!({
+            "requesters": {"groups": ["devs"]},
+            "approvalsRequired": 0,
+            "maxDuration": "1h",
+            "roles": [{"name": "cloud", "aws": aws_block(Kind::IdentityCenter, &fixture)}],
+        }),
+    )
+    .await;
+    let created = request(&env, &policy, "10m").await;
+    let message = failure_message(&env, &created.name_any()).await;
+    assert!(
+        message.contains("alice has no mapping.ssoUserId"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("identityMappings in AccessPolicy {policy}")),
+        "{message}"
+    );
+    assert_eq!(assignments(&fixture).await, 0);
+}
+
+#[tokio::test]
+async fn access_granted_outside_the_operator_is_not_taken_over() {
+    let env = TestEnv::new().await;
+    let _ = aws_operator();
+    let fixture = fixture().await;
+    let iam = moto().iam().await;
+    iam.add_user_to_group()
+        .user_name(&fixture.user)
+        .group_name(&fixture.group)
+        .send()
+        .await
+        .unwrap();
+    let policy = aws_policy(&env, Kind::Group, &fixture, 0).await;
+    let created = request(&env, &policy, "10m").await;
+    let message = failure_message(&env, &created.name_any()).await;
+    assert!(message.contains("exists already"), "{message}");
+    // The standing membership is someone else's to end, and is still there.
+    assert_eq!(held(Kind::Group, &fixture, "").await, 1);
+}
