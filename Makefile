@@ -67,6 +67,10 @@ else
 	$(CARGO) run --locked --bin jit-operator -- $(ARGS)
 endif
 
+.PHONY: emulators
+emulators: ## Install the cloud emulators the tests use (moto for AWS) into the cache (once).
+	@tests/aws/moto.sh >/dev/null
+
 .PHONY: test
-test: lint verify control-plane ## Everything CI runs: lint, CRD drift, unit and integration tests.
+test: lint verify control-plane emulators ## Everything CI runs: lint, CRD drift, unit and integration tests.
 	$(CARGO) test --locked --features failpoints

@@ -256,9 +256,52 @@ async fn each_role_names_exactly_one_target() {
         &message,
         &[
             "spec.roles[0]",
-            "a role must name exactly one target: kubernetes",
+            "a role must name exactly one target: kubernetes, aws",
         ],
     );
+}
+
+#[tokio::test]
+async fn an_aws_role_names_one_kind_of_grant_and_its_principal() {
+    let env = TestEnv::new().await;
+    let principal = "arn:aws:iam::123456789012:user/{{username}}";
+    for aws in [
+        json!({"principal": principal}),
+        json!({"principal": principal, "policyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess",
+               "groupName": "readers"}),
+        json!({"policyArn": "arn:aws:iam::aws:policy/ReadOnlyAccess"}),
+    ] {
+        let message = refused_policy(&env, |spec| {
+            spec["roles"] = json!([{"name": "cloud", "aws": aws}])
+        })
+        .await;
+        assert_mentions(
+            &message,
+            &[
+                "spec.roles[0].aws",
+                "an aws role must name exactly one of policyDocument, policyArn, groupName, assumeRoleArn, identityCenter, and a principal unless it is identityCenter",
+            ],
+        );
+    }
+    let message = refused_policy(&env, |spec| {
+        spec["roles"] = json!([{"name": "cloud", "aws": {"principal": principal,
+            "policyArn": "arn:aws:s3:::bucket"}}]);
+    })
+    .await;
+    assert_mentions(&message, &["spec.roles[0].aws.policyArn", "should match"]);
+}
+
+#[tokio::test]
+async fn a_subject_is_mapped_at_most_once() {
+    let env = TestEnv::new().await;
+    let message = refused_policy(&env, |spec| {
+        spec["identityMappings"] = json!([
+            {"subject": "alice", "values": {"awsUser": "alice"}},
+            {"subject": "alice", "values": {"awsUser": "mallory"}},
+        ]);
+    })
+    .await;
+    assert_mentions(&message, &["spec.identityMappings[1]", "Duplicate value"]);
 }
 
 #[tokio::test]
