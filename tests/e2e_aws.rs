@@ -262,3 +262,74 @@ async fn access_granted_outside_the_operator_is_not_taken_over() {
     // The standing membership is someone else's to end, and is still there.
     assert_eq!(held(Kind::Group, &fixture, "").await, 1);
 }
+
+/// An administrator narrows a role while a grant of it is active: the next look at the grant
+/// (drift check) grants what the role says now and revokes what it said before.
+#[tokio::test]
+async fn a_role_changed_while_active_does_not_leave_the_old_grant_behind() {
+    let env = TestEnv::new().await;
+    let _ = aws_operator();
+    let fixture = fixture().await;
+    let policy = aws_policy(&env, Kind::Managed, &fixture, 0).await;
+    let created = request(&env, &policy, "30m").await;
+    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
+    wait_for_request(&requests, &created.name_any(), "active", |r| {
+        phase(r) == Some(Phase::Active)
+    })
+    .await;
+    assert_eq!(
+        attached(&fixture).await,
+        ["arn:aws:iam::aws:policy/ReadOnlyAccess"]
+    );
+
+    let narrower = "arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess";
+    let policies = Api::<jit_operator::crd::v1alpha1::AccessPolicy>::all(env.admin.clone());
+    let patch = json!({"spec": {"roles": [{"name": "cloud", "aws": {
+        "principal": format!("arn:aws:iam::{ACCOUNT}:user/{{{{mapping.awsUser}}}}"),
+        "policyArn": narrower,
+    }}]}});
+    policies
+        .patch(
+            &policy,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(ACT_LIMIT, async {
+        while attached(&fixture).await != [narrower] {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the role's new policy replaces the old one within the limit");
+    annotate(
+        &env.alice,
+        &env.namespace,
+        &created.name_any(),
+        annotations::REVOKE,
+        "done",
+    )
+    .await
+    .unwrap();
+    wait_for_request(&requests, &created.name_any(), "revoked", |r| {
+        phase(r) == Some(Phase::Revoked)
+    })
+    .await;
+    assert!(attached(&fixture).await.is_empty());
+}
+
+async fn attached(fixture: &support::aws::Fixture) -> Vec<String> {
+    moto()
+        .iam()
+        .await
+        .list_attached_user_policies()
+        .user_name(&fixture.user)
+        .send()
+        .await
+        .unwrap()
+        .attached_policies()
+        .iter()
+        .filter_map(|policy| policy.policy_arn().map(str::to_owned))
+        .collect()
+}

@@ -1014,6 +1014,17 @@ impl Provider for AwsProvider {
             }
             return Err(error);
         }
+        // A policy edited while the grant is active (drift repair re-grants under the role as
+        // it is now): what the old definition granted must not outlive the change.
+        let recorded: Vec<AwsGrant> = self.ledger.targets(uid).await?;
+        if recorded.iter().any(|other| other != &made) {
+            let now = Timestamp::now();
+            for stale in recorded.iter().filter(|other| *other != &made) {
+                self.remove(stale, now).await?;
+                info!(reference = %stale.reference(), "revoked what the role granted before it changed");
+            }
+            self.ledger.keep_only(grant.request, &made).await?;
+        }
         info!(reference = %made.reference(), "granted in aws");
         Ok(GrantRecord {
             provider: NAME,

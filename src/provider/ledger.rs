@@ -200,6 +200,38 @@ impl Ledger {
         }
     }
 
+    /// Keeps only `target` in the request's entry, once the others are revoked.
+    pub async fn keep_only<T: Serialize>(
+        &self,
+        request: &RequestRef,
+        target: &T,
+    ) -> Result<(), Error> {
+        let name = Self::name(&request.uid);
+        let wanted = serde_json::to_value(target).map_err(|error| Error::Corrupt {
+            name: name.clone(),
+            reason: error.to_string(),
+        })?;
+        let Some(mut entry) = self.entry(&request.uid).await? else {
+            return Ok(());
+        };
+        if Self::parse(&name, &entry)? == [wanted.clone()] {
+            return Ok(());
+        }
+        entry.data.get_or_insert_with(BTreeMap::new).insert(
+            TARGETS_KEY.into(),
+            serde_json::to_string(&[wanted]).unwrap_or_default(),
+        );
+        self.api
+            .replace(&name, &PostParams::default(), &entry)
+            .await
+            .map(|_| ())
+            .map_err(|source| Error::Api {
+                action: "write",
+                name,
+                source,
+            })
+    }
+
     /// Forgets everything recorded for the request, once it is all revoked.
     pub async fn clear(&self, uid: &str) -> Result<(), Error> {
         let name = Self::name(uid);
