@@ -333,3 +333,59 @@ async fn attached(fixture: &support::aws::Fixture) -> Vec<String> {
         .filter_map(|policy| policy.policy_arn().map(str::to_owned))
         .collect()
 }
+
+/// Someone deletes the inline policy, then rewrites it wider, by hand: each time the drift
+/// check puts back exactly what was granted, with the same expiry.
+#[tokio::test]
+async fn an_inline_policy_removed_or_widened_by_hand_is_restored() {
+    let env = TestEnv::new().await;
+    let _ = aws_operator();
+    let fixture = fixture().await;
+    let policy = aws_policy(&env, Kind::Inline, &fixture, 0).await;
+    let created = request(&env, &policy, "30m").await;
+    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
+    wait_for_request(&requests, &created.name_any(), "active", |r| {
+        phase(r) == Some(Phase::Active)
+    })
+    .await;
+    let name = format!("jit-{}", created.uid().unwrap());
+    let granted = inline_document(&fixture, &name).await.unwrap();
+    let iam = moto().iam().await;
+
+    iam.delete_user_policy()
+        .user_name(&fixture.user)
+        .policy_name(&name)
+        .send()
+        .await
+        .unwrap();
+    let widened = json!({"Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]});
+    for tamper in [None, Some(widened)] {
+        if let Some(document) = &tamper {
+            iam.put_user_policy()
+                .user_name(&fixture.user)
+                .policy_name(&name)
+                .policy_document(document.to_string())
+                .send()
+                .await
+                .unwrap();
+        }
+        tokio::time::timeout(ACT_LIMIT, async {
+            while inline_document(&fixture, &name).await.as_ref() != Some(&granted) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("not restored after {tamper:?}"));
+    }
+    let repaired = requests.get(&created.name_any()).await.unwrap();
+    assert!(
+        repaired
+            .status
+            .unwrap()
+            .timeline
+            .iter()
+            .any(|entry| entry.event == "Repaired"),
+        "the timeline says the grant was repaired"
+    );
+}
