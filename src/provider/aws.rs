@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_config::{BehaviorVersion, retry::RetryConfig};
-use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_iam::{
+    config::http::HttpResponse,
+    error::{ProvideErrorMetadata, SdkError},
+};
 use aws_sdk_ssoadmin::types::{PrincipalType, StatusValues, TargetType};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -1097,13 +1100,12 @@ fn is_gone<E: ProvideErrorMetadata, R>(error: &SdkError<E, R>) -> bool {
 }
 
 /// The result, with "it is not there" as `None`: what revoke and read want.
-fn gone_is_none<T, E, R>(
-    result: Result<T, SdkError<E, R>>,
+fn gone_is_none<T, E>(
+    result: Result<T, SdkError<E, HttpResponse>>,
     action: &str,
 ) -> Result<Option<T>, Error>
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     match result {
         Ok(out) => Ok(Some(out)),
@@ -1113,16 +1115,21 @@ where
 }
 
 /// An SDK error as the provider reports it: AWS's code and message, never the request.
-fn cloud<E, R>(action: &str, error: SdkError<E, R>) -> Error
+fn cloud<E>(action: &str, error: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + Send + Sync + 'static,
 {
     let (message, retryable) = match &error {
         SdkError::ServiceError(_) => {
             let code = error.code().unwrap_or("Unknown");
             let text = error.message().unwrap_or("no message");
-            (format!("{code}: {text}"), RETRYABLE_CODES.contains(&code))
+            let server_side = error
+                .raw_response()
+                .is_some_and(|raw| raw.status().is_server_error() || raw.status().as_u16() == 429);
+            (
+                format!("{code}: {text}"),
+                server_side || RETRYABLE_CODES.contains(&code),
+            )
         }
         SdkError::ConstructionFailure(_) => (crate::telemetry::error_chain(&error), false),
         // Timeouts, dropped connections and replies that do not parse: try again.
@@ -1295,6 +1302,40 @@ mod tests {
         )
         .unwrap_err();
         assert!(refused.to_string().contains("source identity"), "{refused}");
+    }
+
+    fn refusal(code: &str, status: u16) -> Error {
+        let metadata = aws_sdk_iam::error::ErrorMetadata::builder()
+            .code(code)
+            .message("from aws")
+            .build();
+        let error = aws_sdk_iam::operation::put_user_policy::PutUserPolicyError::generic(metadata);
+        let raw = HttpResponse::new(
+            status.try_into().unwrap(),
+            aws_smithy_types::body::SdkBody::empty(),
+        );
+        cloud("put an inline policy", SdkError::service_error(error, raw))
+    }
+
+    #[test]
+    fn throttling_and_server_errors_are_retried_and_refusals_are_not() {
+        assert!(refusal("Throttling", 400).is_retryable());
+        assert!(refusal("ServiceFailure", 500).is_retryable());
+        assert!(refusal("SomethingNew", 503).is_retryable());
+        assert!(refusal("TooManyRequestsException", 429).is_retryable());
+        for code in [
+            "NoSuchEntity",
+            "AccessDenied",
+            "MalformedPolicyDocument",
+            "LimitExceeded",
+        ] {
+            let error = refusal(code, 400);
+            assert!(!error.is_retryable(), "{code}");
+            assert_eq!(
+                error.to_string(),
+                format!("aws: failed to put an inline policy: {code}: from aws")
+            );
+        }
     }
 
     #[test]
