@@ -22,6 +22,19 @@ pub enum ProviderName {
     /// AWS IAM and IAM Identity Center, with the SDK's standard credentials, region and
     /// endpoint (`AWS_REGION`, `AWS_ENDPOINT_URL`, IRSA, instance profile).
     Aws,
+    /// Google Cloud IAM, with Application Default Credentials (workload identity in GKE).
+    Gcp,
+}
+
+/// How the Google Cloud provider authenticates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum GcpCredentials {
+    /// Application Default Credentials: workload identity, GOOGLE_APPLICATION_CREDENTIALS,
+    /// gcloud.
+    #[default]
+    Adc,
+    /// No credentials. For emulators only: Google refuses every anonymous call.
+    Anonymous,
 }
 
 /// jit-operator: grants one role for a bounded time when a policy allows it, and takes it away.
@@ -62,6 +75,15 @@ pub struct Args {
     /// `jit-grant-<request uid>`), so that every cloud grant can be found and revoked.
     #[arg(long, env = "JIT_NAMESPACE", default_value = "jit-system")]
     pub namespace: String,
+
+    /// Where the Google Cloud Resource Manager API is (an emulator, a private endpoint);
+    /// Google's public endpoint when unset.
+    #[arg(long, env = "JIT_GCP_ENDPOINT")]
+    pub gcp_endpoint: Option<String>,
+
+    /// How to authenticate to Google Cloud: adc, or anonymous (emulators only).
+    #[arg(long, env = "JIT_GCP_CREDENTIALS", value_enum, default_value_t = GcpCredentials::Adc)]
+    pub gcp_credentials: GcpCredentials,
 
     /// Log line format.
     #[arg(long, env = "JIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -17,11 +17,15 @@ use tracing::{debug, info, warn};
 
 use crate::{
     admission::{self, certs, register, server::WebhookServer},
-    cli::{Args, ProviderName},
+    cli::{Args, GcpCredentials, ProviderName},
     crd::v1alpha1::{AccessPolicy, AccessRequest},
     metrics::Metrics,
     provider::{
-        Provider, Providers, aws::AwsProvider, kubernetes::KubernetesProvider, ledger::Ledger,
+        Provider, Providers,
+        aws::AwsProvider,
+        gcp::{self, GcpProvider},
+        kubernetes::KubernetesProvider,
+        ledger::Ledger,
     },
     request_controller, server, sweep,
 };
@@ -62,6 +66,9 @@ pub enum Error {
         /// The namespace.
         namespace: String,
     },
+    /// A cloud provider could not be set up.
+    #[error("failed to set up a provider")]
+    Provider(#[source] crate::provider::Error),
     /// Asking the API server about permissions failed.
     #[error("failed to check the operator's permissions")]
     PermissionCheck(#[source] kube::Error),
@@ -105,6 +112,9 @@ impl Error {
                 "the operator needs RBAC on admissionregistration.k8s.io webhook configurations to register them"
             }
             Self::Signal(_) => "",
+            Self::Provider(_) => {
+                "check the provider's credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity) and --gcp-endpoint"
+            }
         }
     }
 }
@@ -156,9 +166,28 @@ pub async fn run(args: Args) -> Result<(), Error> {
     } else {
         None
     };
+    let gcp: Option<Arc<dyn Provider>> = if args.providers.contains(&ProviderName::Gcp) {
+        check_ledger_permissions(&client, &args.namespace).await?;
+        let ledger = Ledger::new(client.clone(), &args.namespace, "gcp");
+        let credentials = match args.gcp_credentials {
+            GcpCredentials::Adc => gcp::Credentials::ApplicationDefault,
+            GcpCredentials::Anonymous => {
+                warn!("gcp: anonymous credentials; only an emulator accepts them");
+                gcp::Credentials::Anonymous
+            }
+        };
+        let provider = GcpProvider::new(args.gcp_endpoint.as_deref(), credentials, ledger)
+            .await
+            .map_err(Error::Provider)?;
+        info!(namespace = %args.namespace, endpoint = args.gcp_endpoint.as_deref().unwrap_or("default"), "gcp provider enabled");
+        Some(Arc::new(provider))
+    } else {
+        None
+    };
     let providers = Providers {
         kubernetes: Arc::new(KubernetesProvider::new(client.clone())),
         aws,
+        gcp,
     };
     let instance = std::env::var("POD_NAME")
         .ok()

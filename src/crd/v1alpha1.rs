@@ -30,7 +30,7 @@ pub mod annotations {
 pub const FINALIZER: &str = "jit.dev/revoke";
 
 /// The target blocks a role may carry; a role names exactly one of them.
-pub const ROLE_TARGETS: &[&str] = &["kubernetes", "aws"];
+pub const ROLE_TARGETS: &[&str] = &["kubernetes", "aws", "gcp"];
 
 /// The kinds of AWS grant; an `aws` block names exactly one of them.
 pub const AWS_GRANT_KINDS: &[&str] = &[
@@ -192,6 +192,27 @@ pub struct AwsTarget {
     pub identity_center: Option<IdentityCenterTarget>,
 }
 
+/// A Google Cloud IAM role bound, with a condition that ends it at the expiry, on a project,
+/// folder or organization.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GcpTarget {
+    /// Where: `projects/ID`, `folders/NUMBER` or `organizations/NUMBER`.
+    #[schemars(regex(
+        pattern = r"^(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]|folders/[0-9]+|organizations/[0-9]+)$"
+    ))]
+    pub resource: String,
+    /// The IAM role, e.g. `roles/viewer` or a custom `projects/ID/roles/NAME`.
+    #[schemars(regex(
+        pattern = r"^(roles/[A-Za-z0-9_.]+|(projects|organizations)/[^/]+/roles/[A-Za-z0-9_.]+)$"
+    ))]
+    pub role: String,
+    /// Who receives it (a template): `user:{{username}}`, `group:...`, `serviceAccount:...`,
+    /// `principal://...`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub member: String,
+}
+
 /// Who an Identity Center assignment is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
@@ -260,6 +281,9 @@ pub struct PolicyRole {
     /// Grant in AWS IAM or IAM Identity Center.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aws: Option<AwsTarget>,
+    /// Grant in Google Cloud IAM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gcp: Option<GcpTarget>,
 }
 
 fn default_approvals_required() -> i32 {

@@ -435,6 +435,7 @@ mod tests {
                 namespace: namespace.map(str::to_owned),
             }),
             aws: None,
+            gcp: None,
         }
     }
 
@@ -452,6 +453,7 @@ mod tests {
             identity: &identity,
             role: &role,
             expires_at: fixtures::at("2026-01-01T01:00:00Z"),
+            description: "",
         };
         let want = desired(&grant, role.kubernetes.as_ref().unwrap());
         assert_eq!(want.metadata.name.as_deref(), Some("jit-0b7c9f7e"));

@@ -2,6 +2,7 @@
 //! place that picks the provider for a role. SDK types never leave their module.
 
 pub mod aws;
+pub mod gcp;
 pub mod identity;
 pub mod kubernetes;
 pub mod ledger;
@@ -84,6 +85,8 @@ pub struct GrantSpec<'a> {
     pub role: &'a PolicyRole,
     /// When it must end.
     pub expires_at: Timestamp,
+    /// Who asked and who approved, for targets that keep a note with the grant.
+    pub description: &'a str,
 }
 
 /// What a provider reports about a grant it made.
@@ -213,6 +216,8 @@ pub struct Providers {
     pub kubernetes: Arc<dyn Provider>,
     /// AWS IAM and Identity Center, when enabled.
     pub aws: Option<Arc<dyn Provider>>,
+    /// Google Cloud IAM, when enabled.
+    pub gcp: Option<Arc<dyn Provider>>,
 }
 
 impl Providers {
@@ -221,14 +226,18 @@ impl Providers {
         if role.kubernetes.is_some() {
             return Ok(self.kubernetes.clone());
         }
-        if role.aws.is_some() {
-            return self.aws.clone().ok_or_else(|| Error::Disabled {
+        let (enabled, provider) = if role.aws.is_some() {
+            (&self.aws, "aws")
+        } else if role.gcp.is_some() {
+            (&self.gcp, "gcp")
+        } else {
+            return Err(Error::NoTarget {
                 role: role.name.clone(),
-                provider: "aws",
             });
-        }
-        Err(Error::NoTarget {
+        };
+        enabled.clone().ok_or_else(|| Error::Disabled {
             role: role.name.clone(),
+            provider,
         })
     }
 
@@ -236,6 +245,7 @@ impl Providers {
     pub fn all(&self) -> Vec<Arc<dyn Provider>> {
         std::iter::once(self.kubernetes.clone())
             .chain(self.aws.clone())
+            .chain(self.gcp.clone())
             .collect()
     }
 }

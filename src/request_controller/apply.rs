@@ -93,6 +93,7 @@ pub async fn effect(
             role,
             identity,
             expires_at,
+            approval,
         } => {
             let request_ref = request_ref(request)?;
             let provider = providers.for_role(role).map_err(Error::Grant)?;
@@ -101,6 +102,7 @@ pub async fn effect(
                     request: &request_ref,
                     identity,
                     role,
+                    description: &description(&request_ref, approval, request),
                     expires_at: *expires_at,
                 })
                 .await
@@ -118,4 +120,20 @@ pub async fn effect(
             Ok(Applied::default())
         }
     }
+}
+
+/// What the target records about a grant, for people who find it there:
+/// `team/fix-db approved by bob: INC-1234 disk full`.
+fn description(request: &RequestRef, approval: &str, object: &AccessRequest) -> String {
+    let mut text = format!("{}/{} {approval}", request.namespace, request.name);
+    if let Some(reason) = object
+        .spec
+        .reason
+        .as_deref()
+        .filter(|reason| !reason.is_empty())
+    {
+        text.push_str(": ");
+        text.push_str(reason);
+    }
+    text
 }

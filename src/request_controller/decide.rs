@@ -71,6 +71,8 @@ pub enum Effect {
         role: PolicyRole,
         /// Who receives it, with what is known about them.
         identity: Identity,
+        /// How it was approved, for the target's own record: "approved by bob".
+        approval: String,
         /// When it ends.
         expires_at: Timestamp,
     },
@@ -465,6 +467,7 @@ impl<'a> Builder<'a> {
                 policy,
             ),
             expires_at,
+            approval: message.to_owned(),
         };
         self.condition(APPROVED, ConditionStatus::True, reason, message);
         self.record("Approved", None, message);
@@ -598,6 +601,16 @@ impl<'a> Builder<'a> {
             role: role.clone(),
             identity: Identity::of(&subject, self.request.spec.requester.as_ref(), policy),
             expires_at,
+            approval: self
+                .plan
+                .status
+                .conditions
+                .iter()
+                .find(|condition| condition.type_ == APPROVED)
+                .map_or_else(
+                    || "approved".to_owned(),
+                    |condition| condition.message.clone(),
+                ),
         };
         let message = format!("{what}; restored as granted until {expires_at}");
         self.record("Repaired", None, &message);

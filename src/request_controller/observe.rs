@@ -86,6 +86,7 @@ async fn verify_active(
         .verify(&GrantSpec {
             request: &request_ref,
             identity: &Identity::of(&subject, request.spec.requester.as_ref(), policy),
+            description: "",
             role,
             expires_at: expires_at.0,
         })

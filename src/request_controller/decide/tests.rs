@@ -141,6 +141,7 @@ fn one_approval_grants_from_now_for_the_requested_duration() {
             role: observed.policy.as_ref().unwrap().spec.roles[0].clone(),
             identity: alice_identity(&observed),
             expires_at: at("2026-01-01T01:02:00Z"),
+            approval: "approved by bob".into(),
         }
     );
     assert_eq!(plan.status.granted_at, Some(Time(now)));
@@ -519,6 +520,7 @@ fn a_grant_removed_or_changed_by_hand_is_restored_with_the_same_expiry() {
                 role: observed.policy.as_ref().unwrap().spec.roles[0].clone(),
                 identity: alice_identity(&observed),
                 expires_at: at("2026-01-01T01:02:00Z"),
+                approval: "approved by bob".into(),
             }
         );
         assert_eq!(plan.status.phase, Some(Phase::Active));
