@@ -327,6 +327,25 @@ async fn google_refusing_the_member_fails_the_request_with_its_message() {
 }
 
 #[tokio::test]
+async fn a_resource_the_operator_may_not_touch_fails_the_request_with_googles_words() {
+    let env = TestEnv::new().await;
+    let _ = gcp_operator();
+    // Never created in the fake: Google answers 403 for projects that do not exist or that
+    // the caller may not see.
+    let resource = format!("projects/elsewhere-{}", random_suffix(8).to_lowercase());
+    let policy = gcp_policy(&env, &resource, "user:{{mapping.email}}", 0).await;
+    let created = request(&env, &policy, "10m").await;
+    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
+    let failed = wait_for_request(&requests, &created.name_any(), "failed", |r| {
+        phase(r) == Some(Phase::Failed)
+    })
+    .await;
+    let message = failed.status.unwrap().message.unwrap_or_default();
+    assert!(message.contains("The caller does not have permission"), "{message}");
+    assert!(message.contains(&resource), "{message}");
+}
+
+#[tokio::test]
 async fn a_binding_removed_by_hand_is_restored() {
     let env = TestEnv::new().await;
     let _ = gcp_operator();
