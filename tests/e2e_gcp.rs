@@ -341,7 +341,10 @@ async fn a_resource_the_operator_may_not_touch_fails_the_request_with_googles_wo
     })
     .await;
     let message = failed.status.unwrap().message.unwrap_or_default();
-    assert!(message.contains("The caller does not have permission"), "{message}");
+    assert!(
+        message.contains("The caller does not have permission"),
+        "{message}"
+    );
     assert!(message.contains(&resource), "{message}");
 }
 
