@@ -217,7 +217,11 @@ restart_apiserver() {
 	pid="$(recorded_pid kube-apiserver)"
 	if is_ours "$pid"; then
 		kill -KILL "$pid"
-		while is_ours "$pid"; do sleep 0.1; done
+		# Not is_ours: an exiting process loses its cmdline before it closes its sockets, and
+		# the new kube-apiserver would find the port still taken.
+		while [[ -e "/proc/$pid" && "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]]; do
+			sleep 0.1
+		done
 	fi
 	launch_apiserver
 	wait_until_ready
