@@ -125,6 +125,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let identity = own_username(&client).await?;
     check_crds(&client).await?;
     check_permissions(&client).await?;
+    let providers = providers(&client, &args).await?;
 
     let (stop_sender, stop_receiver) = watch::channel(false);
     let stopped = move || {
@@ -158,37 +159,6 @@ pub async fn run(args: Args) -> Result<(), Error> {
         server::HealthServer::bind(args.health_addr, readiness.clone(), metrics.clone()).await?;
     let health_addr = health.local_addr()?;
 
-    let aws: Option<Arc<dyn Provider>> = if args.providers.contains(&ProviderName::Aws) {
-        check_ledger_permissions(&client, &args.namespace).await?;
-        let ledger = Ledger::new(client.clone(), &args.namespace, "aws");
-        info!(namespace = %args.namespace, "aws provider enabled");
-        Some(Arc::new(AwsProvider::from_environment(ledger).await))
-    } else {
-        None
-    };
-    let gcp: Option<Arc<dyn Provider>> = if args.providers.contains(&ProviderName::Gcp) {
-        check_ledger_permissions(&client, &args.namespace).await?;
-        let ledger = Ledger::new(client.clone(), &args.namespace, "gcp");
-        let credentials = match args.gcp_credentials {
-            GcpCredentials::Adc => gcp::Credentials::ApplicationDefault,
-            GcpCredentials::Anonymous => {
-                warn!("gcp: anonymous credentials; only an emulator accepts them");
-                gcp::Credentials::Anonymous
-            }
-        };
-        let provider = GcpProvider::new(args.gcp_endpoint.as_deref(), credentials, ledger)
-            .await
-            .map_err(Error::Provider)?;
-        info!(namespace = %args.namespace, endpoint = args.gcp_endpoint.as_deref().unwrap_or("default"), "gcp provider enabled");
-        Some(Arc::new(provider))
-    } else {
-        None
-    };
-    let providers = Providers {
-        kubernetes: Arc::new(KubernetesProvider::new(client.clone())),
-        aws,
-        gcp,
-    };
     let instance = std::env::var("POD_NAME")
         .ok()
         .or_else(|| Some(identity.clone()));
@@ -291,31 +261,25 @@ const REQUIRED_PERMISSIONS: &[(&str, &str, &str, &str)] = &[
 ];
 
 async fn check_permissions(client: &Client) -> Result<(), Error> {
-    let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
     // Asked all at once (start-up latency); the first missing one in the list is reported.
     let answers = futures::future::try_join_all(REQUIRED_PERMISSIONS.iter().map(
         |(group, resource, subresource, verb)| {
-            let review = SelfSubjectAccessReview {
-                spec: SelfSubjectAccessReviewSpec {
-                    resource_attributes: Some(ResourceAttributes {
-                        group: Some((*group).to_owned()),
-                        resource: Some((*resource).to_owned()),
-                        subresource: Some((*subresource).to_owned()).filter(|s| !s.is_empty()),
-                        verb: Some((*verb).to_owned()),
-                        ..ResourceAttributes::default()
-                    }),
-                    ..SelfSubjectAccessReviewSpec::default()
+            allowed(
+                client,
+                ResourceAttributes {
+                    group: Some((*group).to_owned()),
+                    resource: Some((*resource).to_owned()),
+                    subresource: Some((*subresource).to_owned()).filter(|s| !s.is_empty()),
+                    verb: Some((*verb).to_owned()),
+                    ..ResourceAttributes::default()
                 },
-                ..SelfSubjectAccessReview::default()
-            };
-            let reviews = reviews.clone();
-            async move { reviews.create(&PostParams::default(), &review).await }
+            )
         },
     ))
-    .await
-    .map_err(Error::PermissionCheck)?;
-    for (answer, (_, resource, subresource, verb)) in answers.iter().zip(REQUIRED_PERMISSIONS) {
-        if !answer.status.as_ref().is_some_and(|status| status.allowed) {
+    .await?;
+    for (allowed, (_, resource, subresource, verb)) in answers.into_iter().zip(REQUIRED_PERMISSIONS)
+    {
+        if !allowed {
             return Err(Error::Forbidden {
                 verb,
                 resource: match (*resource, *subresource) {
@@ -328,27 +292,70 @@ async fn check_permissions(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether the operator's own identity may do what `attributes` describe.
+async fn allowed(client: &Client, attributes: ResourceAttributes) -> Result<bool, Error> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(attributes),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .map_err(Error::PermissionCheck)?;
+    Ok(answer.status.is_some_and(|status| status.allowed))
+}
+
+/// The providers `--providers` enables; checks first that the cloud ones can keep their
+/// ledger.
+async fn providers(client: &Client, args: &Args) -> Result<Providers, Error> {
+    let enabled = |name| args.providers.contains(&name);
+    if enabled(ProviderName::Aws) || enabled(ProviderName::Gcp) {
+        check_ledger_permissions(client, &args.namespace).await?;
+    }
+    let aws: Option<Arc<dyn Provider>> = if enabled(ProviderName::Aws) {
+        let ledger = Ledger::new(client.clone(), &args.namespace, "aws");
+        info!(namespace = %args.namespace, "aws provider enabled");
+        Some(Arc::new(AwsProvider::from_environment(ledger).await))
+    } else {
+        None
+    };
+    let gcp: Option<Arc<dyn Provider>> = if enabled(ProviderName::Gcp) {
+        let ledger = Ledger::new(client.clone(), &args.namespace, "gcp");
+        let credentials = match args.gcp_credentials {
+            GcpCredentials::Adc => gcp::Credentials::ApplicationDefault,
+            GcpCredentials::Anonymous => {
+                warn!("gcp: anonymous credentials; only an emulator accepts them");
+                gcp::Credentials::Anonymous
+            }
+        };
+        let provider = GcpProvider::new(args.gcp_endpoint.as_deref(), credentials, ledger)
+            .await
+            .map_err(Error::Provider)?;
+        info!(namespace = %args.namespace, endpoint = args.gcp_endpoint.as_deref().unwrap_or("default"), "gcp provider enabled");
+        Some(Arc::new(provider))
+    } else {
+        None
+    };
+    Ok(Providers {
+        kubernetes: Arc::new(KubernetesProvider::new(client.clone())),
+        aws,
+        gcp,
+    })
+}
+
 /// Checks that the operator can keep its cloud grant ledger in `namespace`.
 async fn check_ledger_permissions(client: &Client, namespace: &str) -> Result<(), Error> {
-    let reviews = Api::<SelfSubjectAccessReview>::all(client.clone());
     for verb in LEDGER_VERBS {
-        let review = SelfSubjectAccessReview {
-            spec: SelfSubjectAccessReviewSpec {
-                resource_attributes: Some(ResourceAttributes {
-                    namespace: Some(namespace.to_owned()),
-                    resource: Some("configmaps".to_owned()),
-                    verb: Some((*verb).to_owned()),
-                    ..ResourceAttributes::default()
-                }),
-                ..SelfSubjectAccessReviewSpec::default()
-            },
-            ..SelfSubjectAccessReview::default()
+        let attributes = ResourceAttributes {
+            namespace: Some(namespace.to_owned()),
+            resource: Some("configmaps".to_owned()),
+            verb: Some((*verb).to_owned()),
+            ..ResourceAttributes::default()
         };
-        let answer = reviews
-            .create(&PostParams::default(), &review)
-            .await
-            .map_err(Error::PermissionCheck)?;
-        if !answer.status.as_ref().is_some_and(|status| status.allowed) {
+        if !allowed(client, attributes).await? {
             return Err(Error::ForbiddenIn {
                 verb,
                 resource: "configmaps",

@@ -15,15 +15,15 @@ use jit_operator::{
     crd::v1alpha1::{AccessRequest, Phase, annotations},
     provider::aws::documents,
 };
-use kube::{Api, ResourceExt, api::DeleteParams};
+use kube::{Api, ResourceExt};
 use serde_json::json;
 use support::{
-    ACT_LIMIT, TestEnv, annotate,
+    ACT_LIMIT, Ending, TestEnv, annotate,
     aws::{
-        Ending, Kind, assignments, aws_block, aws_operator, aws_policy, failure_message, fixture,
-        held, inline_document, ledger_entry, original_trust, request, trust,
+        Kind, assignments, aws_block, aws_operator, aws_policy, fixture, held, inline_document,
+        ledger_entry, original_trust, request, trust,
     },
-    create_policy,
+    create_policy, end_request, failure_message,
     moto::{ACCOUNT, moto},
     phase, random_suffix, wait_for_request,
 };
@@ -115,42 +115,7 @@ async fn lifecycle(env: &TestEnv, kind: Kind, ending: Ending) {
         _ => {}
     }
 
-    match ending {
-        Ending::Expiry => {
-            wait_for_request(&requests, &name, "expired", |r| {
-                phase(r) == Some(Phase::Expired)
-            })
-            .await;
-        }
-        Ending::Revoke => {
-            annotate(
-                &env.alice,
-                &env.namespace,
-                &name,
-                annotations::REVOKE,
-                "done",
-            )
-            .await
-            .unwrap();
-            wait_for_request(&requests, &name, "revoked", |r| {
-                phase(r) == Some(Phase::Revoked)
-            })
-            .await;
-        }
-        Ending::Delete => {
-            requests
-                .delete(&name, &DeleteParams::default())
-                .await
-                .unwrap();
-            tokio::time::timeout(ACT_LIMIT, async {
-                while requests.get_opt(&name).await.unwrap().is_some() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-            .await
-            .unwrap_or_else(|_| panic!("{what}: request not deleted"));
-        }
-    }
+    end_request(env, &name, ending).await;
     assert_eq!(
         held(kind, &fixture, &uid).await,
         0,
@@ -303,19 +268,7 @@ async fn a_role_changed_while_active_does_not_leave_the_old_grant_behind() {
     })
     .await
     .expect("the role's new policy replaces the old one within the limit");
-    annotate(
-        &env.alice,
-        &env.namespace,
-        &created.name_any(),
-        annotations::REVOKE,
-        "done",
-    )
-    .await
-    .unwrap();
-    wait_for_request(&requests, &created.name_any(), "revoked", |r| {
-        phase(r) == Some(Phase::Revoked)
-    })
-    .await;
+    end_request(&env, &created.name_any(), Ending::Revoke).await;
     assert!(attached(&fixture).await.is_empty());
 }
 

@@ -7,12 +7,12 @@
 
 mod support;
 
-use jit_operator::crd::v1alpha1::{AccessRequest, Phase, annotations};
+use jit_operator::crd::v1alpha1::{AccessRequest, Phase};
 use kube::{Api, ResourceExt};
 use support::{
-    ACT_LIMIT, TestEnv, annotate,
+    ACT_LIMIT, Ending, TestEnv,
     aws::{Kind, aws_policy, fixture, held, request, start_operator},
-    phase, wait_for_request,
+    end_request, phase, wait_for_request,
 };
 
 /// The operator crashes right after the AWS call and before recording it; the next one
@@ -51,19 +51,7 @@ async fn a_grant_repeated_after_a_crash_adopts_instead_of_duplicating() {
             1,
             "{kind:?}: adopted, not duplicated"
         );
-        annotate(
-            &env.alice,
-            &env.namespace,
-            &created.name_any(),
-            annotations::REVOKE,
-            "done",
-        )
-        .await
-        .unwrap();
-        wait_for_request(&requests, &created.name_any(), "revoked", |r| {
-            phase(r) == Some(Phase::Revoked)
-        })
-        .await;
+        end_request(&env, &created.name_any(), Ending::Revoke).await;
         assert_eq!(held(kind, &fixture, &uid).await, 0, "{kind:?}: revoked");
         drop(restarted);
     }

@@ -15,13 +15,11 @@ use std::{
 };
 
 use jit_operator::crd::v1alpha1::{AccessRequest, Phase, annotations};
-use kube::{
-    Api, ResourceExt,
-    api::{DeleteParams, PostParams},
-};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::{
-    ACT_LIMIT, TestEnv, annotate, create_policy,
+    ACT_LIMIT, Ending, TestEnv, alice_requests, annotate, create_policy, end_request,
+    failure_message,
     gcp::{Fault, gcp_fake},
     operator::Operator,
     phase, random_suffix, wait_for_request,
@@ -83,18 +81,13 @@ async fn gcp_policy(env: &TestEnv, resource: &str, member: &str, approvals: u32)
 }
 
 async fn request(env: &TestEnv, policy: &str, duration: &str) -> AccessRequest {
-    let request: AccessRequest = serde_json::from_value(json!({
-        "apiVersion": "jit.dev/v1alpha1",
-        "kind": "AccessRequest",
-        "metadata": {"name": format!("gcp-{}", random_suffix(6).to_lowercase())},
-        "spec": {"policy": policy, "role": "viewer", "duration": duration,
-                 "reason": "INC-77 dashboards down"},
-    }))
-    .unwrap();
-    Api::<AccessRequest>::namespaced(env.alice.clone(), &env.namespace)
-        .create(&PostParams::default(), &request)
-        .await
-        .expect("alice requests")
+    alice_requests(
+        env,
+        &format!("gcp-{}", random_suffix(6).to_lowercase()),
+        json!({"policy": policy, "role": "viewer", "duration": duration,
+               "reason": "INC-77 dashboards down"}),
+    )
+    .await
 }
 
 /// Our bindings (by title) in the stored policy.
@@ -121,13 +114,6 @@ fn original_without_version() -> Value {
     let mut policy = original_policy();
     policy.as_object_mut().unwrap().remove("version");
     policy
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ending {
-    Expiry,
-    Revoke,
-    Delete,
 }
 
 async fn lifecycle(env: &TestEnv, ending: Ending) {
@@ -179,42 +165,7 @@ async fn lifecycle(env: &TestEnv, ending: Ending) {
     );
     assert_eq!(gcp_fake().policy(&resource)["version"], 3);
 
-    match ending {
-        Ending::Expiry => {
-            wait_for_request(&requests, &name, "expired", |r| {
-                phase(r) == Some(Phase::Expired)
-            })
-            .await;
-        }
-        Ending::Revoke => {
-            annotate(
-                &env.alice,
-                &env.namespace,
-                &name,
-                annotations::REVOKE,
-                "done",
-            )
-            .await
-            .unwrap();
-            wait_for_request(&requests, &name, "revoked", |r| {
-                phase(r) == Some(Phase::Revoked)
-            })
-            .await;
-        }
-        Ending::Delete => {
-            requests
-                .delete(&name, &DeleteParams::default())
-                .await
-                .unwrap();
-            tokio::time::timeout(ACT_LIMIT, async {
-                while requests.get_opt(&name).await.unwrap().is_some() {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            })
-            .await
-            .expect("deleted");
-        }
-    }
+    end_request(env, &name, ending).await;
     assert!(
         ours(&resource, &uid).is_empty(),
         "{ending:?}: binding removed"
@@ -313,12 +264,7 @@ async fn google_refusing_the_member_fails_the_request_with_its_message() {
     let resource = project();
     let policy = gcp_policy(&env, &resource, "user:{{username}}@nonexistent.example", 0).await;
     let created = request(&env, &policy, "10m").await;
-    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
-    let failed = wait_for_request(&requests, &created.name_any(), "failed", |r| {
-        phase(r) == Some(Phase::Failed)
-    })
-    .await;
-    let message = failed.status.unwrap().message.unwrap_or_default();
+    let message = failure_message(&env, &created.name_any()).await;
     assert!(
         message.contains("User alice@nonexistent.example does not exist."),
         "{message}"
@@ -335,12 +281,7 @@ async fn a_resource_the_operator_may_not_touch_fails_the_request_with_googles_wo
     let resource = format!("projects/elsewhere-{}", random_suffix(8).to_lowercase());
     let policy = gcp_policy(&env, &resource, "user:{{mapping.email}}", 0).await;
     let created = request(&env, &policy, "10m").await;
-    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
-    let failed = wait_for_request(&requests, &created.name_any(), "failed", |r| {
-        phase(r) == Some(Phase::Failed)
-    })
-    .await;
-    let message = failed.status.unwrap().message.unwrap_or_default();
+    let message = failure_message(&env, &created.name_any()).await;
     assert!(
         message.contains("The caller does not have permission"),
         "{message}"

@@ -283,6 +283,34 @@ pub fn http_client() -> aws_sdk_iam::config::SharedHttpClient {
         .build_https()
 }
 
+/// Calls the user, role or group flavour of an IAM operation on `principal`: the SDK has one
+/// operation per kind, alike but for the name parameter. `$request` is the builder with the
+/// principal's name set; `$result` is what `send` returned, handled in each arm because the
+/// output types differ.
+macro_rules! per_kind {
+    ($iam:expr, $principal:expr, [$user:ident, $role:ident, $group:ident],
+     |$request:ident| $build:expr, |$result:ident| $then:expr) => {{
+        let name = $principal.name.as_str();
+        match $principal.kind {
+            PrincipalKind::User => {
+                let $request = $iam.$user().user_name(name);
+                let $result = $build.send().await;
+                $then
+            }
+            PrincipalKind::Role => {
+                let $request = $iam.$role().role_name(name);
+                let $result = $build.send().await;
+                $then
+            }
+            PrincipalKind::Group => {
+                let $request = $iam.$group().group_name(name);
+                let $result = $build.send().await;
+                $then
+            }
+        }
+    }};
+}
+
 /// Grants in AWS IAM and IAM Identity Center.
 pub struct AwsProvider {
     iam: aws_sdk_iam::Client,
@@ -361,38 +389,15 @@ impl AwsProvider {
             AwsGrant::ManagedPolicy {
                 principal,
                 policy_arn,
-            } => {
-                let name = principal.name.as_str();
-                match principal.kind {
-                    PrincipalKind::User => self
-                        .iam
-                        .attach_user_policy()
-                        .user_name(name)
-                        .policy_arn(policy_arn)
-                        .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|error| cloud("attach a policy", error)),
-                    PrincipalKind::Role => self
-                        .iam
-                        .attach_role_policy()
-                        .role_name(name)
-                        .policy_arn(policy_arn)
-                        .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|error| cloud("attach a policy", error)),
-                    PrincipalKind::Group => self
-                        .iam
-                        .attach_group_policy()
-                        .group_name(name)
-                        .policy_arn(policy_arn)
-                        .send()
-                        .await
-                        .map(|_| ())
-                        .map_err(|error| cloud("attach a policy", error)),
-                }
-            }
+            } => per_kind!(
+                self.iam,
+                principal,
+                [attach_user_policy, attach_role_policy, attach_group_policy],
+                |request| request.policy_arn(policy_arn),
+                |result| result
+                    .map(|_| ())
+                    .map_err(|error| cloud("attach a policy", error))
+            ),
             AwsGrant::GroupMembership {
                 user_name,
                 group_name,
@@ -443,40 +448,15 @@ impl AwsProvider {
         policy_name: &str,
         document: &str,
     ) -> Result<(), Error> {
-        let name = principal.name.as_str();
-        let action = "put an inline policy";
-        match principal.kind {
-            PrincipalKind::User => self
-                .iam
-                .put_user_policy()
-                .user_name(name)
-                .policy_name(policy_name)
-                .policy_document(document)
-                .send()
-                .await
+        per_kind!(
+            self.iam,
+            principal,
+            [put_user_policy, put_role_policy, put_group_policy],
+            |request| request.policy_name(policy_name).policy_document(document),
+            |result| result
                 .map(|_| ())
-                .map_err(|error| cloud(action, error)),
-            PrincipalKind::Role => self
-                .iam
-                .put_role_policy()
-                .role_name(name)
-                .policy_name(policy_name)
-                .policy_document(document)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|error| cloud(action, error)),
-            PrincipalKind::Group => self
-                .iam
-                .put_group_policy()
-                .group_name(name)
-                .policy_name(policy_name)
-                .policy_document(document)
-                .send()
-                .await
-                .map(|_| ())
-                .map_err(|error| cloud(action, error)),
-        }
+                .map_err(|error| cloud("put an inline policy", error))
+        )
     }
 
     /// The inline policy's document; `None` when it (or its principal) is gone.
@@ -485,40 +465,14 @@ impl AwsProvider {
         principal: &Principal,
         policy_name: &str,
     ) -> Result<Option<Value>, Error> {
-        let name = principal.name.as_str();
         let action = "read an inline policy";
-        let document = match principal.kind {
-            PrincipalKind::User => gone_is_none(
-                self.iam
-                    .get_user_policy()
-                    .user_name(name)
-                    .policy_name(policy_name)
-                    .send()
-                    .await,
-                action,
-            )?
-            .map(|out| out.policy_document),
-            PrincipalKind::Role => gone_is_none(
-                self.iam
-                    .get_role_policy()
-                    .role_name(name)
-                    .policy_name(policy_name)
-                    .send()
-                    .await,
-                action,
-            )?
-            .map(|out| out.policy_document),
-            PrincipalKind::Group => gone_is_none(
-                self.iam
-                    .get_group_policy()
-                    .group_name(name)
-                    .policy_name(policy_name)
-                    .send()
-                    .await,
-                action,
-            )?
-            .map(|out| out.policy_document),
-        };
+        let document = per_kind!(
+            self.iam,
+            principal,
+            [get_user_policy, get_role_policy, get_group_policy],
+            |request| request.policy_name(policy_name),
+            |result| gone_is_none(result, action)?.map(|out| out.policy_document)
+        );
         document
             .map(|text| {
                 documents::decode(&text).map_err(|error| Error::Invalid {
@@ -529,77 +483,28 @@ impl AwsProvider {
     }
 
     async fn delete_inline(&self, principal: &Principal, policy_name: &str) -> Result<(), Error> {
-        let name = principal.name.as_str();
-        let action = "delete an inline policy";
-        match principal.kind {
-            PrincipalKind::User => gone_is_none(
-                self.iam
-                    .delete_user_policy()
-                    .user_name(name)
-                    .policy_name(policy_name)
-                    .send()
-                    .await,
-                action,
-            )
-            .map(|_| ()),
-            PrincipalKind::Role => gone_is_none(
-                self.iam
-                    .delete_role_policy()
-                    .role_name(name)
-                    .policy_name(policy_name)
-                    .send()
-                    .await,
-                action,
-            )
-            .map(|_| ()),
-            PrincipalKind::Group => gone_is_none(
-                self.iam
-                    .delete_group_policy()
-                    .group_name(name)
-                    .policy_name(policy_name)
-                    .send()
-                    .await,
-                action,
-            )
-            .map(|_| ()),
-        }
+        per_kind!(
+            self.iam,
+            principal,
+            [delete_user_policy, delete_role_policy, delete_group_policy],
+            |request| request.policy_name(policy_name),
+            |result| gone_is_none(result, "delete an inline policy").map(|_| ())
+        )
     }
 
     async fn attached_policies(&self, principal: &Principal) -> Result<Vec<String>, Error> {
-        let name = principal.name.as_str();
-        let action = "list attached policies";
-        let attached = match principal.kind {
-            PrincipalKind::User => gone_is_none(
-                self.iam
-                    .list_attached_user_policies()
-                    .user_name(name)
-                    .max_items(1000)
-                    .send()
-                    .await,
-                action,
-            )?
-            .map(|out| out.attached_policies.unwrap_or_default()),
-            PrincipalKind::Role => gone_is_none(
-                self.iam
-                    .list_attached_role_policies()
-                    .role_name(name)
-                    .max_items(1000)
-                    .send()
-                    .await,
-                action,
-            )?
-            .map(|out| out.attached_policies.unwrap_or_default()),
-            PrincipalKind::Group => gone_is_none(
-                self.iam
-                    .list_attached_group_policies()
-                    .group_name(name)
-                    .max_items(1000)
-                    .send()
-                    .await,
-                action,
-            )?
-            .map(|out| out.attached_policies.unwrap_or_default()),
-        };
+        let attached = per_kind!(
+            self.iam,
+            principal,
+            [
+                list_attached_user_policies,
+                list_attached_role_policies,
+                list_attached_group_policies
+            ],
+            |request| request.max_items(1000),
+            |result| gone_is_none(result, "list attached policies")?
+                .map(|out| out.attached_policies.unwrap_or_default())
+        );
         Ok(attached
             .unwrap_or_default()
             .into_iter()
@@ -816,42 +721,13 @@ impl AwsProvider {
             AwsGrant::ManagedPolicy {
                 principal,
                 policy_arn,
-            } => {
-                let name = principal.name.as_str();
-                let action = "detach a policy";
-                match principal.kind {
-                    PrincipalKind::User => gone_is_none(
-                        self.iam
-                            .detach_user_policy()
-                            .user_name(name)
-                            .policy_arn(policy_arn)
-                            .send()
-                            .await,
-                        action,
-                    )
-                    .map(|_| ()),
-                    PrincipalKind::Role => gone_is_none(
-                        self.iam
-                            .detach_role_policy()
-                            .role_name(name)
-                            .policy_arn(policy_arn)
-                            .send()
-                            .await,
-                        action,
-                    )
-                    .map(|_| ()),
-                    PrincipalKind::Group => gone_is_none(
-                        self.iam
-                            .detach_group_policy()
-                            .group_name(name)
-                            .policy_arn(policy_arn)
-                            .send()
-                            .await,
-                        action,
-                    )
-                    .map(|_| ()),
-                }
-            }
+            } => per_kind!(
+                self.iam,
+                principal,
+                [detach_user_policy, detach_role_policy, detach_group_policy],
+                |request| request.policy_arn(policy_arn),
+                |result| gone_is_none(result, "detach a policy").map(|_| ())
+            ),
             AwsGrant::GroupMembership {
                 user_name,
                 group_name,
@@ -993,7 +869,8 @@ impl Provider for AwsProvider {
             Self::inline_document(target, grant.expires_at)?;
         }
         let uid = &grant.request.uid;
-        if !self.ledger.holds(uid, &made).await? {
+        let recorded: Vec<AwsGrant> = self.ledger.targets(uid).await?;
+        if !recorded.contains(&made) {
             // Not ours yet: access that exists already was granted outside the operator, and
             // taking it over would end it at our expiry.
             if self.exists(&made).await? {
@@ -1019,7 +896,6 @@ impl Provider for AwsProvider {
         }
         // A policy edited while the grant is active (drift repair re-grants under the role as
         // it is now): what the old definition granted must not outlive the change.
-        let recorded: Vec<AwsGrant> = self.ledger.targets(uid).await?;
         if recorded.iter().any(|other| other != &made) {
             let now = Timestamp::now();
             for stale in recorded.iter().filter(|other| *other != &made) {

@@ -100,6 +100,13 @@ impl Ledger {
         })
     }
 
+    fn to_value<T: Serialize>(name: &str, target: &T) -> Result<Value, Error> {
+        serde_json::to_value(target).map_err(|error| Error::Corrupt {
+            name: name.to_owned(),
+            reason: error.to_string(),
+        })
+    }
+
     /// What is recorded for the request with this UID; empty when nothing is.
     pub async fn targets<T: DeserializeOwned>(&self, uid: &str) -> Result<Vec<T>, Error> {
         let name = Self::name(uid);
@@ -117,19 +124,6 @@ impl Ledger {
             .collect()
     }
 
-    /// Whether `target` is recorded for the request.
-    pub async fn holds<T: Serialize>(&self, uid: &str, target: &T) -> Result<bool, Error> {
-        let name = Self::name(uid);
-        let wanted = serde_json::to_value(target).map_err(|error| Error::Corrupt {
-            name: name.clone(),
-            reason: error.to_string(),
-        })?;
-        let Some(entry) = self.entry(uid).await? else {
-            return Ok(false);
-        };
-        Ok(Self::parse(&name, &entry)?.contains(&wanted))
-    }
-
     /// Records `target` for the request, before it is granted.
     pub async fn record<T: Serialize>(
         &self,
@@ -138,10 +132,7 @@ impl Ledger {
         expires_at: jiff::Timestamp,
     ) -> Result<(), Error> {
         let name = Self::name(&request.uid);
-        let wanted = serde_json::to_value(target).map_err(|error| Error::Corrupt {
-            name: name.clone(),
-            reason: error.to_string(),
-        })?;
+        let wanted = Self::to_value(&name, target)?;
         let existing = self.entry(&request.uid).await?;
         let mut targets = match &existing {
             Some(entry) => Self::parse(&name, entry)?,
@@ -207,10 +198,7 @@ impl Ledger {
         target: &T,
     ) -> Result<(), Error> {
         let name = Self::name(&request.uid);
-        let wanted = serde_json::to_value(target).map_err(|error| Error::Corrupt {
-            name: name.clone(),
-            reason: error.to_string(),
-        })?;
+        let wanted = Self::to_value(&name, target)?;
         let Some(mut entry) = self.entry(&request.uid).await? else {
             return Ok(());
         };

@@ -4,19 +4,16 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use jit_operator::{
-    crd::v1alpha1::{AccessRequest, Phase},
-    provider::aws::documents,
-};
+use jit_operator::{crd::v1alpha1::AccessRequest, provider::aws::documents};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{Api, api::PostParams};
+use kube::Api;
 use serde_json::{Value, json};
 
 use super::{
-    TestEnv, create_policy,
+    TestEnv, alice_requests, create_policy,
     moto::{ACCOUNT, moto},
     operator::Operator,
-    phase, random_suffix, wait_for_request,
+    random_suffix,
 };
 
 /// The namespace the operator keeps its grant ledger in (config/rbac/ledger.yaml).
@@ -45,13 +42,6 @@ pub enum Kind {
     Group,
     AssumeRole,
     IdentityCenter,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Ending {
-    Expiry,
-    Revoke,
-    Delete,
 }
 
 /// The trust policy the test roles start with: someone else's statement that must survive.
@@ -154,18 +144,13 @@ pub async fn aws_policy(env: &TestEnv, kind: Kind, fixture: &Fixture, approvals:
 }
 
 pub async fn request(env: &TestEnv, policy: &str, duration: &str) -> AccessRequest {
-    let request: AccessRequest = serde_json::from_value(json!({
-        "apiVersion": "jit.dev/v1alpha1",
-        "kind": "AccessRequest",
-        "metadata": {"name": format!("aws-{}", random_suffix(6).to_lowercase())},
-        "spec": {"policy": policy, "role": "cloud", "duration": duration,
-                 "reason": "INC-1234 cloud access"},
-    }))
-    .unwrap();
-    Api::<AccessRequest>::namespaced(env.alice.clone(), &env.namespace)
-        .create(&PostParams::default(), &request)
-        .await
-        .expect("alice requests")
+    alice_requests(
+        env,
+        &format!("aws-{}", random_suffix(6).to_lowercase()),
+        json!({"policy": policy, "role": "cloud", "duration": duration,
+               "reason": "INC-1234 cloud access"}),
+    )
+    .await
 }
 
 pub async fn inline_document(fixture: &Fixture, name: &str) -> Option<Value> {
@@ -266,14 +251,4 @@ pub async fn ledger_entry(env: &TestEnv, uid: &str) -> Option<ConfigMap> {
         .get_opt(&format!("jit-grant-{uid}"))
         .await
         .unwrap()
-}
-
-/// Waits for the request to fail and returns its message.
-pub async fn failure_message(env: &TestEnv, name: &str) -> String {
-    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
-    let failed = wait_for_request(&requests, name, "failed", |r| {
-        phase(r) == Some(Phase::Failed)
-    })
-    .await;
-    failed.status.unwrap().message.unwrap_or_default()
 }

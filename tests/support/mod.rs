@@ -368,15 +368,89 @@ pub async fn request_view(
     policy: &str,
     duration: &str,
 ) -> AccessRequest {
+    alice_requests(
+        env,
+        name,
+        serde_json::json!({"policy": policy, "role": "view", "duration": duration}),
+    )
+    .await
+}
+
+/// Creates, as alice, a request named `name` with this spec.
+pub async fn alice_requests(env: &TestEnv, name: &str, spec: serde_json::Value) -> AccessRequest {
     let request: AccessRequest = serde_json::from_value(serde_json::json!({
         "apiVersion": "jit.dev/v1alpha1",
         "kind": "AccessRequest",
         "metadata": {"name": name},
-        "spec": {"policy": policy, "role": "view", "duration": duration}
+        "spec": spec,
     }))
     .expect("request parses");
     Api::<AccessRequest>::namespaced(env.alice.clone(), &env.namespace)
         .create(&PostParams::default(), &request)
         .await
         .expect("alice requests")
+}
+
+/// How an active request is ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Its time runs out.
+    Expiry,
+    /// Alice revokes it early.
+    Revoke,
+    /// It is deleted.
+    Delete,
+}
+
+/// Ends an active request one way and waits until it has ended (or is gone).
+pub async fn end_request(env: &TestEnv, name: &str, ending: Ending) {
+    use jit_operator::crd::v1alpha1::{Phase, annotations};
+    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
+    match ending {
+        Ending::Expiry => {
+            wait_for_request(&requests, name, "expired", |r| {
+                phase(r) == Some(Phase::Expired)
+            })
+            .await;
+        }
+        Ending::Revoke => {
+            annotate(
+                &env.alice,
+                &env.namespace,
+                name,
+                annotations::REVOKE,
+                "done",
+            )
+            .await
+            .unwrap();
+            wait_for_request(&requests, name, "revoked", |r| {
+                phase(r) == Some(Phase::Revoked)
+            })
+            .await;
+        }
+        Ending::Delete => {
+            requests
+                .delete(name, &kube::api::DeleteParams::default())
+                .await
+                .unwrap();
+            tokio::time::timeout(ACT_LIMIT, async {
+                while requests.get_opt(name).await.unwrap().is_some() {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("request {name} not deleted within {ACT_LIMIT:?}"));
+        }
+    }
+}
+
+/// Waits for the request to fail and returns its message.
+pub async fn failure_message(env: &TestEnv, name: &str) -> String {
+    use jit_operator::crd::v1alpha1::Phase;
+    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
+    let failed = wait_for_request(&requests, name, "failed", |r| {
+        phase(r) == Some(Phase::Failed)
+    })
+    .await;
+    failed.status.unwrap().message.unwrap_or_default()
 }
