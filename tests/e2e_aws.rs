@@ -342,3 +342,41 @@ async fn an_inline_policy_removed_or_widened_by_hand_is_restored() {
         "the timeline says the grant was repaired"
     );
 }
+
+/// The role is changed to something AWS refuses while a grant of it is active: the request
+/// fails, and what it had granted before is still found and revoked, not forgotten.
+#[tokio::test]
+async fn a_refused_regrant_does_not_strand_the_earlier_grant() {
+    let env = TestEnv::new().await;
+    let _ = aws_operator();
+    let fixture = fixture().await;
+    let policy = aws_policy(&env, Kind::Managed, &fixture, 0).await;
+    let created = request(&env, &policy, "30m").await;
+    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
+    wait_for_request(&requests, &created.name_any(), "active", |r| {
+        phase(r) == Some(Phase::Active)
+    })
+    .await;
+    let policies = Api::<jit_operator::crd::v1alpha1::AccessPolicy>::all(env.admin.clone());
+    let patch = json!({"spec": {"roles": [{"name": "cloud", "aws": {
+        "principal": format!("arn:aws:iam::{ACCOUNT}:user/{{{{mapping.awsUser}}}}"),
+        "policyArn": format!("arn:aws:iam::{ACCOUNT}:policy/does-not-exist"),
+    }}]}});
+    policies
+        .patch(
+            &policy,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    let message = failure_message(&env, &created.name_any()).await;
+    assert!(message.contains("NoSuchEntity"), "{message}");
+    tokio::time::timeout(ACT_LIMIT, async {
+        while !attached(&fixture).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the earlier attachment is revoked (by the orphan sweep of the failed request)");
+}

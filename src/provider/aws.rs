@@ -886,11 +886,14 @@ impl Provider for AwsProvider {
                 .await?;
         }
         if let Err(error) = self.make(&made, target, grant.expires_at).await {
-            if !error.is_retryable() {
-                // Refused for good: nothing was made, so nothing is left to revoke.
-                if let Err(forget) = self.ledger.clear(uid).await {
-                    debug!(error = %forget, "could not forget a refused grant; the sweep will");
-                }
+            // Refused for good, and the entry holds only this attempt: nothing was made, so
+            // nothing is left to revoke. An entry that held anything before (an earlier grant,
+            // what the role granted before it changed) stays for the revoke at the end.
+            if !error.is_retryable()
+                && recorded.is_empty()
+                && let Err(forget) = self.ledger.clear(uid).await
+            {
+                debug!(error = %forget, "could not forget a refused grant; the sweep will");
             }
             return Err(error);
         }

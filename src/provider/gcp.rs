@@ -344,7 +344,10 @@ impl Provider for GcpProvider {
             })
             .await;
         if let Err(error) = result {
+            // Refused for good: forget the record only if this attempt made it (the stale
+            // grants are revoked above); one from an earlier grant stays for the final revoke.
             if !error.is_retryable()
+                && !recorded.contains(&made)
                 && let Err(forget) = self.ledger.clear(uid).await
             {
                 debug!(error = %forget, "could not forget a refused grant; the sweep will");
