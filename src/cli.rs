@@ -24,6 +24,9 @@ pub enum ProviderName {
     Aws,
     /// Google Cloud IAM, with Application Default Credentials (workload identity in GKE).
     Gcp,
+    /// Azure RBAC and PIM, with workload identity, a client secret or the managed identity
+    /// (the standard `AZURE_*` variables).
+    Azure,
 }
 
 /// How the Google Cloud provider authenticates.
@@ -84,6 +87,20 @@ pub struct Args {
     /// How to authenticate to Google Cloud: adc, or anonymous (emulators only).
     #[arg(long, env = "JIT_GCP_CREDENTIALS", value_enum, default_value_t = GcpCredentials::Adc)]
     pub gcp_credentials: GcpCredentials,
+
+    /// Where Azure Resource Manager is (a private endpoint, a sovereign cloud, an emulator).
+    #[arg(long, env = "JIT_AZURE_ENDPOINT", default_value = crate::provider::azure::PUBLIC_ENDPOINT)]
+    pub azure_endpoint: String,
+
+    /// The audience of Azure Resource Manager tokens; differs from the public one only in
+    /// sovereign clouds.
+    #[arg(long, env = "JIT_AZURE_AUDIENCE", default_value = crate::provider::azure::PUBLIC_ENDPOINT)]
+    pub azure_audience: String,
+
+    /// An extra CA certificate (PEM) to trust for Azure, besides the system's: for private
+    /// endpoints behind an inspecting proxy, and emulators.
+    #[arg(long, env = "JIT_AZURE_CA_FILE")]
+    pub azure_ca_file: Option<std::path::PathBuf>,
 
     /// Log line format.
     #[arg(long, env = "JIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -23,6 +23,7 @@ use crate::{
     provider::{
         Provider, Providers,
         aws::AwsProvider,
+        azure::{self, AzureProvider},
         gcp::{self, GcpProvider},
         kubernetes::KubernetesProvider,
         ledger::Ledger,
@@ -113,7 +114,7 @@ impl Error {
             }
             Self::Signal(_) => "",
             Self::Provider(_) => {
-                "check the provider's credentials (GOOGLE_APPLICATION_CREDENTIALS, workload identity) and --gcp-endpoint"
+                "check the provider's credentials (GOOGLE_APPLICATION_CREDENTIALS, AZURE_*, workload identity) and --gcp-endpoint, --azure-endpoint, --azure-ca-file"
             }
         }
     }
@@ -312,7 +313,7 @@ async fn allowed(client: &Client, attributes: ResourceAttributes) -> Result<bool
 /// ledger.
 async fn providers(client: &Client, args: &Args) -> Result<Providers, Error> {
     let enabled = |name| args.providers.contains(&name);
-    if enabled(ProviderName::Aws) || enabled(ProviderName::Gcp) {
+    if enabled(ProviderName::Aws) || enabled(ProviderName::Gcp) || enabled(ProviderName::Azure) {
         check_ledger_permissions(client, &args.namespace).await?;
     }
     let aws: Option<Arc<dyn Provider>> = if enabled(ProviderName::Aws) {
@@ -339,10 +340,24 @@ async fn providers(client: &Client, args: &Args) -> Result<Providers, Error> {
     } else {
         None
     };
+    let azure: Option<Arc<dyn Provider>> = if enabled(ProviderName::Azure) {
+        let ledger = Ledger::new(client.clone(), &args.namespace, "azure");
+        let settings = azure::Settings {
+            endpoint: args.azure_endpoint.clone(),
+            audience: args.azure_audience.clone(),
+            ca_file: args.azure_ca_file.clone(),
+        };
+        let provider = AzureProvider::new(&settings, ledger).map_err(Error::Provider)?;
+        info!(namespace = %args.namespace, endpoint = %args.azure_endpoint, "azure provider enabled");
+        Some(Arc::new(provider))
+    } else {
+        None
+    };
     Ok(Providers {
         kubernetes: Arc::new(KubernetesProvider::new(client.clone())),
         aws,
         gcp,
+        azure,
     })
 }
 

@@ -256,7 +256,7 @@ async fn each_role_names_exactly_one_target() {
         &message,
         &[
             "spec.roles[0]",
-            "a role must name exactly one target: kubernetes, aws, gcp",
+            "a role must name exactly one target: kubernetes, aws, gcp, azure",
         ],
     );
 }

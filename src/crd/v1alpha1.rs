@@ -30,7 +30,7 @@ pub mod annotations {
 pub const FINALIZER: &str = "jit.dev/revoke";
 
 /// The target blocks a role may carry; a role names exactly one of them.
-pub const ROLE_TARGETS: &[&str] = &["kubernetes", "aws", "gcp"];
+pub const ROLE_TARGETS: &[&str] = &["kubernetes", "aws", "gcp", "azure"];
 
 /// The kinds of AWS grant; an `aws` block names exactly one of them.
 pub const AWS_GRANT_KINDS: &[&str] = &[
@@ -213,6 +213,64 @@ pub struct GcpTarget {
     pub member: String,
 }
 
+/// How an Azure role is granted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AzureMode {
+    /// A role assignment the operator deletes at the expiry.
+    #[default]
+    Direct,
+    /// A Privileged Identity Management assignment schedule that Azure itself ends at the
+    /// expiry.
+    Pim,
+}
+
+/// What kind of Entra ID object an Azure principal is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AzurePrincipalType {
+    /// A user.
+    User,
+    /// A security group.
+    Group,
+    /// A service principal (an application or managed identity).
+    ServicePrincipal,
+}
+
+/// An Azure RBAC role assigned at a scope, directly or through Privileged Identity Management.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AzureTarget {
+    /// Where: a management group, subscription, resource group or resource, e.g.
+    /// `/subscriptions/SUB/resourceGroups/RG`.
+    #[schemars(
+        length(min = 1, max = 1024),
+        regex(
+            pattern = r"^(/providers/Microsoft\.Management/managementGroups/[-\w.()]+|/subscriptions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}(/resourceGroups/[-\w.()]+(/providers/[^?#]+)?)?)$"
+        )
+    )]
+    pub scope: String,
+    /// The role definition, e.g.
+    /// `/subscriptions/SUB/providers/Microsoft.Authorization/roleDefinitions/GUID`.
+    #[schemars(regex(
+        pattern = r"^(/subscriptions/[0-9a-fA-F-]{36}|/providers/Microsoft\.Management/managementGroups/[-\w.()]+)?/providers/Microsoft\.Authorization/roleDefinitions/[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    ))]
+    pub role_definition_id: String,
+    /// The Entra ID object that receives the role (a template that must come to an object
+    /// ID), e.g. `{{mapping.azureObjectId}}`.
+    #[schemars(length(min = 1, max = 256))]
+    pub principal_id: String,
+    /// What kind of object `principalId` is.
+    pub principal_type: AzurePrincipalType,
+    /// `direct` (a role assignment) or `pim` (an assignment schedule Azure ends itself).
+    #[serde(default)]
+    pub mode: AzureMode,
+    /// The ticket system named with a ticket number found in the reason (`pim` only), e.g.
+    /// `ServiceNow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub ticket_system: Option<String>,
+}
+
 /// Who an Identity Center assignment is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "UPPERCASE")]
@@ -284,6 +342,9 @@ pub struct PolicyRole {
     /// Grant in Google Cloud IAM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gcp: Option<GcpTarget>,
+    /// Grant in Azure RBAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub azure: Option<AzureTarget>,
 }
 
 fn default_approvals_required() -> i32 {

@@ -436,6 +436,7 @@ mod tests {
             }),
             aws: None,
             gcp: None,
+            azure: None,
         }
     }
 
@@ -454,6 +455,7 @@ mod tests {
             role: &role,
             expires_at: fixtures::at("2026-01-01T01:00:00Z"),
             description: "",
+            reason: "",
         };
         let want = desired(&grant, role.kubernetes.as_ref().unwrap());
         assert_eq!(want.metadata.name.as_deref(), Some("jit-0b7c9f7e"));

@@ -2,6 +2,7 @@
 //! place that picks the provider for a role. SDK types never leave their module.
 
 pub mod aws;
+pub mod azure;
 pub mod gcp;
 pub mod identity;
 pub mod kubernetes;
@@ -87,6 +88,8 @@ pub struct GrantSpec<'a> {
     pub expires_at: Timestamp,
     /// Who asked and who approved, for targets that keep a note with the grant.
     pub description: &'a str,
+    /// The request's reason as its author wrote it; empty when none was given.
+    pub reason: &'a str,
 }
 
 /// What a provider reports about a grant it made.
@@ -218,6 +221,8 @@ pub struct Providers {
     pub aws: Option<Arc<dyn Provider>>,
     /// Google Cloud IAM, when enabled.
     pub gcp: Option<Arc<dyn Provider>>,
+    /// Azure RBAC and PIM, when enabled.
+    pub azure: Option<Arc<dyn Provider>>,
 }
 
 impl Providers {
@@ -230,6 +235,8 @@ impl Providers {
             (&self.aws, "aws")
         } else if role.gcp.is_some() {
             (&self.gcp, "gcp")
+        } else if role.azure.is_some() {
+            (&self.azure, "azure")
         } else {
             return Err(Error::NoTarget {
                 role: role.name.clone(),
@@ -246,6 +253,7 @@ impl Providers {
         std::iter::once(self.kubernetes.clone())
             .chain(self.aws.clone())
             .chain(self.gcp.clone())
+            .chain(self.azure.clone())
             .collect()
     }
 }

@@ -103,6 +103,7 @@ pub async fn effect(
                     identity,
                     role,
                     description: &description(&request_ref, approval, request),
+                    reason: request.spec.reason.as_deref().unwrap_or_default(),
                     expires_at: *expires_at,
                 })
                 .await

@@ -87,6 +87,7 @@ async fn verify_active(
             request: &request_ref,
             identity: &Identity::of(&subject, request.spec.requester.as_ref(), policy),
             description: "",
+            reason: "",
             role,
             expires_at: expires_at.0,
         })
