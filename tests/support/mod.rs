@@ -253,6 +253,7 @@ pub fn read_yaml(relative: &str) -> serde_json::Value {
 }
 
 pub mod aws;
+pub mod azure;
 pub mod gcp;
 pub mod moto;
 pub mod operator;
