@@ -73,14 +73,15 @@ enum Failure {
 
 impl Failure {
     /// The provider error: 429 and 5xx (still failing after the pipeline's retries) may
-    /// pass; any other refusal needs a person.
+    /// pass, and so may 401 (the operator's own credentials, fixed by its administrator,
+    /// not by the requester); any other refusal needs a person.
     fn into_error(self, action: &str) -> Error {
         match self {
             Self::Refused { status, error } => Error::Cloud {
                 provider: NAME,
                 action: action.to_owned(),
                 message: error.describe(),
-                retryable: status == 429 || status >= 500 || status == 408,
+                retryable: matches!(status, 401 | 408 | 429) || status >= 500,
             },
             Self::Other(error) => error,
         }
@@ -838,7 +839,7 @@ mod tests {
             }
             .into_error("act")
         };
-        for status in [429, 500, 503] {
+        for status in [401, 429, 500, 503] {
             assert!(refused(status).is_retryable(), "{status}");
         }
         for status in [400, 403, 404, 409] {
