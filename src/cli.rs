@@ -102,6 +102,25 @@ pub struct Args {
     #[arg(long, env = "JIT_AZURE_CA_FILE")]
     pub azure_ca_file: Option<std::path::PathBuf>,
 
+    /// Elect a leader among replicas with a Lease (`jit-operator` in --leader-election-namespace):
+    /// only the leader reconciles; every replica serves the webhook.
+    #[arg(long, env = "JIT_LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// The namespace of the leader election Lease; --namespace when unset.
+    #[arg(long, env = "JIT_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+
+    /// How long the Lease holds without renewal: a new leader takes over at most this long
+    /// after the old one died. Seconds or minutes: 15s, 1m.
+    #[arg(long, env = "JIT_LEADER_ELECTION_LEASE_DURATION", default_value = "15s", value_parser = parse_lease_duration)]
+    pub leader_election_lease_duration: Duration,
+
+    /// After SIGTERM, how long to keep serving the webhook while not ready, so that load
+    /// balancers stop sending to this replica before it stops. 0s to stop at once.
+    #[arg(long, env = "JIT_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_delay)]
+    pub shutdown_delay: Duration,
+
     /// Log line format.
     #[arg(long, env = "JIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -111,4 +130,19 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     crate::crd::ApiDuration::parse(text)
         .and_then(|duration| duration.to_std())
         .map_err(|error| error.to_string())
+}
+
+fn parse_lease_duration(text: &str) -> Result<Duration, String> {
+    let duration = parse_duration(text)?;
+    if duration < Duration::from_secs(3) {
+        return Err("a lease must hold at least 3s".into());
+    }
+    Ok(duration)
+}
+
+fn parse_delay(text: &str) -> Result<Duration, String> {
+    if matches!(text.trim(), "0" | "0s") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
 }

@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod cli;
 pub mod crd;
+pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod policy;

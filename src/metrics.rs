@@ -1,13 +1,18 @@
 //! The operator's Prometheus metrics, served at `/metrics` on the health address.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
     registry::Registry,
 };
 
@@ -16,6 +21,58 @@ use prometheus_client::{
 pub struct OutcomeLabels {
     /// `ok`, or the error category.
     pub outcome: String,
+}
+
+/// Labels of the per-phase gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    /// The phase, as `status.phase` shows it.
+    pub phase: String,
+}
+
+/// Labels of the per-provider gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// The provider's name.
+    pub provider: String,
+}
+
+/// Labels of the provider error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderErrorLabels {
+    /// The provider's name.
+    pub provider: String,
+    /// What kind of error: `refused`, `transient`, `invalid`, `not_configured`, `ledger`.
+    pub category: String,
+}
+
+/// Labels of the reconcile error counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    /// The step that failed: `observe`, `apply`, `status`.
+    pub step: String,
+}
+
+/// Labels of the webhook decision counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    /// `mutate` or `validate`.
+    pub webhook: String,
+    /// `allowed` or `denied`.
+    pub outcome: String,
+}
+
+/// What the gauges know about one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Tracked {
+    phase: String,
+    /// The provider holding its grant, while Active.
+    provider: Option<String>,
+}
+
+/// Buckets from 0.1 s to about 7 h, for times people and clouds take.
+fn seconds_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.1, 3.0, 12)
 }
 
 /// Every metric the operator exports.
@@ -35,7 +92,24 @@ pub struct Metrics {
     pub drift_repairs: Counter,
     /// Orphaned grants revoked by the sweep.
     pub orphans_swept: Counter,
+    /// Requests by phase.
+    pub requests: Family<PhaseLabels, Gauge>,
+    /// Active grants by provider.
+    pub active_grants: Family<ProviderLabels, Gauge>,
+    /// Seconds from a request's creation to its decision (approved, denied or refused).
+    pub decision_seconds: Histogram,
+    /// Seconds from approval to the grant being in place.
+    pub grant_seconds: Histogram,
+    /// Seconds from `expiresAt` to the revocation being done.
+    pub revoke_lag_seconds: Histogram,
+    /// Provider errors by provider and category.
+    pub provider_errors: Family<ProviderErrorLabels, Counter>,
+    /// Failed reconciles by the step that failed.
+    pub reconcile_errors: Family<StepLabels, Counter>,
+    /// Admission decisions by webhook and outcome.
+    pub webhook_decisions: Family<WebhookLabels, Counter>,
     failing: Mutex<HashSet<String>>,
+    tracked: Mutex<HashMap<String, Tracked>>,
 }
 
 impl Default for Metrics {
@@ -49,7 +123,16 @@ impl Default for Metrics {
             revocations_failing: Gauge::default(),
             drift_repairs: Counter::default(),
             orphans_swept: Counter::default(),
+            requests: Family::default(),
+            active_grants: Family::default(),
+            decision_seconds: Histogram::new(seconds_buckets()),
+            grant_seconds: Histogram::new(seconds_buckets()),
+            revoke_lag_seconds: Histogram::new(seconds_buckets()),
+            provider_errors: Family::default(),
+            reconcile_errors: Family::default(),
+            webhook_decisions: Family::default(),
             failing: Mutex::new(HashSet::new()),
+            tracked: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -86,6 +169,46 @@ impl Default for Metrics {
             "orphans_swept",
             "Orphaned grants revoked by the sweep",
             metrics.orphans_swept.clone(),
+        );
+        registry.register(
+            "requests",
+            "Access requests by phase",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "active_grants",
+            "Grants in place now, by provider",
+            metrics.active_grants.clone(),
+        );
+        registry.register(
+            "decision_seconds",
+            "Seconds from a request's creation to its decision",
+            metrics.decision_seconds.clone(),
+        );
+        registry.register(
+            "grant_seconds",
+            "Seconds from approval to the grant being in place",
+            metrics.grant_seconds.clone(),
+        );
+        registry.register(
+            "revoke_lag_seconds",
+            "Seconds from expiresAt to the revocation being done",
+            metrics.revoke_lag_seconds.clone(),
+        );
+        registry.register(
+            "provider_errors",
+            "Provider errors by provider and category",
+            metrics.provider_errors.clone(),
+        );
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciles by the step that failed",
+            metrics.reconcile_errors.clone(),
+        );
+        registry.register(
+            "webhook_decisions",
+            "Admission decisions by webhook and outcome",
+            metrics.webhook_decisions.clone(),
         );
         Self {
             registry,
@@ -125,6 +248,82 @@ impl Metrics {
         }
     }
 
+    /// Records where a request (`namespace/name`) is now: its phase and, while Active, the
+    /// provider holding its grant; `None` when it is gone.
+    pub fn track(&self, request: &str, phase: Option<&str>, provider: Option<&str>) {
+        let Ok(mut tracked) = self.tracked.lock() else {
+            return;
+        };
+        match phase {
+            Some(phase) => {
+                tracked.insert(
+                    request.to_owned(),
+                    Tracked {
+                        phase: phase.to_owned(),
+                        provider: provider.map(str::to_owned),
+                    },
+                );
+            }
+            None => {
+                tracked.remove(request);
+            }
+        }
+        let mut phases: BTreeMap<&str, i64> = BTreeMap::new();
+        let mut providers: BTreeMap<&str, i64> = BTreeMap::new();
+        for entry in tracked.values() {
+            *phases.entry(&entry.phase).or_default() += 1;
+            if let Some(provider) = &entry.provider {
+                *providers.entry(provider).or_default() += 1;
+            }
+        }
+        // Every label seen keeps a series; one that dropped to none reads 0.
+        self.requests.clear();
+        for (phase, count) in phases {
+            self.requests
+                .get_or_create(&PhaseLabels {
+                    phase: phase.to_owned(),
+                })
+                .set(count);
+        }
+        self.active_grants.clear();
+        for provider in ["kubernetes", "aws", "gcp", "azure"] {
+            self.active_grants
+                .get_or_create(&ProviderLabels {
+                    provider: provider.to_owned(),
+                })
+                .set(providers.get(provider).copied().unwrap_or(0));
+        }
+    }
+
+    /// Counts a provider error.
+    pub fn provider_error(&self, provider: &str, category: &str) {
+        self.provider_errors
+            .get_or_create(&ProviderErrorLabels {
+                provider: provider.to_owned(),
+                category: category.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a failed reconcile.
+    pub fn reconcile_error(&self, step: &str) {
+        self.reconcile_errors
+            .get_or_create(&StepLabels {
+                step: step.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts an admission decision.
+    pub fn webhook_decision(&self, webhook: &str, allowed: bool) {
+        self.webhook_decisions
+            .get_or_create(&WebhookLabels {
+                webhook: webhook.to_owned(),
+                outcome: if allowed { "allowed" } else { "denied" }.to_owned(),
+            })
+            .inc();
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut text = String::new();
@@ -151,5 +350,26 @@ mod tests {
         let text = metrics.render();
         assert!(text.contains("jit_revocations_failing 1"), "{text}");
         assert!(text.contains("jit_revocation_failures_total 1"), "{text}");
+    }
+
+    #[test]
+    fn requests_are_counted_by_phase_and_active_grants_by_provider() {
+        let metrics = Metrics::default();
+        metrics.track("a/one", Some("Pending"), None);
+        metrics.track("a/two", Some("Active"), Some("aws"));
+        metrics.track("a/three", Some("Active"), Some("kubernetes"));
+        metrics.track("a/three", Some("Expired"), None);
+        let text = metrics.render();
+        for line in [
+            "jit_requests{phase=\"Pending\"} 1",
+            "jit_requests{phase=\"Active\"} 1",
+            "jit_requests{phase=\"Expired\"} 1",
+            "jit_active_grants{provider=\"aws\"} 1",
+            "jit_active_grants{provider=\"kubernetes\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        metrics.track("a/one", None, None);
+        assert!(!metrics.render().contains("phase=\"Pending\""));
     }
 }

@@ -13,12 +13,13 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use tokio::sync::watch;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     admission::{self, certs, register, server::WebhookServer},
     cli::{Args, GcpCredentials, ProviderName},
     crd::v1alpha1::{AccessPolicy, AccessRequest},
+    leader,
     metrics::Metrics,
     provider::{
         Provider, Providers,
@@ -88,6 +89,12 @@ pub enum Error {
     /// Waiting for a shutdown signal failed.
     #[error("failed to install signal handlers")]
     Signal(#[source] std::io::Error),
+    /// Leader election could not start.
+    #[error("leader election failed")]
+    Election(#[from] leader::Error),
+    /// This replica led and can no longer be sure it does.
+    #[error("lost the leader lease")]
+    LostLeadership,
 }
 
 impl Error {
@@ -113,6 +120,12 @@ impl Error {
                 "the operator needs RBAC on admissionregistration.k8s.io webhook configurations to register them"
             }
             Self::Signal(_) => "",
+            Self::Election(_) => {
+                "the operator needs get, create and update on coordination.k8s.io leases in its namespace (config/rbac/operator-leader-election.yaml)"
+            }
+            Self::LostLeadership => {
+                "another replica leads now; this one restarts as a follower (check the API server's reachability if it repeats)"
+            }
             Self::Provider(_) => {
                 "check the provider's credentials (GOOGLE_APPLICATION_CREDENTIALS, AZURE_*, workload identity) and --gcp-endpoint, --azure-endpoint, --azure-ca-file"
             }
@@ -137,10 +150,17 @@ pub async fn run(args: Args) -> Result<(), Error> {
         }
     };
 
+    let metrics = Metrics::shared();
     let serving = certs::generate(args.webhook_addr.ip())?;
     let ca_pem = serving.ca_pem.clone();
-    let webhook =
-        WebhookServer::bind(args.webhook_addr, serving, client.clone(), &identity).await?;
+    let webhook = WebhookServer::bind(
+        args.webhook_addr,
+        serving,
+        client.clone(),
+        &identity,
+        metrics.clone(),
+    )
+    .await?;
     let webhook_addr = webhook.local_addr()?;
     let webhook_task = tokio::spawn(webhook.serve(stopped()));
     if args.register_webhooks {
@@ -155,18 +175,46 @@ pub async fn run(args: Args) -> Result<(), Error> {
     }
 
     let readiness = server::Readiness::default();
-    let metrics = Metrics::shared();
+    readiness.set_webhook_serving();
     let health =
         server::HealthServer::bind(args.health_addr, readiness.clone(), metrics.clone()).await?;
     let health_addr = health.local_addr()?;
+    let server = tokio::spawn(health.serve(stopped()));
 
     let instance = std::env::var("POD_NAME")
         .ok()
-        .or_else(|| Some(identity.clone()));
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("{identity}-{}", std::process::id()));
+    let mut signal = Box::pin(wait_for_signal());
+    let mut election = None;
+    if args.leader_elect {
+        readiness.set_following(true);
+        info!(health_addr = %health_addr, webhook_addr = %webhook_addr, identity = %identity, instance = %instance, "operator ready; waiting to lead");
+        let settings = leader::Settings {
+            namespace: args
+                .leader_election_namespace
+                .clone()
+                .unwrap_or_else(|| args.namespace.clone()),
+            name: LEASE_NAME.to_owned(),
+            identity: instance.clone(),
+            duration: args.leader_election_lease_duration,
+        };
+        let mut joined = leader::Election::join(client.clone(), settings).await?;
+        tokio::select! {
+            () = joined.acquired() => {}
+            result = &mut signal => {
+                info!("shutting down before leading");
+                return stop_serving(stop_sender, joined, server, webhook_task, result).await;
+            }
+        }
+        readiness.set_following(false);
+        election = Some(joined);
+    }
+
     let context = Arc::new(request_controller::Context::new(
         client,
         providers,
-        instance,
+        Some(instance.clone()),
         args.resync_interval,
         metrics.clone(),
     ));
@@ -177,16 +225,41 @@ pub async fn run(args: Args) -> Result<(), Error> {
         metrics,
         stopped(),
     ));
-    let controller = tokio::spawn(request_controller::run(context, stopped()));
-    let server = tokio::spawn(health.serve(stopped()));
-    readiness.set_ready();
-    info!(health_addr = %health_addr, webhook_addr = %webhook_addr, identity = %identity, "operator ready");
+    let synced = readiness.clone();
+    let announce = (identity.clone(), instance.clone());
+    let controller = tokio::spawn(request_controller::run(context, stopped(), move || {
+        synced.set_caches_synced();
+        let (identity, instance) = announce;
+        info!(health_addr = %health_addr, webhook_addr = %webhook_addr, identity = %identity, instance = %instance, "operator ready");
+    }));
 
-    let signal_result = wait_for_signal().await;
-    info!("shutting down");
+    let lost = async {
+        match election.as_mut() {
+            Some(election) => election.lost().await,
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        result = &mut signal => {
+            info!("shutting down");
+            result
+        }
+        () = lost => {
+            // Another replica may lead any moment now: stop acting at once; the Deployment
+            // restarts this one as a follower.
+            error!("lost the leader lease; stopping so that only the new leader acts");
+            Err(Error::LostLeadership)
+        }
+    };
+    // Stop taking work: not ready (load balancers drain the webhook), then, after the
+    // delay, every task stops; running reconciles finish, interrupted ones are resumed from
+    // status by the next leader.
+    readiness.set_stopping();
+    if outcome.is_ok() && !args.shutdown_delay.is_zero() {
+        debug!(delay = ?args.shutdown_delay, "draining before stopping");
+        tokio::time::sleep(args.shutdown_delay).await;
+    }
     let _ = stop_sender.send(true);
-    // Let running reconciles finish, but never hang: whatever is interrupted is resumed from
-    // status by the next operator.
     let stopping = async {
         let _ = controller.await;
         debug!("controller stopped");
@@ -199,7 +272,31 @@ pub async fn run(args: Args) -> Result<(), Error> {
         Ok(Err(_)) => {}
         Err(_) => warn!(grace = ?SHUTDOWN_GRACE, "shutdown took too long; exiting anyway"),
     }
-    signal_result
+    if let Some(election) = election {
+        election.leave().await;
+    }
+    outcome
+}
+
+/// The Lease replicas elect their leader with.
+const LEASE_NAME: &str = "jit-operator";
+
+/// Stops a replica that never led: its servers, and its place in the election.
+async fn stop_serving(
+    stop: watch::Sender<bool>,
+    election: leader::Election,
+    server: tokio::task::JoinHandle<Result<(), server::Error>>,
+    webhook: tokio::task::JoinHandle<()>,
+    outcome: Result<(), Error>,
+) -> Result<(), Error> {
+    let _ = stop.send(true);
+    election.leave().await;
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = webhook.await;
+        server.await
+    })
+    .await;
+    outcome
 }
 
 /// How long a graceful shutdown may take.

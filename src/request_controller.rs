@@ -111,16 +111,36 @@ impl Context {
     }
 }
 
-/// Runs the controller until `shutdown` completes.
+/// Runs the controller until `shutdown` completes; calls `synced` once its caches hold
+/// everything it watches.
 pub async fn run(
     context: Arc<Context>,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    synced: impl FnOnce() + Send + 'static,
 ) {
     // Watching through DeserializeGuard keeps one malformed object from stopping the watch.
     let requests = Api::<DeserializeGuard<AccessRequest>>::all(context.client.clone());
     let policies = Api::<AccessPolicy>::all(context.client.clone());
     let controller = Controller::new(requests, watcher::Config::default().any_semantic());
     let store = controller.store();
+    let readable = store.clone();
+    tokio::spawn(async move {
+        // The store's readiness is a shared oneshot that wakes only its latest poller (the
+        // controller's own runner polls it too), so look again now and then.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), readable.wait_until_ready())
+                .await
+            {
+                Ok(Ok(())) => {
+                    debug!("caches synced");
+                    synced();
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
+        }
+    });
     controller
         // A policy edit may decide pending requests (fewer approvals needed, or none allowed).
         .watches(policies, watcher::Config::default(), move |policy| {
@@ -172,7 +192,7 @@ fn request_of<K: ResourceExt>(object: &K) -> Option<ObjectRef<DeserializeGuard<A
     Some(ObjectRef::new(name).within(namespace))
 }
 
-#[instrument(skip_all, fields(request = %guarded.name_any(), namespace = guarded.namespace()))]
+#[instrument(skip_all, fields(request = %guarded.name_any(), namespace = guarded.namespace(), subject = tracing::field::Empty))]
 async fn reconcile(
     guarded: Arc<DeserializeGuard<AccessRequest>>,
     context: Arc<Context>,
@@ -188,9 +208,21 @@ async fn reconcile(
     let Some(observed) =
         observe::observe(&context.client, &context.providers, &namespace, &name).await?
     else {
+        context
+            .metrics
+            .track(&format!("{namespace}/{name}"), None, None);
         return Ok(Action::await_change());
     };
     let request = &observed.request;
+    if let Some(subject) = request.spec.subject.as_deref().or_else(|| {
+        request
+            .spec
+            .requester
+            .as_ref()
+            .map(|requester| requester.username.as_str())
+    }) {
+        tracing::Span::current().record("subject", subject);
+    }
     let now = Timestamp::now();
 
     // Decide: no client.
@@ -242,6 +274,7 @@ async fn reconcile(
     // Status: from what was applied.
     let status = status::after_success(plan.status, &applied);
     write_status(&api, request, &written, &status).await?;
+    measure(&context.metrics, request, phase, &status, now);
     if let Some(action) = kind {
         crash_point(action, "after-status");
     }
@@ -258,6 +291,58 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     Ok(Action::requeue(plan.requeue_after.min(context.resync)))
+}
+
+/// Updates the gauges and, on a change of phase, the latency histograms.
+fn measure(
+    metrics: &Metrics,
+    request: &AccessRequest,
+    before: Option<Phase>,
+    status: &AccessRequestStatus,
+    now: Timestamp,
+) {
+    let key = format!(
+        "{}/{}",
+        request.namespace().unwrap_or_default(),
+        request.name_any()
+    );
+    let provider = status
+        .grant
+        .as_ref()
+        .filter(|_| status.phase == Some(Phase::Active))
+        .map(|grant| grant.provider.as_str());
+    let phase = status.phase.map(|phase| format!("{phase:?}"));
+    metrics.track(&key, phase.as_deref(), provider);
+    if status.phase == before {
+        return;
+    }
+    let seconds = |from: Timestamp| now.duration_since(from).as_secs_f64().max(0.0);
+    let undecided = |phase: Option<Phase>| matches!(phase, None | Some(Phase::Pending));
+    if undecided(before)
+        && !undecided(status.phase)
+        && let Some(created) = &request.metadata.creation_timestamp
+    {
+        metrics.decision_seconds.observe(seconds(created.0));
+    }
+    match status.phase {
+        Some(Phase::Active) => {
+            let approved = status
+                .timeline
+                .iter()
+                .rev()
+                .find(|entry| entry.event == decide::APPROVED)
+                .map(|entry| entry.time.0);
+            if let Some(approved) = approved {
+                metrics.grant_seconds.observe(seconds(approved));
+            }
+        }
+        Some(Phase::Expired) => {
+            if let Some(expires_at) = &status.expires_at {
+                metrics.revoke_lag_seconds.observe(seconds(expires_at.0));
+            }
+        }
+        _ => {}
+    }
 }
 
 fn count_success(metrics: &Metrics, request: &AccessRequest, plan: &decide::Plan) {
@@ -338,6 +423,13 @@ async fn record_failure(
 ) -> Result<Action, Error> {
     let message = error_chain(&error);
     let generation = request.metadata.generation;
+    if let apply::Error::Grant(cause) | apply::Error::Revoke(cause) = &error {
+        let provider = cause.provider().unwrap_or(match &plan.effect {
+            decide::Effect::Grant { role, .. } => crate::provider::target_name(role),
+            _ => "unknown",
+        });
+        context.metrics.provider_error(provider, cause.category());
+    }
     let (status, notice) = match &error {
         apply::Error::Grant(cause) if !cause.is_retryable() => {
             warn!(error = %message, "grant refused; failing the request");
@@ -457,6 +549,7 @@ fn error_policy(
     context: Arc<Context>,
 ) -> Action {
     context.metrics.reconciled(error.category());
+    context.metrics.reconcile_error(error.category());
     warn!(error = %error_chain(error), category = error.category(), "reconcile failed; retrying");
     // Conflicts and API hiccups: the next reconcile reads everything fresh.
     Action::requeue(Duration::from_secs(1))

@@ -1,5 +1,6 @@
-//! The operator's HTTP endpoints: `/healthz` (the process is alive), `/readyz` (it has
-//! checked its CRDs and its controllers are running) and `/metrics` (Prometheus).
+//! The operator's HTTP endpoints: `/healthz` (the process is alive), `/readyz` (the webhook
+//! serves and the controller's caches are synced, or it follows another leader) and
+//! `/metrics` (Prometheus).
 
 use std::{
     net::SocketAddr,
@@ -15,18 +16,47 @@ use tokio::net::TcpListener;
 use crate::metrics::Metrics;
 
 /// Whether the operator is ready to serve; shared between the server and the operator.
+/// Ready means: the webhook serves, the operator is not stopping, and either it follows
+/// another leader (it serves only the webhook) or its controller's caches are synced.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<ReadinessState>);
+
+#[derive(Debug, Default)]
+struct ReadinessState {
+    webhook_serving: AtomicBool,
+    following: AtomicBool,
+    caches_synced: AtomicBool,
+    stopping: AtomicBool,
+}
 
 impl Readiness {
-    /// Marks the operator ready.
-    pub fn set_ready(&self) {
-        self.0.store(true, Ordering::SeqCst);
+    /// The webhook server accepts connections.
+    pub fn set_webhook_serving(&self) {
+        self.0.webhook_serving.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the operator waits for another replica's lease (and needs no caches).
+    pub fn set_following(&self, following: bool) {
+        self.0.following.store(following, Ordering::SeqCst);
+    }
+
+    /// The controller has listed everything it watches.
+    pub fn set_caches_synced(&self) {
+        self.0.caches_synced.store(true, Ordering::SeqCst);
+    }
+
+    /// The operator is shutting down: take no new work.
+    pub fn set_stopping(&self) {
+        self.0.stopping.store(true, Ordering::SeqCst);
     }
 
     /// Whether the operator is ready.
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        let state = &self.0;
+        state.webhook_serving.load(Ordering::SeqCst)
+            && !state.stopping.load(Ordering::SeqCst)
+            && (state.following.load(Ordering::SeqCst)
+                || state.caches_synced.load(Ordering::SeqCst))
     }
 }
 
@@ -99,5 +129,26 @@ async fn readyz(State(readiness): State<Readiness>) -> (StatusCode, &'static str
         (StatusCode::OK, "ok")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_serving_and_synced_or_following_and_not_stopping() {
+        let readiness = Readiness::default();
+        assert!(!readiness.is_ready());
+        readiness.set_webhook_serving();
+        assert!(!readiness.is_ready(), "caches not synced");
+        readiness.set_following(true);
+        assert!(readiness.is_ready(), "a follower serves only the webhook");
+        readiness.set_following(false);
+        assert!(!readiness.is_ready(), "a new leader waits for its caches");
+        readiness.set_caches_synced();
+        assert!(readiness.is_ready());
+        readiness.set_stopping();
+        assert!(!readiness.is_ready());
     }
 }

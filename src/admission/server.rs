@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::{Denial, Review, certs::ServingIdentity, mutate, register, validate};
 use crate::{
     crd::v1alpha1::{AccessPolicy, AccessRequest},
+    metrics::Metrics,
     telemetry::error_chain,
 };
 
@@ -47,6 +48,7 @@ pub enum Error {
 struct AppState {
     client: Client,
     operator: Arc<str>,
+    metrics: Arc<Metrics>,
 }
 
 impl AppState {
@@ -72,6 +74,7 @@ impl WebhookServer {
         identity: ServingIdentity,
         client: Client,
         operator: &str,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
         let listener = TcpListener::bind(address)
             .await
@@ -88,6 +91,7 @@ impl WebhookServer {
             state: AppState {
                 client,
                 operator: operator.into(),
+                metrics,
             },
         })
     }
@@ -183,30 +187,36 @@ async fn mutate_handler(
     State(state): State<AppState>,
     body: Bytes,
 ) -> axum::Json<AdmissionReview<DynamicObject>> {
-    let request = match parse(&body) {
+    let response = mutate_response(&state, &body);
+    state.metrics.webhook_decision("mutate", response.allowed);
+    respond(response)
+}
+
+fn mutate_response(state: &AppState, body: &Bytes) -> AdmissionResponse {
+    let request = match parse(body) {
         Ok(request) => request,
-        Err(response) => return respond(*response),
+        Err(response) => return *response,
     };
     let response = AdmissionResponse::from(&request);
     if state.is_operator(&request) {
-        return respond(response);
+        return response;
     }
     match mutate(&review_of(&request), Timestamp::now()) {
-        Err(denial) => respond(deny(&request, &denial, "mutate")),
+        Err(denial) => deny(&request, &denial, "mutate"),
         Ok((patch, warnings)) => {
             let mut response = response;
             if !warnings.is_empty() {
                 response.warnings = Some(warnings);
             }
             if patch.0.is_empty() {
-                return respond(response);
+                return response;
             }
             match response.with_patch(patch) {
-                Ok(response) => respond(response),
-                Err(error) => respond(AdmissionResponse::from(&request).deny(format!(
+                Ok(response) => response,
+                Err(error) => AdmissionResponse::from(&request).deny(format!(
                     "failed to encode the admission patch: {}",
                     error_chain(&error)
-                ))),
+                )),
             }
         }
     }
@@ -216,12 +226,18 @@ async fn validate_handler(
     State(state): State<AppState>,
     body: Bytes,
 ) -> axum::Json<AdmissionReview<DynamicObject>> {
-    let request = match parse(&body) {
+    let response = validate_response(&state, &body).await;
+    state.metrics.webhook_decision("validate", response.allowed);
+    respond(response)
+}
+
+async fn validate_response(state: &AppState, body: &Bytes) -> AdmissionResponse {
+    let request = match parse(body) {
         Ok(request) => request,
-        Err(response) => return respond(*response),
+        Err(response) => return *response,
     };
     if state.is_operator(&request) {
-        return respond(AdmissionResponse::from(&request));
+        return AdmissionResponse::from(&request);
     }
     let policy_name = request
         .object
@@ -238,12 +254,12 @@ async fn validate_handler(
             Err(error) => {
                 warn!(policy = %name, error = %error_chain(&error), "failed to read policy for admission");
                 let denial = Denial::PolicyUnreadable(name.clone());
-                return respond(deny(&request, &denial, "validate"));
+                return deny(&request, &denial, "validate");
             }
         },
     };
     match validate(&review_of(&request), policy.as_ref()) {
-        Ok(()) => respond(AdmissionResponse::from(&request)),
-        Err(denial) => respond(deny(&request, &denial, "validate")),
+        Ok(()) => AdmissionResponse::from(&request),
+        Err(denial) => deny(&request, &denial, "validate"),
     }
 }

@@ -171,6 +171,27 @@ pub enum Error {
 }
 
 impl Error {
+    /// What kind of error, for metrics: `not_configured`, `invalid`, `ledger`, `refused`
+    /// (the target said no) or `transient` (it may pass).
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::NoTarget { .. } | Self::Disabled { .. } => "not_configured",
+            Self::Invalid { .. } | Self::Template(_) => "invalid",
+            Self::Ledger(_) => "ledger",
+            _ if self.is_retryable() => "transient",
+            _ => "refused",
+        }
+    }
+
+    /// The provider the error came from, when it says.
+    pub fn provider(&self) -> Option<&'static str> {
+        match self {
+            Self::Disabled { provider, .. } | Self::Cloud { provider, .. } => Some(provider),
+            Self::Kubernetes { .. } => Some("kubernetes"),
+            _ => None,
+        }
+    }
+
     /// Whether trying again later may succeed. Refusals that need a person (a missing
     /// namespace, a permission the operator lacks, an invalid object) are not retryable.
     pub fn is_retryable(&self) -> bool {
@@ -223,6 +244,21 @@ pub struct Providers {
     pub gcp: Option<Arc<dyn Provider>>,
     /// Azure RBAC and PIM, when enabled.
     pub azure: Option<Arc<dyn Provider>>,
+}
+
+/// The name of the target a role grants in, as providers name themselves.
+pub fn target_name(role: &PolicyRole) -> &'static str {
+    if role.kubernetes.is_some() {
+        "kubernetes"
+    } else if role.aws.is_some() {
+        "aws"
+    } else if role.gcp.is_some() {
+        "gcp"
+    } else if role.azure.is_some() {
+        "azure"
+    } else {
+        "none"
+    }
 }
 
 impl Providers {
