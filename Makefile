@@ -8,6 +8,8 @@ CARGO ?= cargo
 # Where `make dev-cluster` keeps its state and kubeconfigs.
 LOCAL_DIR := .local
 CLUSTER := tests/control-plane/cluster.sh
+# The chart's copy of the CRDs, installed when crds.enabled.
+CHART_CRDS := charts/jit-operator/files/crds
 # Extra flags for the operator in `make run`, e.g. ARGS="--log-format json".
 ARGS ?=
 
@@ -25,22 +27,26 @@ lint: ## Check formatting and run clippy with warnings as errors.
 	$(CARGO) clippy --all-targets --all-features --locked -- -D warnings
 
 .PHONY: crds
-crds: ## Regenerate crds/ from the Rust types.
+crds: ## Regenerate crds/ (and the chart's copy) from the Rust types.
 	$(CARGO) run --quiet --locked --bin crdgen -- crds
+	$(CARGO) run --quiet --locked --bin crdgen -- $(CHART_CRDS)
 
 .PHONY: verify
-verify: ## Fail if anything generated (crds/) is stale.
+verify: ## Fail if anything generated (crds/, the chart's CRDs) is stale.
 	@generated="$$(mktemp -d)"; trap 'rm -rf "$$generated"' EXIT; \
 	$(CARGO) run --quiet --locked --bin crdgen -- "$$generated"; \
-	if ! diff -r crds "$$generated"; then \
-		echo "crds/ is stale: run 'make crds' and commit the result" >&2; exit 1; \
-	fi; \
-	echo "crds/ is up to date"
+	for copy in crds $(CHART_CRDS); do \
+		if ! diff -r "$$copy" "$$generated"; then \
+			echo "$$copy is stale: run 'make crds' and commit the result" >&2; exit 1; \
+		fi; \
+	done; \
+	echo "crds/ and $(CHART_CRDS) are up to date"
 
 .PHONY: control-plane
-control-plane: ## Build kube-apiserver, kubectl and etcd from the Go module proxy into the cache (once).
+control-plane: ## Build kube-apiserver, kubectl, etcd and helm from the Go module proxy into the cache (once).
 	@tests/control-plane/prerequisites.sh
 	@tests/control-plane/build.sh >/dev/null
+	@tests/control-plane/build-helm.sh >/dev/null
 
 .PHONY: dev-cluster
 dev-cluster: control-plane ## Start a local control plane in the background with CRDs and RBAC; kubeconfigs in .local/.
