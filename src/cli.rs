@@ -55,8 +55,31 @@ pub struct Args {
     /// Register the admission webhooks with the API server, pointing at --webhook-addr with a
     /// certificate made at start-up. For local control planes, which can reach this process;
     /// in a cluster the chart registers them against a Service.
-    #[arg(long, env = "JIT_REGISTER_WEBHOOKS")]
+    #[arg(long, env = "JIT_REGISTER_WEBHOOKS", conflicts_with_all = ["webhook_cert_dir", "webhook_secret"])]
     pub register_webhooks: bool,
+
+    /// Serve the webhook with `tls.crt` and `tls.key` from this directory (a cert-manager
+    /// Secret, mounted), reloaded when they change.
+    #[arg(long, env = "JIT_WEBHOOK_CERT_DIR", conflicts_with = "webhook_secret")]
+    pub webhook_cert_dir: Option<std::path::PathBuf>,
+
+    /// Make and rotate the webhook's CA and certificate in this Secret (in --namespace), for
+    /// the DNS names of --webhook-service, and set the CA as the caBundle of
+    /// --webhook-configuration.
+    #[arg(long, env = "JIT_WEBHOOK_SECRET")]
+    pub webhook_secret: Option<String>,
+
+    /// The webhook's Service (in --namespace), whose DNS names the certificate is for.
+    #[arg(long, env = "JIT_WEBHOOK_SERVICE", default_value = "jit-operator")]
+    pub webhook_service: String,
+
+    /// The mutating and validating webhook configurations whose caBundle the operator sets.
+    #[arg(
+        long,
+        env = "JIT_WEBHOOK_CONFIGURATION",
+        default_value = "jit-operator"
+    )]
+    pub webhook_configuration: String,
 
     /// Longest time between two looks at each request: verifies every active grant (drift)
     /// and sweeps orphaned grants. Hours, minutes, seconds: 30s, 5m, 1h.

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    admission::{self, certs, register, server::WebhookServer},
+    admission::{self, certs, register, server::WebhookServer, tls},
     cli::{Args, GcpCredentials, ProviderName},
     crd::v1alpha1::{AccessPolicy, AccessRequest},
     leader,
@@ -80,6 +80,9 @@ pub enum Error {
     /// The webhook certificate could not be made.
     #[error("webhook certificate failed")]
     Certificate(#[from] certs::Error),
+    /// The webhook certificate could not be read, kept or installed.
+    #[error("webhook certificate failed")]
+    ServingCertificate(#[from] tls::Error),
     /// The webhook server could not start.
     #[error("webhook server failed")]
     Webhook(#[from] admission::server::Error),
@@ -116,6 +119,9 @@ impl Error {
             }
             Self::Server(_) | Self::Webhook(_) => "choose another --health-addr or --webhook-addr",
             Self::Certificate(_) => "",
+            Self::ServingCertificate(_) => {
+                "check --webhook-cert-dir, or that the operator may create and update its --webhook-secret and patch its webhook configurations (the chart's Role and ClusterRole)"
+            }
             Self::Register(_) => {
                 "the operator needs RBAC on admissionregistration.k8s.io webhook configurations to register them"
             }
@@ -151,11 +157,53 @@ pub async fn run(args: Args) -> Result<(), Error> {
     };
 
     let metrics = Metrics::shared();
-    let serving = certs::generate(args.webhook_addr.ip())?;
+    // The webhook's certificate: kept in a Secret by the operator, read from cert-manager's
+    // files, or (local control planes) made now and registered with the API server.
+    let secret_settings = args
+        .webhook_secret
+        .as_ref()
+        .map(|secret| tls::SecretSettings {
+            namespace: args.namespace.clone(),
+            secret: secret.clone(),
+            service: args.webhook_service.clone(),
+            configuration: args.webhook_configuration.clone(),
+        });
+    let serving = match (&secret_settings, &args.webhook_cert_dir) {
+        (Some(settings), _) => {
+            let identity = tls::ensure_secret(&client, settings, jiff::Timestamp::now()).await?;
+            tls::install_ca_bundle(&client, settings, &identity.ca_pem).await?;
+            identity
+        }
+        (None, Some(directory)) => tls::read_directory(directory)?,
+        (None, None) => certs::generate(args.webhook_addr.ip())?,
+    };
     let ca_pem = serving.ca_pem.clone();
+    let presented = serving
+        .chain
+        .first()
+        .map(|der| der.to_vec())
+        .unwrap_or_default();
+    let certificate = tls::Reloadable::new(serving)?;
+    if let Some(settings) = secret_settings {
+        tokio::spawn(tls::follow_secret(
+            client.clone(),
+            settings,
+            certificate.clone(),
+            presented,
+            args.resync_interval,
+            stopped(),
+        ));
+    } else if let Some(directory) = &args.webhook_cert_dir {
+        tokio::spawn(tls::follow_directory(
+            directory.clone(),
+            certificate.clone(),
+            args.resync_interval,
+            stopped(),
+        ));
+    }
     let webhook = WebhookServer::bind(
         args.webhook_addr,
-        serving,
+        certificate,
         client.clone(),
         &identity,
         metrics.clone(),

@@ -85,6 +85,19 @@ fn find<'a>(documents: &'a [Value], kind: &str) -> Vec<&'a Value> {
     documents.iter().filter(|d| d["kind"] == kind).collect()
 }
 
+/// The Deployment's container arguments, as the operator's own command line reads them: a
+/// flag the chart passes that the operator does not know fails here, not in a cluster.
+fn parse_operator_args(objects: &[Value]) -> jit_operator::cli::Args {
+    use clap::Parser;
+    let args = find(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|arg| arg.as_str().unwrap().to_owned());
+    jit_operator::cli::Args::try_parse_from(std::iter::once("jit-operator".to_owned()).chain(args))
+        .unwrap_or_else(|error| panic!("the chart's arguments: {error}"))
+}
+
 fn kubectl(args: &[&str], stdin: Option<&str>) -> Output {
     let control_plane = control_plane();
     run(
@@ -197,6 +210,14 @@ fn the_default_chart_installs_and_runs_the_operator_restricted_and_highly_availa
     ] {
         assert!(args.contains(&wanted), "{wanted} in {args:?}");
     }
+    let parsed = parse_operator_args(&objects);
+    assert!(parsed.leader_elect);
+    assert_eq!(
+        parsed.webhook_secret.as_deref(),
+        Some("jit-operator-webhook-tls")
+    );
+    assert_eq!(parsed.webhook_configuration, "jit-operator");
+    assert_eq!(parsed.namespace, namespace);
     assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(
@@ -316,6 +337,9 @@ fn a_chart_with_every_option_changed_installs() {
         "{args}"
     );
     assert!(args.contains("--webhook-cert-dir="), "{args}");
+    let parsed = parse_operator_args(&objects);
+    assert!(!parsed.leader_elect);
+    assert_eq!(parsed.providers.len(), 4);
     assert!(!args.contains("--leader-elect"), "{args}");
     assert_eq!(find(&objects, "Certificate").len(), 1);
     assert_eq!(find(&objects, "ServiceMonitor").len(), 1);

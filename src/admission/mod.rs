@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod register;
 pub mod server;
+pub mod tls;
 
 use std::collections::BTreeMap;
 

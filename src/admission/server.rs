@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use super::{Denial, Review, certs::ServingIdentity, mutate, register, validate};
+use super::{Denial, Review, mutate, register, tls::Reloadable, validate};
 use crate::{
     crd::v1alpha1::{AccessPolicy, AccessRequest},
     metrics::Metrics,
@@ -71,7 +71,7 @@ impl WebhookServer {
     /// operator's own username, whose requests are always admitted.
     pub async fn bind(
         address: SocketAddr,
-        identity: ServingIdentity,
+        certificate: Arc<Reloadable>,
         client: Client,
         operator: &str,
         metrics: Arc<Metrics>,
@@ -83,7 +83,7 @@ impl WebhookServer {
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(identity.chain, identity.key)?;
+            .with_cert_resolver(certificate);
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             listener,

@@ -54,6 +54,14 @@ impl Operator {
 
     /// Like `start`, with extra flags and environment.
     pub fn start_with_args(user: &str, args: &[&str], environment: &[(&str, &str)]) -> Self {
+        let mut all = vec!["--register-webhooks"];
+        all.extend_from_slice(args);
+        Self::start_unregistered(user, &all, environment)
+    }
+
+    /// Starts the operator without registering its webhooks (they serve, but the API server
+    /// does not call them), with these flags and environment.
+    pub fn start_unregistered(user: &str, args: &[&str], environment: &[(&str, &str)]) -> Self {
         let control_plane = control_plane();
         let log = control_plane
             .dir
@@ -67,7 +75,6 @@ impl Operator {
                 "127.0.0.1:0",
                 "--webhook-addr",
                 "127.0.0.1:0",
-                "--register-webhooks",
                 "--log-format",
                 "json",
                 // Short, so that drift checks and the orphan sweep happen within a test.
