@@ -62,6 +62,13 @@ pub struct WebhookLabels {
     pub outcome: String,
 }
 
+/// The phases `jit_requests` counts, as `status.phase` writes them.
+const PHASES: &[&str] = &[
+    "Pending", "Active", "Expired", "Revoked", "Denied", "Failed",
+];
+/// The providers `jit_active_grants` counts.
+const PROVIDERS: &[&str] = &["kubernetes", "aws", "gcp", "azure"];
+
 /// What the gauges know about one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Tracked {
@@ -210,6 +217,12 @@ impl Default for Metrics {
             "Admission decisions by webhook and outcome",
             metrics.webhook_decisions.clone(),
         );
+        // Series that exist from the start, so that a rate over them is 0, not absent.
+        for step in ["observe", "apply", "status"] {
+            metrics.reconcile_errors.get_or_create(&StepLabels {
+                step: step.to_owned(),
+            });
+        }
         Self {
             registry,
             ..metrics
@@ -276,22 +289,21 @@ impl Metrics {
                 *providers.entry(provider).or_default() += 1;
             }
         }
-        // Every label seen keeps a series; one that dropped to none reads 0.
-        self.requests.clear();
-        for (phase, count) in phases {
+        // Every phase and provider has a series, 0 when none: series that come and go make
+        // alerts and rates lie.
+        for phase in PHASES {
             self.requests
                 .get_or_create(&PhaseLabels {
-                    phase: phase.to_owned(),
+                    phase: (*phase).to_owned(),
                 })
-                .set(count);
+                .set(phases.get(phase).copied().unwrap_or(0));
         }
-        self.active_grants.clear();
-        for provider in ["kubernetes", "aws", "gcp", "azure"] {
+        for provider in PROVIDERS {
             self.active_grants
                 .get_or_create(&ProviderLabels {
-                    provider: provider.to_owned(),
+                    provider: (*provider).to_owned(),
                 })
-                .set(providers.get(provider).copied().unwrap_or(0));
+                .set(providers.get(*provider).copied().unwrap_or(0));
         }
     }
 
@@ -370,6 +382,10 @@ mod tests {
             assert!(text.contains(line), "{line} in {text}");
         }
         metrics.track("a/one", None, None);
-        assert!(!metrics.render().contains("phase=\"Pending\""));
+        assert!(
+            metrics
+                .render()
+                .contains("jit_requests{phase=\"Pending\"} 0")
+        );
     }
 }

@@ -440,6 +440,8 @@ async fn record_failure(
                 note: format!("could not grant: {message}"),
             };
             write_status(api, request, written, &status).await?;
+            let before = request.status.as_ref().and_then(|status| status.phase);
+            measure(&context.metrics, request, before, &status, now);
             publish(context, request, &[notice]).await;
             return Ok(Action::requeue(decide::RESYNC));
         }

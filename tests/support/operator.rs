@@ -137,6 +137,12 @@ impl Operator {
         }
     }
 
+    /// Asks the operator to stop (SIGTERM), as Kubernetes does before it kills a pod.
+    pub fn terminate(&self) {
+        let pid = self.process.id().to_string();
+        let _ = Command::new("pkill").args(["-TERM", "-P", &pid]).status();
+    }
+
     /// Kills the operator at once (SIGKILL), as a crash would.
     pub fn kill(mut self) {
         let pid = self.process.id().to_string();
