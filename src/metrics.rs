@@ -219,7 +219,7 @@ impl Default for Metrics {
         );
         // Series that exist from the start, so that a rate over them is 0, not absent.
         for step in ["observe", "apply", "status"] {
-            metrics.reconcile_errors.get_or_create(&StepLabels {
+            let _ = metrics.reconcile_errors.get_or_create(&StepLabels {
                 step: step.to_owned(),
             });
         }
