@@ -10,6 +10,8 @@ LOCAL_DIR := .local
 CLUSTER := tests/control-plane/cluster.sh
 # The chart's copy of the CRDs, installed when crds.enabled.
 CHART_CRDS := charts/jit-operator/files/crds
+# The kustomize base's copy.
+KUSTOMIZE_CRDS := config/crd/bases
 # Extra flags for the operator in `make run`, e.g. ARGS="--log-format json".
 ARGS ?=
 
@@ -30,17 +32,18 @@ lint: ## Check formatting and run clippy with warnings as errors.
 crds: ## Regenerate crds/ (and the chart's copy) from the Rust types.
 	$(CARGO) run --quiet --locked --bin crdgen -- crds
 	$(CARGO) run --quiet --locked --bin crdgen -- $(CHART_CRDS)
+	$(CARGO) run --quiet --locked --bin crdgen -- $(KUSTOMIZE_CRDS)
 
 .PHONY: verify
-verify: ## Fail if anything generated (crds/, the chart's CRDs) is stale.
+verify: ## Fail if anything generated (crds/ and its copies in the chart and config/crd) is stale.
 	@generated="$$(mktemp -d)"; trap 'rm -rf "$$generated"' EXIT; \
 	$(CARGO) run --quiet --locked --bin crdgen -- "$$generated"; \
-	for copy in crds $(CHART_CRDS); do \
+	for copy in crds $(CHART_CRDS) $(KUSTOMIZE_CRDS); do \
 		if ! diff -r "$$copy" "$$generated"; then \
 			echo "$$copy is stale: run 'make crds' and commit the result" >&2; exit 1; \
 		fi; \
 	done; \
-	echo "crds/ and $(CHART_CRDS) are up to date"
+	echo "crds/, $(CHART_CRDS) and $(KUSTOMIZE_CRDS) are up to date"
 
 .PHONY: control-plane
 control-plane: ## Build kube-apiserver, kubectl, etcd and helm from the Go module proxy into the cache (once).

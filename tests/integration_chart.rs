@@ -376,3 +376,79 @@ fn values_outside_the_schema_are_refused_with_the_reason() {
         assert!(error.contains(reason), "{value}: {error}");
     }
 }
+
+#[test]
+fn the_kustomize_base_renders_and_installs_like_the_chart() {
+    let rendered = kubectl(
+        &[
+            "kustomize",
+            repo_root().join("config/default").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        rendered.status.success(),
+        "kubectl kustomize: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let rendered = String::from_utf8(rendered.stdout).unwrap();
+    let objects = documents(&rendered);
+    for kind in [
+        "CustomResourceDefinition",
+        "ClusterRole",
+        "Role",
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "MutatingWebhookConfiguration",
+        "ValidatingWebhookConfiguration",
+    ] {
+        assert!(!find(&objects, kind).is_empty(), "{kind}");
+    }
+    let parsed = parse_operator_args(&objects);
+    assert!(parsed.leader_elect);
+    assert_eq!(
+        parsed.webhook_secret.as_deref(),
+        Some("jit-operator-webhook-tls")
+    );
+
+    // The same cluster-wide rights as the chart's defaults.
+    let chart = documents(&template("jit-operator", "jit-system", &[]).unwrap());
+    let chart_rules = find(&chart, "ClusterRole")
+        .into_iter()
+        .find(|role| role["metadata"]["name"] == "jit-operator")
+        .unwrap()["rules"]
+        .clone();
+    let base_rules: Vec<Value> = find(&objects, "ClusterRole")
+        .into_iter()
+        .filter(|role| {
+            ["jit-operator", "jit-operator-webhook-certificate"]
+                .contains(&role["metadata"]["name"].as_str().unwrap())
+        })
+        .flat_map(|role| role["rules"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(json!(base_rules), chart_rules);
+
+    let applied = kubectl(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=kustomize",
+            "--force-conflicts",
+            "-f",
+            "-",
+        ],
+        Some(&rendered),
+    );
+    assert!(
+        applied.status.success(),
+        "the API server refused the base: {}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let deleted = kubectl(
+        &["delete", "-f", "-", "--wait=false"],
+        Some(&webhooks_only(&rendered)),
+    );
+    assert!(deleted.status.success(), "{deleted:?}");
+}

@@ -15,7 +15,13 @@ root="$(cd "$here/../.." && pwd)"
 dir="$(cd "$1" && pwd)"
 kubectl=("$dir/bin/kubectl" --kubeconfig "$dir/kubeconfig-admin")
 
-"${kubectl[@]}" apply --server-side --field-manager=jit-operator-install \
-	-f "$root/crds/" -f "$root/config/rbac/" -f "$root/config/dev/" >/dev/null
+# config/rbac/ also holds a kustomization (the kustomize base), which is no object to apply.
+# In order: ledger.yaml creates the Namespace the rest uses.
+files=(-f "$root/crds/")
+for file in "$root"/config/rbac/*.yaml; do
+	[[ "$(basename "$file")" == kustomization.yaml ]] || files+=(-f "$file")
+done
+files+=(-f "$root/config/dev/")
+"${kubectl[@]}" apply --server-side --field-manager=jit-operator-install "${files[@]}" >/dev/null
 "${kubectl[@]}" wait --for=condition=Established --timeout=60s -f "$root/crds/" >/dev/null
 echo "installed CRDs and RBAC into $(cat "$dir/endpoint")" >&2
