@@ -51,22 +51,16 @@ pub enum Error {
         source: kube::Error,
     },
     /// The operator lacks a permission it needs.
-    #[error("the operator may not {verb} {resource}")]
+    #[error("the operator may not {permission}")]
     Forbidden {
-        /// The verb.
-        verb: &'static str,
-        /// The resource, with its subresource.
-        resource: &'static str,
+        /// The verb and resource, e.g. `patch accessrequests/status`.
+        permission: String,
     },
-    /// The operator lacks a permission it needs in one namespace.
-    #[error("the operator may not {verb} {resource} in namespace {namespace}")]
+    /// The operator lacks a permission it needs in its own namespace.
+    #[error("the operator may not {permission}")]
     ForbiddenIn {
-        /// The verb.
-        verb: &'static str,
-        /// The resource.
-        resource: &'static str,
-        /// The namespace.
-        namespace: String,
+        /// The verb, resource and namespace.
+        permission: String,
     },
     /// A cloud provider could not be set up.
     #[error("failed to set up a provider")]
@@ -112,10 +106,10 @@ impl Error {
                 "install the CRDs (kubectl apply --server-side -f crds/) and check the operator's RBAC (config/rbac/)"
             }
             Self::ForbiddenIn { .. } => {
-                "create the namespace given by --namespace and bind the operator to the Role in config/rbac/ledger.yaml there"
+                "create the namespace given by --namespace and bind the operator to the chart's Role there (config/rbac/: ledger.yaml, operator-leader-election.yaml, webhook-certificate.yaml)"
             }
             Self::Forbidden { .. } | Self::PermissionCheck(_) => {
-                "bind the operator's identity to the ClusterRole in config/rbac/operator.yaml"
+                "bind the operator's identity to the chart's ClusterRole (config/rbac/operator.yaml, and webhook-certificate.yaml with --webhook-secret)"
             }
             Self::Server(_) | Self::Webhook(_) => "choose another --health-addr or --webhook-addr",
             Self::Certificate(_) => "",
@@ -127,7 +121,7 @@ impl Error {
             }
             Self::Signal(_) => "",
             Self::Election(_) => {
-                "the operator needs get, create and update on coordination.k8s.io leases in its namespace (config/rbac/operator-leader-election.yaml)"
+                "the operator needs get, create and patch on coordination.k8s.io leases in its namespace (config/rbac/operator-leader-election.yaml)"
             }
             Self::LostLeadership => {
                 "another replica leads now; this one restarts as a follower (check the API server's reachability if it repeats)"
@@ -143,8 +137,10 @@ impl Error {
 pub async fn run(args: Args) -> Result<(), Error> {
     let client = Client::try_default().await.map_err(Error::Configure)?;
     let identity = own_username(&client).await?;
+    // Permissions first: without `list`, the CRD check could not tell a missing CRD from a
+    // missing right.
+    check_permissions(&client, &args).await?;
     check_crds(&client).await?;
-    check_permissions(&client).await?;
     let providers = providers(&client, &args).await?;
 
     let (stop_sender, stop_receiver) = watch::channel(false);
@@ -382,60 +378,184 @@ async fn check_crds(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
-/// What the operator must be allowed to do: (API group, resource, subresource, verb). Fails
-/// start-up with a clear message rather than failing later, one request at a time.
-const REQUIRED_PERMISSIONS: &[(&str, &str, &str, &str)] = &[
-    ("jit.dev", "accessrequests", "", "watch"),
-    ("jit.dev", "accessrequests", "", "patch"),
-    ("jit.dev", "accessrequests", "status", "patch"),
-    ("jit.dev", "accesspolicies", "", "watch"),
-    ("rbac.authorization.k8s.io", "rolebindings", "", "create"),
-    ("rbac.authorization.k8s.io", "rolebindings", "", "delete"),
+/// What the operator uses everywhere: (API group, resource with its subresource, verbs). The
+/// chart's ClusterRole and config/rbac/operator.yaml grant exactly these (a test keeps them
+/// equal), and start-up refuses to run without any one of them.
+pub const CLUSTER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
+    ("jit.dev", "accesspolicies", &["get", "list", "watch"]),
+    (
+        "jit.dev",
+        "accessrequests",
+        &["get", "list", "watch", "patch", "update"],
+    ),
+    (
+        "jit.dev",
+        "accessrequests/status",
+        &["patch", "get", "update"],
+    ),
+    ("jit.dev", "accessrequests/finalizers", &["update"]),
     (
         "rbac.authorization.k8s.io",
-        "clusterrolebindings",
-        "",
-        "create",
+        "rolebindings",
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
     ),
     (
         "rbac.authorization.k8s.io",
         "clusterrolebindings",
-        "",
-        "delete",
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
     ),
-    ("events.k8s.io", "events", "", "create"),
+    (
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        &["bind", "get"],
+    ),
+    ("authorization.k8s.io", "subjectaccessreviews", &["create"]),
+    ("events.k8s.io", "events", &["create", "patch"]),
 ];
 
-async fn check_permissions(client: &Client) -> Result<(), Error> {
-    // Asked all at once (start-up latency); the first missing one in the list is reported.
-    let answers = futures::future::try_join_all(REQUIRED_PERMISSIONS.iter().map(
-        |(group, resource, subresource, verb)| {
-            allowed(
-                client,
-                ResourceAttributes {
-                    group: Some((*group).to_owned()),
-                    resource: Some((*resource).to_owned()),
-                    subresource: Some((*subresource).to_owned()).filter(|s| !s.is_empty()),
-                    verb: Some((*verb).to_owned()),
-                    ..ResourceAttributes::default()
-                },
-            )
-        },
-    ))
-    .await?;
-    for (allowed, (_, resource, subresource, verb)) in answers.into_iter().zip(REQUIRED_PERMISSIONS)
-    {
-        if !allowed {
-            return Err(Error::Forbidden {
+/// One permission to check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Needed {
+    /// The API group.
+    pub group: &'static str,
+    /// The resource, with `/subresource` when there is one.
+    pub resource: &'static str,
+    /// The verb.
+    pub verb: &'static str,
+    /// The namespace, for namespaced grants.
+    pub namespace: Option<String>,
+    /// The object's name, for grants limited to one.
+    pub name: Option<String>,
+}
+
+impl std::fmt::Display for Needed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.verb, self.resource)?;
+        if let Some(name) = &self.name {
+            write!(f, " {name}")?;
+        }
+        if let Some(namespace) = &self.namespace {
+            write!(f, " in namespace {namespace}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything the operator run with `args` will do, in the order start-up reports the first
+/// missing one.
+pub fn needed(args: &Args) -> Vec<Needed> {
+    let mut all: Vec<Needed> = CLUSTER_PERMISSIONS
+        .iter()
+        .flat_map(|(group, resource, verbs)| {
+            // `bind` is left out: administrators narrow it with resourceNames to the
+            // ClusterRoles their policies name, which no check without a name could see. A
+            // grant without it fails its request, saying so.
+            verbs
+                .iter()
+                .filter(|verb| **verb != "bind")
+                .map(|verb| Needed {
+                    group,
+                    resource,
+                    verb,
+                    namespace: None,
+                    name: None,
+                })
+        })
+        .collect();
+    let mut add =
+        |group, resource, verbs: &[&'static str], namespace: Option<&str>, name: Option<&str>| {
+            all.extend(verbs.iter().map(|verb| Needed {
+                group,
+                resource,
                 verb,
-                resource: match (*resource, *subresource) {
-                    ("accessrequests", "status") => "accessrequests/status",
-                    (resource, _) => resource,
-                },
-            });
+                namespace: namespace.map(str::to_owned),
+                name: name.map(str::to_owned),
+            }));
+        };
+    if args.leader_elect {
+        let namespace = args
+            .leader_election_namespace
+            .as_deref()
+            .unwrap_or(&args.namespace);
+        add(
+            "coordination.k8s.io",
+            "leases",
+            &["get", "create", "patch"],
+            Some(namespace),
+            None,
+        );
+    }
+    let cloud = [ProviderName::Aws, ProviderName::Gcp, ProviderName::Azure]
+        .iter()
+        .any(|name| args.providers.contains(name));
+    if cloud {
+        add("", "configmaps", LEDGER_VERBS, Some(&args.namespace), None);
+    }
+    if let Some(secret) = &args.webhook_secret {
+        add("", "secrets", &["create"], Some(&args.namespace), None);
+        add(
+            "",
+            "secrets",
+            &["get", "update"],
+            Some(&args.namespace),
+            Some(secret),
+        );
+        for kind in [
+            "mutatingwebhookconfigurations",
+            "validatingwebhookconfigurations",
+        ] {
+            add(
+                "admissionregistration.k8s.io",
+                kind,
+                &["get", "patch"],
+                None,
+                Some(&args.webhook_configuration),
+            );
         }
     }
-    Ok(())
+    all
+}
+
+/// Refuses to run without any permission the operator will use, naming the first missing.
+async fn check_permissions(client: &Client, args: &Args) -> Result<(), Error> {
+    let needed = needed(args);
+    // Asked all at once (start-up latency); the first missing one in the list is reported.
+    let answers = futures::future::try_join_all(needed.iter().map(|permission| {
+        let (resource, subresource) = match permission.resource.split_once('/') {
+            Some((resource, subresource)) => (resource, Some(subresource.to_owned())),
+            None => (permission.resource, None),
+        };
+        allowed(
+            client,
+            ResourceAttributes {
+                group: Some(permission.group.to_owned()),
+                resource: Some(resource.to_owned()),
+                subresource,
+                verb: Some(permission.verb.to_owned()),
+                namespace: permission.namespace.clone(),
+                name: permission.name.clone(),
+                ..ResourceAttributes::default()
+            },
+        )
+    }))
+    .await?;
+    match answers
+        .into_iter()
+        .zip(needed)
+        .find(|(allowed, _)| !allowed)
+    {
+        Some((_, missing)) if missing.namespace.is_some() => Err(Error::ForbiddenIn {
+            permission: missing.to_string(),
+        }),
+        Some((_, missing)) => Err(Error::Forbidden {
+            permission: missing.to_string(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Whether the operator's own identity may do what `attributes` describe.
@@ -458,9 +578,6 @@ async fn allowed(client: &Client, attributes: ResourceAttributes) -> Result<bool
 /// ledger.
 async fn providers(client: &Client, args: &Args) -> Result<Providers, Error> {
     let enabled = |name| args.providers.contains(&name);
-    if enabled(ProviderName::Aws) || enabled(ProviderName::Gcp) || enabled(ProviderName::Azure) {
-        check_ledger_permissions(client, &args.namespace).await?;
-    }
     let aws: Option<Arc<dyn Provider>> = if enabled(ProviderName::Aws) {
         let ledger = Ledger::new(client.clone(), &args.namespace, "aws");
         info!(namespace = %args.namespace, "aws provider enabled");
@@ -506,28 +623,8 @@ async fn providers(client: &Client, args: &Args) -> Result<Providers, Error> {
     })
 }
 
-/// Checks that the operator can keep its cloud grant ledger in `namespace`.
-async fn check_ledger_permissions(client: &Client, namespace: &str) -> Result<(), Error> {
-    for verb in LEDGER_VERBS {
-        let attributes = ResourceAttributes {
-            namespace: Some(namespace.to_owned()),
-            resource: Some("configmaps".to_owned()),
-            verb: Some((*verb).to_owned()),
-            ..ResourceAttributes::default()
-        };
-        if !allowed(client, attributes).await? {
-            return Err(Error::ForbiddenIn {
-                verb,
-                resource: "configmaps",
-                namespace: namespace.to_owned(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// What the cloud grant ledger needs on ConfigMaps in the operator's namespace.
-const LEDGER_VERBS: &[&str] = &["get", "list", "create", "update", "delete"];
+const LEDGER_VERBS: &[&'static str] = &["get", "list", "create", "update", "delete"];
 
 async fn wait_for_signal() -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};

@@ -62,6 +62,17 @@ impl Operator {
     /// Starts the operator without registering its webhooks (they serve, but the API server
     /// does not call them), with these flags and environment.
     pub fn start_unregistered(user: &str, args: &[&str], environment: &[(&str, &str)]) -> Self {
+        let operator = Self::spawn(user, args, environment);
+        operator.wait_for_log("operator ready", START_LIMIT);
+        operator
+    }
+
+    /// Starts the operator without waiting for it to be ready: for runs expected to fail.
+    pub fn start_unregistered_failing(user: &str, args: &[&str]) -> Self {
+        Self::spawn(user, args, &[])
+    }
+
+    fn spawn(user: &str, args: &[&str], environment: &[(&str, &str)]) -> Self {
         let control_plane = control_plane();
         let log = control_plane
             .dir
@@ -90,9 +101,7 @@ impl Operator {
             .stderr(output)
             .spawn()
             .expect("start the operator");
-        let operator = Self { process, log };
-        operator.wait_for_log("operator ready", START_LIMIT);
-        operator
+        Self { process, log }
     }
 
     /// Waits until a log line contains `text`, and returns it.
