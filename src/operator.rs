@@ -624,7 +624,7 @@ async fn providers(client: &Client, args: &Args) -> Result<Providers, Error> {
 }
 
 /// What the cloud grant ledger needs on ConfigMaps in the operator's namespace.
-const LEDGER_VERBS: &[&'static str] = &["get", "list", "create", "update", "delete"];
+const LEDGER_VERBS: &[&str] = &["get", "list", "create", "update", "delete"];
 
 async fn wait_for_signal() -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};
