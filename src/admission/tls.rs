@@ -438,64 +438,40 @@ pub async fn install_ca_bundle(
     // ByteString serializes as base64, as caBundle is written.
     let bundle = ByteString(ca_pem.as_bytes().to_vec());
     let name = &settings.configuration;
-    let params = PatchParams::default();
-    let mutating = Api::<MutatingWebhookConfiguration>::all(client.clone());
-    let api_error = |action: String| move |source| Error::Api { action, source };
-    if let Some(configuration) = mutating.get_opt(name).await.map_err(api_error(format!(
-        "read mutating webhook configuration {name}"
-    )))? {
-        let webhooks: Vec<_> = configuration
-            .webhooks
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|webhook| {
-                webhook.client_config.ca_bundle.as_ref().map(|b| &b.0[..])
-                    != Some(ca_pem.as_bytes())
-            })
-            .map(|webhook| json!({"name": webhook.name, "clientConfig": {"caBundle": bundle}}))
-            .collect();
-        if !webhooks.is_empty() {
-            mutating
-                .patch(
-                    name,
-                    &params,
-                    &Patch::Strategic(json!({"webhooks": webhooks})),
-                )
-                .await
-                .map_err(api_error(format!(
-                    "set the caBundle of mutating webhook configuration {name}"
-                )))?;
-            info!(configuration = %name, "set the mutating webhooks' caBundle");
-        }
+    // The same for both kinds of configuration, whose webhook types differ.
+    macro_rules! install {
+        ($kind:ty, $what:literal) => {{
+            let api = Api::<$kind>::all(client.clone());
+            let failed = |action: &str| {
+                let action = format!("{action} {} webhook configuration {name}", $what);
+                move |source| Error::Api { action, source }
+            };
+            if let Some(configuration) = api.get_opt(name).await.map_err(failed("read"))? {
+                let stale: Vec<_> = configuration
+                    .webhooks
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|webhook| {
+                        webhook.client_config.ca_bundle.as_ref().map(|b| &b.0[..])
+                            != Some(ca_pem.as_bytes())
+                    })
+                    .map(|webhook| json!({"name": webhook.name, "clientConfig": {"caBundle": bundle}}))
+                    .collect();
+                if !stale.is_empty() {
+                    api.patch(
+                        name,
+                        &PatchParams::default(),
+                        &Patch::Strategic(json!({ "webhooks": stale })),
+                    )
+                    .await
+                    .map_err(failed("set the caBundle of"))?;
+                    info!(configuration = %name, kind = $what, "set the webhooks' caBundle");
+                }
+            }
+        }};
     }
-    let validating = Api::<ValidatingWebhookConfiguration>::all(client.clone());
-    if let Some(configuration) = validating.get_opt(name).await.map_err(api_error(format!(
-        "read validating webhook configuration {name}"
-    )))? {
-        let webhooks: Vec<_> = configuration
-            .webhooks
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|webhook| {
-                webhook.client_config.ca_bundle.as_ref().map(|b| &b.0[..])
-                    != Some(ca_pem.as_bytes())
-            })
-            .map(|webhook| json!({"name": webhook.name, "clientConfig": {"caBundle": bundle}}))
-            .collect();
-        if !webhooks.is_empty() {
-            validating
-                .patch(
-                    name,
-                    &params,
-                    &Patch::Strategic(json!({"webhooks": webhooks})),
-                )
-                .await
-                .map_err(api_error(format!(
-                    "set the caBundle of validating webhook configuration {name}"
-                )))?;
-            info!(configuration = %name, "set the validating webhooks' caBundle");
-        }
-    }
+    install!(MutatingWebhookConfiguration, "mutating");
+    install!(ValidatingWebhookConfiguration, "validating");
     Ok(())
 }
 
