@@ -380,33 +380,26 @@ async fn check_crds(client: &Client) -> Result<(), Error> {
 
 /// What the operator uses everywhere: (API group, resource with its subresource, verbs). The
 /// chart's ClusterRole and config/rbac/operator.yaml grant exactly these (a test keeps them
-/// equal), and start-up refuses to run without any one of them.
+/// equal), and start-up refuses to run without any one of them. Bindings are written with
+/// server-side apply, which needs `create` when the object is new, `patch` otherwise.
 pub const CLUSTER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ("jit.dev", "accesspolicies", &["get", "list", "watch"]),
     (
         "jit.dev",
         "accessrequests",
-        &["get", "list", "watch", "patch", "update"],
+        &["get", "list", "watch", "patch"],
     ),
-    (
-        "jit.dev",
-        "accessrequests/status",
-        &["patch", "get", "update"],
-    ),
+    ("jit.dev", "accessrequests/status", &["patch"]),
     ("jit.dev", "accessrequests/finalizers", &["update"]),
     (
         "rbac.authorization.k8s.io",
         "rolebindings",
-        &[
-            "get", "list", "watch", "create", "update", "patch", "delete",
-        ],
+        &["get", "list", "watch", "create", "patch", "delete"],
     ),
     (
         "rbac.authorization.k8s.io",
         "clusterrolebindings",
-        &[
-            "get", "list", "watch", "create", "update", "patch", "delete",
-        ],
+        &["get", "list", "watch", "create", "patch", "delete"],
     ),
     (
         "rbac.authorization.k8s.io",

@@ -67,10 +67,8 @@ async fn a_failing_revoke_is_retried_loudly_until_it_succeeds() {
     .await;
 
     // The operator loses the right to delete bindings before the grant expires.
-    let all_verbs = [
-        "get", "list", "watch", "create", "update", "patch", "delete",
-    ];
-    set_binding_verbs(&env, &["get", "list", "watch", "create", "update", "patch"]).await;
+    let all_verbs = ["get", "list", "watch", "create", "patch", "delete"];
+    set_binding_verbs(&env, &["get", "list", "watch", "create", "patch"]).await;
 
     let failing = wait_for_request(&requests, "stuck", "showing RevocationFailing", |r| {
         condition_true(r, "RevocationFailing")
