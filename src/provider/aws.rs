@@ -18,7 +18,7 @@ use aws_sdk_ssoadmin::types::{PrincipalType, StatusValues, TargetType};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::{
     Error, GrantRecord, GrantSpec, GrantState, Provider, RequestRef, identity::Identity,
@@ -886,15 +886,11 @@ impl Provider for AwsProvider {
                 .await?;
         }
         if let Err(error) = self.make(&made, target, grant.expires_at).await {
-            // Refused for good, and the entry holds only this attempt: nothing was made, so
-            // nothing is left to revoke. An entry that held anything before (an earlier grant,
-            // what the role granted before it changed) stays for the revoke at the end.
-            if !error.is_retryable()
-                && recorded.is_empty()
-                && let Err(forget) = self.ledger.clear(uid).await
-            {
-                debug!(error = %forget, "could not forget a refused grant; the sweep will");
-            }
+            // An entry that held anything before (an earlier grant, what the role granted
+            // before it changed) is kept; AWS adds the new grant before revoking the old.
+            self.ledger
+                .forget_refused(uid, &error, recorded.is_empty())
+                .await;
             return Err(error);
         }
         // A policy edited while the grant is active (drift repair re-grants under the role as

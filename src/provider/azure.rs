@@ -662,32 +662,23 @@ impl Provider for AzureProvider {
     async fn grant(&self, grant: &GrantSpec<'_>) -> Result<GrantRecord, Error> {
         let target = Self::target(grant)?;
         let made = resolve(target, grant.identity, grant.request)?;
-        let uid = &grant.request.uid;
         // A policy edited while the grant is active: what the role granted before goes first.
-        let recorded: Vec<AzureGrant> = self.ledger.targets(uid).await?;
-        for stale in recorded.iter().filter(|other| *other != &made) {
+        let (stale, held_before) = self.ledger.others(&grant.request.uid, &made).await?;
+        for stale in &stale {
             self.remove(stale).await?;
             info!(reference = %stale.reference(), "revoked what the role granted before it changed");
         }
-        if recorded.iter().any(|other| other != &made) {
-            self.ledger.keep_only(grant.request, &made).await?;
-        }
         self.ledger
-            .record(grant.request, &made, grant.expires_at)
+            .record_only(grant.request, &made, grant.expires_at, !stale.is_empty())
             .await?;
         let result = match made.mode {
             AzureMode::Direct => self.assign_directly(&made, grant.description).await,
             AzureMode::Pim => self.assign_with_pim(&made, grant, target).await,
         };
         if let Err(error) = result {
-            // Refused for good: forget the record only if this attempt made it; one from an
-            // earlier grant stays for the final revoke.
-            if !error.is_retryable()
-                && !recorded.contains(&made)
-                && let Err(forget) = self.ledger.clear(uid).await
-            {
-                debug!(error = %forget, "could not forget a refused grant; the sweep will");
-            }
+            self.ledger
+                .forget_refused(&grant.request.uid, &error, !held_before)
+                .await;
             return Err(error);
         }
         info!(reference = %made.reference(), "granted in azure");

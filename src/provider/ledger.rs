@@ -13,6 +13,7 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
+use tracing::debug;
 
 use super::{
     EXPIRES_AT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, REQUEST_ANNOTATION, REQUEST_UID_LABEL,
@@ -218,6 +219,48 @@ impl Ledger {
                 name,
                 source,
             })
+    }
+
+    /// Before a cloud grant: what the request's entry holds other than `made` (what an
+    /// earlier definition of the role granted, to revoke first), and whether it holds `made`
+    /// already (which decides what [`Ledger::forget_refused`] may forget).
+    pub async fn others<T>(&self, uid: &str, made: &T) -> Result<(Vec<T>, bool), Error>
+    where
+        T: DeserializeOwned + PartialEq,
+    {
+        let recorded: Vec<T> = self.targets(uid).await?;
+        let held = recorded.contains(made);
+        Ok((
+            recorded.into_iter().filter(|other| other != made).collect(),
+            held,
+        ))
+    }
+
+    /// Records `made` before the cloud call; `replaced`: the others were revoked, so the
+    /// entry keeps only `made`.
+    pub async fn record_only<T: Serialize>(
+        &self,
+        request: &RequestRef,
+        made: &T,
+        expires_at: jiff::Timestamp,
+        replaced: bool,
+    ) -> Result<(), Error> {
+        if replaced {
+            self.keep_only(request, made).await?;
+        }
+        self.record(request, made, expires_at).await
+    }
+
+    /// After a cloud grant refused for good: forgets the request's entry when `forget` says it
+    /// holds only this attempt (nothing was made, nothing is left to revoke); an entry that
+    /// held anything before stays for the final revoke.
+    pub async fn forget_refused(&self, uid: &str, error: &super::Error, forget: bool) {
+        if !error.is_retryable()
+            && forget
+            && let Err(failed) = self.clear(uid).await
+        {
+            debug!(error = %failed, "could not forget a refused grant; the sweep will");
+        }
     }
 
     /// Forgets everything recorded for the request, once it is all revoked.

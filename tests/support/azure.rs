@@ -238,15 +238,7 @@ impl AzureFake {
 
     /// Role assignments at `scope`.
     pub fn assignments(&self, scope: &str) -> Vec<Value> {
-        let scope = scope.to_lowercase();
-        self.state
-            .lock()
-            .unwrap()
-            .assignments
-            .iter()
-            .filter(|((at, _), _)| *at == scope)
-            .map(|(_, assignment)| assignment.clone())
-            .collect()
+        at_scope(&self.state.lock().unwrap().assignments, scope)
     }
 
     /// Makes a role assignment as someone other than the operator would.
@@ -304,15 +296,7 @@ impl AzureFake {
 
     /// The schedule requests at `scope`.
     pub fn schedule_requests(&self, scope: &str) -> Vec<Value> {
-        let scope = scope.to_lowercase();
-        self.state
-            .lock()
-            .unwrap()
-            .schedule_requests
-            .iter()
-            .filter(|((at, _), _)| *at == scope)
-            .map(|(_, request)| request.clone())
-            .collect()
+        at_scope(&self.state.lock().unwrap().schedule_requests, scope)
     }
 
     /// The calls answered at `scope` (by path prefix).
@@ -332,6 +316,16 @@ impl AzureFake {
     pub fn tokens_issued(&self) -> usize {
         self.state.lock().unwrap().token_grants
     }
+}
+
+/// The objects of a map keyed by (scope, name) that are at `scope`.
+fn at_scope(objects: &HashMap<(String, String), Value>, scope: &str) -> Vec<Value> {
+    let scope = scope.to_lowercase();
+    objects
+        .iter()
+        .filter(|((at, _), _)| *at == scope)
+        .map(|(_, object)| object.clone())
+        .collect()
 }
 
 fn same(value: &Value, text: &str) -> bool {
