@@ -144,6 +144,20 @@ pub struct Args {
     #[arg(long, env = "JIT_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_delay)]
     pub shutdown_delay: Duration,
 
+    /// Users who may delete any AccessRequest (deleting one revokes it), besides its requester,
+    /// its subject and the approvers of its policy. Comma-separated.
+    #[arg(long, env = "JIT_ADMIN_USERS", value_delimiter = ',')]
+    pub admin_users: Vec<String>,
+
+    /// Groups whose members may delete any AccessRequest. Comma-separated.
+    #[arg(
+        long,
+        env = "JIT_ADMIN_GROUPS",
+        value_delimiter = ',',
+        default_value = "system:masters"
+    )]
+    pub admin_groups: Vec<String>,
+
     /// Log line format.
     #[arg(long, env = "JIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

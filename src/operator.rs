@@ -203,6 +203,10 @@ pub async fn run(args: Args) -> Result<(), Error> {
         client.clone(),
         &identity,
         metrics.clone(),
+        crate::admission::Administrators {
+            users: args.admin_users.clone(),
+            groups: args.admin_groups.clone(),
+        },
     )
     .await?;
     let webhook_addr = webhook.local_addr()?;

@@ -223,6 +223,16 @@ async fn reconcile(
     }) {
         tracing::Span::current().record("subject", subject);
     }
+    if let Some(why) = &observed.unverified {
+        // Loud, but not in the way: expiry, revoke and deny go ahead without it.
+        warn!(error = %why, "could not verify the active grant; drift is not checked until it can be");
+        let provider = request
+            .status
+            .as_ref()
+            .and_then(|status| status.grant.as_ref())
+            .map_or("unknown", |grant| grant.provider.as_str());
+        context.metrics.provider_error(provider, "verify");
+    }
     let now = Timestamp::now();
 
     // Decide: no client.
@@ -249,6 +259,12 @@ async fn reconcile(
         // Intent before action: status says what is about to happen before the provider
         // is called, so a crash in between is visible and resolved on restart.
         let mut intent = written.clone();
+        if action == IntentAction::Grant {
+            // The window is fixed here, before the first attempt: whatever later write fails,
+            // a retry keeps it and the grant ends at its time.
+            intent.granted_at.clone_from(&plan.status.granted_at);
+            intent.expires_at.clone_from(&plan.status.expires_at);
+        }
         intent.intent = Some(GrantIntent {
             action,
             key: GrantKey::for_request(&request.uid().unwrap_or_default())
@@ -430,6 +446,21 @@ async fn record_failure(
         });
         context.metrics.provider_error(provider, cause.category());
     }
+    // A refused grant ends the request, and ending always revokes: a refused drift repair
+    // leaves the grant it replaced, and a refused multi-step grant may have landed in part.
+    let error = match &error {
+        apply::Error::Grant(cause) if !cause.is_retryable() => {
+            match apply::effect(&context.providers, request, &decide::Effect::Revoke).await {
+                Ok(_) => error,
+                Err(revoke) => revoke,
+            }
+        }
+        _ => error,
+    };
+    let message = match &error {
+        apply::Error::Revoke(_) => error_chain(&error),
+        _ => message,
+    };
     let (status, notice) = match &error {
         apply::Error::Grant(cause) if !cause.is_retryable() => {
             warn!(error = %message, "grant refused; failing the request");

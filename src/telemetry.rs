@@ -19,13 +19,42 @@ pub fn init(format: LogFormat) {
             .with(
                 fmt::layer()
                     .with_target(false)
-                    .with_ansi(std::io::stdout().is_terminal()),
+                    .with_ansi(std::io::stdout().is_terminal())
+                    .fmt_fields(escaping_fields()),
             )
             .init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().flatten_event(true))
             .init(),
     }
+}
+
+/// Text-format fields with control characters escaped: values carry text users typed (a
+/// reason, a refusal quoting it), and a newline in one must not forge a log line.
+fn escaping_fields() -> impl for<'writer> fmt::FormatFields<'writer> + 'static {
+    fmt::format::debug_fn(|writer, field, value| {
+        let text = escape_control(&format!("{value:?}"));
+        if field.name() == "message" {
+            write!(writer, "{text}")
+        } else {
+            write!(writer, "{}={text}", field.name())
+        }
+    })
+    .delimited(" ")
+}
+
+/// The text with every control character (newline, carriage return, escape, ...) written as
+/// its Rust escape, so that it stays on one line and cannot colour a terminal.
+pub fn escape_control(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for character in text.chars() {
+        if character.is_control() {
+            escaped.extend(character.escape_default());
+        } else {
+            escaped.push(character);
+        }
+    }
+    escaped
 }
 
 /// An error and all its sources on one line, `outer: inner: innermost`, for logs, conditions
@@ -72,6 +101,46 @@ mod tests {
         let cut = truncate(&long, 1024);
         assert!(cut.len() <= 1024);
         assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_text_logs() {
+        let forged = "INC-1\n2026-01-01T00:00:00Z  INFO admission allowed user=\"admin\"\u{1b}[2J";
+        let escaped = escape_control(forged);
+        assert!(!escaped.chars().any(char::is_control), "{escaped}");
+        assert!(escaped.starts_with("INC-1\\n2026"), "{escaped}");
+        assert_eq!(escape_control("plain text é"), "plain text é");
+    }
+
+    #[test]
+    fn a_log_line_with_a_newline_in_a_field_stays_one_line() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let sink = captured.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt::layer()
+                .with_ansi(false)
+                .fmt_fields(escaping_fields())
+                .with_writer(move || sink.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let reason = "INC-1\nfake INFO line";
+            tracing::info!(reason = %reason, "admission refused: {reason}");
+        });
+        let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(output.lines().count(), 1, "{output}");
+        assert!(output.contains("reason=INC-1\\nfake INFO line"), "{output}");
     }
 
     #[test]

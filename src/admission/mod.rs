@@ -82,6 +82,126 @@ pub enum Denial {
     /// The policy could not be read; admission fails closed.
     #[error("could not read policy {0} to check this request; try again")]
     PolicyUnreadable(String),
+    /// The request is larger than any honest request needs to be.
+    #[error(
+        "the request is {size} bytes without its status and decision records; an AccessRequest may be at most {limit} bytes (labels, annotations and spec together)"
+    )]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The most allowed.
+        limit: usize,
+    },
+    /// A delete review came without the object being deleted.
+    #[error("the delete review carries no object to check; refusing")]
+    DeleteWithoutObject,
+    /// Someone with no part in the request tried to delete it.
+    #[error(
+        "{user} may not delete this request: only its requester, its subject, an approver of policy {policy} or an administrator may; to end access early, annotate it with jit.dev/revoke"
+    )]
+    DeleteNotAllowed {
+        /// Who tried.
+        user: String,
+        /// The request's policy.
+        policy: String,
+    },
+}
+
+/// The largest AccessRequest admission lets in, measured without managedFields, status and the
+/// decision and revocation records (which only admission and the operator write, and which the
+/// API server bounds with all annotations at 256 KiB). Anything bigger would only cost the
+/// operator memory and risk its status writes.
+pub const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// Who may delete any request besides its parties and approvers: administrators the chart
+/// names, and the Kubernetes controllers that delete objects for a namespace or an owner.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Administrators {
+    /// Usernames.
+    pub users: Vec<String>,
+    /// Groups.
+    pub groups: Vec<String>,
+}
+
+/// The controllers that must always be able to delete a request: the namespace controller
+/// (deleting a namespace) and the garbage collector (an owner deleted).
+const SYSTEM_DELETERS: [&str; 2] = [
+    "system:serviceaccount:kube-system:namespace-controller",
+    "system:serviceaccount:kube-system:generic-garbage-collector",
+];
+
+impl Default for Administrators {
+    fn default() -> Self {
+        Self {
+            users: Vec::new(),
+            groups: vec!["system:masters".into()],
+        }
+    }
+}
+
+impl Administrators {
+    fn admit(&self, user: &Requester) -> bool {
+        SYSTEM_DELETERS.contains(&user.username.as_str())
+            || self.users.contains(&user.username)
+            || user.groups.iter().any(|group| self.groups.contains(group))
+    }
+}
+
+/// The size admission measures: the object as stored, without what users cannot write or what
+/// admission writes itself.
+pub fn measured_size(object: &AccessRequest) -> usize {
+    let mut object = object.clone();
+    object.metadata.managed_fields = None;
+    object.status = None;
+    if let Some(annotations) = object.metadata.annotations.as_mut() {
+        annotations.remove(annotations::DECISIONS);
+        annotations.remove(annotations::REVOCATION);
+    }
+    if object
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(BTreeMap::is_empty)
+    {
+        object.metadata.annotations = None;
+    }
+    serde_json::to_vec(&object).map_or(usize::MAX, |bytes| bytes.len())
+}
+
+/// Whether a create or update leaves the request within the size limit. An update of a request
+/// that is already too large (made before the limit, or with the webhook down) is let through
+/// when it does not grow it, so that approvers can always deny or revoke it.
+fn check_size(object: &AccessRequest, old: Option<&AccessRequest>) -> Result<(), Denial> {
+    let size = measured_size(object);
+    let grows = old.is_none_or(|old| size > measured_size(old));
+    if size > MAX_REQUEST_BYTES && grows {
+        return Err(Denial::TooLarge {
+            size,
+            limit: MAX_REQUEST_BYTES,
+        });
+    }
+    Ok(())
+}
+
+/// Whether `user` may delete the request `old`: its requester, its subject, an approver of its
+/// policy, or an administrator. Deleting revokes, so a stranger must not be able to end
+/// someone else's access.
+pub fn validate_delete(
+    old: &AccessRequest,
+    user: &UserInfo,
+    policy: Option<&AccessPolicy>,
+    administrators: &Administrators,
+) -> Result<(), Denial> {
+    let me = requester_from(user);
+    if administrators.admit(&me)
+        || policy::check_revoker(policy, &old.spec, &me.username, &me.groups).is_ok()
+    {
+        return Ok(());
+    }
+    Err(Denial::DeleteNotAllowed {
+        user: me.username,
+        policy: old.spec.policy.clone(),
+    })
 }
 
 /// Who is asking, as the API server authenticated them.
@@ -333,6 +453,7 @@ fn validate_create(
     me: &Requester,
     policy: Option<&AccessPolicy>,
 ) -> Result<(), Denial> {
+    check_size(object, None)?;
     match &object.spec.requester {
         None => return Err(Denial::RequesterMissing),
         Some(claimed) if claimed != me => {
@@ -370,6 +491,7 @@ fn validate_update(
     if object.spec != old.spec {
         return Err(Denial::SpecChanged);
     }
+    check_size(object, Some(old))?;
     let had_finalizer = old
         .metadata
         .finalizers

@@ -33,11 +33,16 @@ pub enum Error {
     Apply(&'static str, #[source] kube::Error),
 }
 
-fn rules(resources: &[&str]) -> Option<Vec<RuleWithOperations>> {
+fn rules(resources: &[&str], operations: &[&str]) -> Option<Vec<RuleWithOperations>> {
     Some(vec![RuleWithOperations {
         api_groups: Some(vec![crate::crd::GROUP.into()]),
         api_versions: Some(vec!["v1alpha1".into()]),
-        operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
+        operations: Some(
+            operations
+                .iter()
+                .map(|operation| operation.to_string())
+                .collect(),
+        ),
         resources: Some(
             resources
                 .iter()
@@ -80,7 +85,7 @@ pub fn mutating(base_url: &str, ca_pem: &str, operator: &str) -> MutatingWebhook
         webhooks: Some(vec![MutatingWebhook {
             name: "mutate.accessrequests.jit.dev".into(),
             client_config: client_config(base_url, MUTATE_PATH, ca_pem),
-            rules: rules(&["accessrequests"]),
+            rules: rules(&["accessrequests"], &["CREATE", "UPDATE"]),
             failure_policy: Some("Fail".into()),
             side_effects: "None".into(),
             admission_review_versions: vec!["v1".into()],
@@ -99,7 +104,11 @@ pub fn validating(base_url: &str, ca_pem: &str, operator: &str) -> ValidatingWeb
         webhooks: Some(vec![ValidatingWebhook {
             name: "validate.accessrequests.jit.dev".into(),
             client_config: client_config(base_url, VALIDATE_PATH, ca_pem),
-            rules: rules(&["accessrequests", "accessrequests/status"]),
+            // DELETE too: deleting a request revokes its grant, so not everyone may.
+            rules: rules(
+                &["accessrequests", "accessrequests/status"],
+                &["CREATE", "UPDATE", "DELETE"],
+            ),
             failure_policy: Some("Fail".into()),
             side_effects: "None".into(),
             admission_review_versions: vec!["v1".into()],

@@ -1,23 +1,33 @@
 //! The HTTPS server the API server calls for admission: `/mutate` and `/validate`, fed to the
 //! pure `mutate` and `validate`. Anything it cannot read is refused (fail closed).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, body::Bytes, extract::State, routing::post};
-use hyper_util::{rt::TokioIo, service::TowerToHyperService};
+use axum::{
+    Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, State},
+    routing::post,
+};
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use jiff::Timestamp;
 use kube::{
     Api, Client,
     core::{
         DynamicObject,
-        admission::{AdmissionRequest, AdmissionResponse, AdmissionReview},
+        admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
     },
 };
-use tokio::net::TcpListener;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use super::{Denial, Review, mutate, register, tls::Reloadable, validate};
+use super::{
+    Administrators, Denial, Review, mutate, register, tls::Reloadable, validate, validate_delete,
+};
 use crate::{
     crd::v1alpha1::{AccessPolicy, AccessRequest},
     metrics::Metrics,
@@ -44,11 +54,17 @@ pub enum Error {
     Address(#[source] std::io::Error),
 }
 
+/// The largest admission review the webhook reads: an UPDATE review carries the object twice
+/// (new and old, with managedFields), and the API server stores objects of up to 1.5 MiB, so
+/// every update of every object it holds fits. Anything larger is refused unread.
+const MAX_REVIEW_BYTES: usize = 8 * 1024 * 1024;
+
 #[derive(Clone)]
 struct AppState {
     client: Client,
     operator: Arc<str>,
     metrics: Arc<Metrics>,
+    administrators: Arc<Administrators>,
 }
 
 impl AppState {
@@ -75,6 +91,7 @@ impl WebhookServer {
         client: Client,
         operator: &str,
         metrics: Arc<Metrics>,
+        administrators: Administrators,
     ) -> Result<Self, Error> {
         let listener = TcpListener::bind(address)
             .await
@@ -92,6 +109,7 @@ impl WebhookServer {
                 client,
                 operator: operator.into(),
                 metrics,
+                administrators: Arc::new(administrators),
             },
         })
     }
@@ -106,40 +124,88 @@ impl WebhookServer {
         let router = Router::new()
             .route(register::MUTATE_PATH, post(mutate_handler))
             .route(register::VALIDATE_PATH, post(validate_handler))
+            .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
             .with_state(self.state);
         tokio::pin!(shutdown);
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let mut accept_backoff = ACCEPT_BACKOFF_MIN;
         loop {
+            // At the connection limit, stop accepting: the kernel's backlog holds the rest.
+            let permit = tokio::select! {
+                () = &mut shutdown => break,
+                permit = connections.clone().acquire_owned() => permit,
+            };
+            let Ok(permit) = permit else { break };
             let accepted = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = self.listener.accept() => accepted,
             };
             let (stream, peer) = match accepted {
-                Ok(accepted) => accepted,
+                Ok(accepted) => {
+                    accept_backoff = ACCEPT_BACKOFF_MIN;
+                    accepted
+                }
                 Err(error) => {
-                    warn!(error = %error, "failed to accept a webhook connection");
+                    // Out of file descriptors, say: wait rather than spin and flood the log.
+                    warn!(error = %error, retry_in = ?accept_backoff, "failed to accept a webhook connection");
+                    tokio::time::sleep(accept_backoff).await;
+                    accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             };
             let acceptor = self.acceptor.clone();
             let service = TowerToHyperService::new(router.clone());
             tokio::spawn(async move {
-                let tls = match acceptor.accept(stream).await {
-                    Ok(tls) => tls,
-                    Err(error) => {
-                        debug!(%peer, error = %error, "webhook TLS handshake failed");
-                        return;
+                let _permit = permit;
+                let tls =
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            debug!(%peer, error = %error, "webhook TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "webhook TLS handshake timed out");
+                            return;
+                        }
+                    };
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(TokioIo::new(tls), service);
+                tokio::pin!(connection);
+                // The API server keeps connections open between reviews; a connection is
+                // closed after a while all the same (the API server opens a new one), so that
+                // none is held forever, idle or trickling.
+                let result = tokio::select! {
+                    result = connection.as_mut() => result,
+                    () = tokio::time::sleep(CONNECTION_LIFETIME) => {
+                        connection.as_mut().graceful_shutdown();
+                        match tokio::time::timeout(HEADER_TIMEOUT, connection.as_mut()).await {
+                            Ok(result) => result,
+                            Err(_) => Ok(()),
+                        }
                     }
                 };
-                if let Err(error) = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), service)
-                    .await
-                {
+                if let Err(error) = result {
                     debug!(%peer, error = %error, "webhook connection ended with an error");
                 }
             });
         }
     }
 }
+
+/// Most connections served at once; the API server needs a handful.
+const MAX_CONNECTIONS: usize = 256;
+/// Longest TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a request's headers, including on an idle kept-alive connection.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest life of one connection.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+/// First and longest wait after a failed accept.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 fn respond(response: AdmissionResponse) -> axum::Json<AdmissionReview<DynamicObject>> {
     axum::Json(response.into_review())
@@ -258,6 +324,21 @@ async fn validate_response(state: &AppState, body: &Bytes) -> AdmissionResponse 
             }
         },
     };
+    if request.operation == Operation::Delete {
+        let Some(old) = request.old_object.as_ref() else {
+            // A delete the API server sent without the object: nothing to check it against.
+            return deny(&request, &Denial::DeleteWithoutObject, "validate");
+        };
+        return match validate_delete(
+            old,
+            &request.user_info,
+            policy.as_ref(),
+            &state.administrators,
+        ) {
+            Ok(()) => AdmissionResponse::from(&request),
+            Err(denial) => deny(&request, &denial, "validate"),
+        };
+    }
     match validate(&review_of(&request), policy.as_ref()) {
         Ok(()) => AdmissionResponse::from(&request),
         Err(denial) => deny(&request, &denial, "validate"),

@@ -452,3 +452,82 @@ fn other_metadata_changes_are_allowed() {
     let labelled = annotate(&old, "team", "payments");
     assert!(update(&old, &labelled, &alice(), "2026-01-01T00:05:00Z").is_ok());
 }
+
+#[test]
+fn deleting_is_for_the_parties_the_approvers_and_administrators() {
+    let request = stored();
+    let policy = fixtures::policy();
+    let administrators = Administrators::default();
+    let mallory = user("mallory", &["system:authenticated"]);
+    assert_eq!(
+        validate_delete(&request, &mallory, Some(&policy), &administrators),
+        Err(Denial::DeleteNotAllowed {
+            user: "mallory".into(),
+            policy: request.spec.policy.clone(),
+        })
+    );
+    // The requester, an approver, an administrator and the namespace controller may.
+    for who in [
+        alice(),
+        carol(),
+        user("root", &["system:masters"]),
+        user(
+            "system:serviceaccount:kube-system:namespace-controller",
+            &[],
+        ),
+    ] {
+        validate_delete(&request, &who, Some(&policy), &administrators)
+            .unwrap_or_else(|denial| panic!("{:?} refused: {denial}", who.username));
+    }
+    // With the policy gone, the requester still may; a stranger still may not.
+    assert!(validate_delete(&request, &alice(), None, &administrators).is_ok());
+    assert!(validate_delete(&request, &mallory, None, &administrators).is_err());
+    let named = Administrators {
+        users: vec!["mallory".into()],
+        groups: Vec::new(),
+    };
+    assert!(validate_delete(&request, &mallory, Some(&policy), &named).is_ok());
+}
+
+#[test]
+fn a_request_over_the_size_limit_is_refused_but_an_oversized_one_can_still_be_decided() {
+    let mut padded = fixtures::request();
+    padded.metadata.labels = Some(
+        (0..4000)
+            .map(|index| (format!("pad-{index:05}"), "x".repeat(63)))
+            .collect(),
+    );
+    let size = measured_size(&padded);
+    assert!(size > MAX_REQUEST_BYTES);
+    assert!(matches!(
+        create(&padded, &alice()),
+        Err(Denial::TooLarge {
+            limit: MAX_REQUEST_BYTES,
+            ..
+        })
+    ));
+    // Already stored that large (before the limit): a denial does not grow what is measured,
+    // so it is let through.
+    let mut old = padded.clone();
+    old.spec.requester = Some(requester_from(&alice()));
+    old.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let denied = update(
+        &old,
+        &annotate(&old, annotations::DENY, "too big"),
+        &carol(),
+        "2026-01-01T00:01:00Z",
+    )
+    .expect("carol may deny an oversized request");
+    assert_eq!(measured_size(&denied), measured_size(&old));
+    // Growing it further is refused.
+    let mut grown = old.clone();
+    grown
+        .metadata
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert("more".into(), "x".into());
+    assert!(matches!(
+        update(&old, &grown, &alice(), "2026-01-01T00:01:00Z"),
+        Err(Denial::TooLarge { .. })
+    ));
+}

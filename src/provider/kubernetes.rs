@@ -224,6 +224,15 @@ where
 {
     let params = PatchParams::apply(FIELD_MANAGER).force();
     match api.patch(name, &params, &Patch::Apply(object)).await {
+        // A binding held in Terminating by a finalizer would vanish once it is released:
+        // release it now and make a fresh one.
+        Ok(applied) if terminating(&applied) => {
+            ensure_gone(api, name, reference).await?;
+            api.patch(name, &params, &Patch::Apply(object))
+                .await
+                .map(|_| ())
+                .map_err(kubernetes_error("create", reference))
+        }
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 422 => {
             api.delete(name, &DeleteParams::foreground())
@@ -262,14 +271,50 @@ where
             Some(namespace) => format!("{kind} {namespace}/{name}"),
             None => format!("{kind} {name}"),
         };
-        api_for(namespace.as_deref())
-            .delete(&name, &DeleteParams::default())
+        let api = api_for(namespace.as_deref());
+        api.delete(&name, &DeleteParams::default())
             .await
             .map(|_| ())
             .or_else(ignore_not_found)
             .map_err(kubernetes_error("delete", &reference))?;
+        ensure_gone(&api, &name, &reference).await?;
     }
     Ok(())
+}
+
+/// Makes sure a deleted binding is gone, not Terminating: RBAC honours a binding until it is
+/// removed, and anyone who may patch bindings can add a finalizer without an escalation check.
+/// Finalizers on the operator's own bindings are removed; a binding still there afterwards is
+/// an error, so that the revoke is retried and loud.
+async fn ensure_gone<K>(api: &Api<K>, name: &str, reference: &str) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let read = kubernetes_error("read", reference);
+    let Some(object) = api.get_metadata_opt(name).await.map_err(read)? else {
+        return Ok(());
+    };
+    if !object.finalizers().is_empty() {
+        debug!(%reference, finalizers = ?object.finalizers(), "removing finalizers from a revoked binding");
+        let patch = serde_json::json!({"metadata": {"finalizers": null}});
+        api.patch_metadata(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
+            .or_else(ignore_not_found)
+            .map_err(kubernetes_error("remove the finalizers of", reference))?;
+    }
+    let read = kubernetes_error("read", reference);
+    match api.get_metadata_opt(name).await.map_err(read)? {
+        None => Ok(()),
+        Some(_) => Err(Error::StillPresent {
+            reference: reference.to_owned(),
+        }),
+    }
+}
+
+/// Whether a binding read back is on its way out (it still works until it is gone).
+fn terminating<K: ResourceExt>(object: &K) -> bool {
+    object.meta().deletion_timestamp.is_some()
 }
 
 fn ignore_not_found(error: kube::Error) -> Result<(), kube::Error> {
@@ -405,6 +450,7 @@ impl Provider for KubernetesProvider {
                     .map_err(read)?
                 {
                     None => GrantState::Missing,
+                    Some(binding) if terminating(&binding) => GrantState::Missing,
                     Some(binding) => compare(&binding.role_ref, binding.subjects.as_ref(), &want),
                 }
             }
@@ -414,6 +460,7 @@ impl Provider for KubernetesProvider {
                 .map_err(read)?
             {
                 None => GrantState::Missing,
+                Some(binding) if terminating(&binding) => GrantState::Missing,
                 Some(binding) => compare(&binding.role_ref, binding.subjects.as_ref(), &want),
             },
         })

@@ -139,6 +139,15 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A grant is held in a target this operator no longer runs: it cannot be removed until
+    /// the operator is configured for it again.
+    #[error(
+        "the grant is held in {provider}, which this operator is not configured for (see --providers); it stays until that provider is enabled again"
+    )]
+    NotRunning {
+        /// The provider the grant was made in.
+        provider: String,
+    },
     /// A template could not be filled in for the subject.
     #[error(transparent)]
     Template(#[from] identity::Error),
@@ -156,6 +165,12 @@ pub enum Error {
         message: String,
         /// Whether trying again may help (throttling, 5xx, a dropped connection).
         retryable: bool,
+    },
+    /// A revoked object is still there (held by something the operator could not remove).
+    #[error("{reference} still exists after it was deleted")]
+    StillPresent {
+        /// What is still there.
+        reference: String,
     },
     /// The Kubernetes API refused or failed.
     #[error("failed to {action} {reference}")]
@@ -175,7 +190,9 @@ impl Error {
     /// (the target said no) or `transient` (it may pass).
     pub fn category(&self) -> &'static str {
         match self {
-            Self::NoTarget { .. } | Self::Disabled { .. } => "not_configured",
+            Self::NoTarget { .. } | Self::Disabled { .. } | Self::NotRunning { .. } => {
+                "not_configured"
+            }
             Self::Invalid { .. } | Self::Template(_) => "invalid",
             Self::Ledger(_) => "ledger",
             _ if self.is_retryable() => "transient",
@@ -187,7 +204,7 @@ impl Error {
     pub fn provider(&self) -> Option<&'static str> {
         match self {
             Self::Disabled { provider, .. } | Self::Cloud { provider, .. } => Some(provider),
-            Self::Kubernetes { .. } => Some("kubernetes"),
+            Self::Kubernetes { .. } | Self::StillPresent { .. } => Some("kubernetes"),
             _ => None,
         }
     }
@@ -198,10 +215,12 @@ impl Error {
         match self {
             Self::NoTarget { .. }
             | Self::Disabled { .. }
+            | Self::NotRunning { .. }
             | Self::Invalid { .. }
             | Self::Template(_) => false,
             Self::Ledger(error) => error.is_retryable(),
             Self::Cloud { retryable, .. } => *retryable,
+            Self::StillPresent { .. } => true,
             Self::Kubernetes { source, .. } => match source {
                 kube::Error::Api(status) => !matches!(status.code, 400 | 403 | 404 | 422),
                 _ => true,
@@ -282,6 +301,11 @@ impl Providers {
             role: role.name.clone(),
             provider,
         })
+    }
+
+    /// Whether the provider of this name runs here.
+    pub fn runs(&self, name: &str) -> bool {
+        self.all().iter().any(|provider| provider.name() == name)
     }
 
     /// Every provider, for revoking a request whose role can no longer be looked up.

@@ -114,6 +114,18 @@ pub async fn effect(
         }
         Effect::Revoke => {
             let request_ref = request_ref(request)?;
+            // What was recorded at grant time, not the policy: a grant held in a provider the
+            // operator no longer runs cannot be removed, and that is loud, not silent.
+            if let Some(recorded) = request
+                .status
+                .as_ref()
+                .and_then(|status| status.grant.as_ref())
+                .filter(|grant| !providers.runs(&grant.provider))
+            {
+                return Err(Error::Revoke(provider::Error::NotRunning {
+                    provider: recorded.provider.clone(),
+                }));
+            }
             // The policy may be gone: ask every provider; each treats nothing held as done.
             for provider in providers.all() {
                 provider.revoke(&request_ref).await.map_err(Error::Revoke)?;

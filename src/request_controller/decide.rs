@@ -7,7 +7,8 @@
 //! - A grant is planned only when the policy, as read just now, allows the request and
 //!   enough distinct eligible approvers agree (or the policy needs none, or auto-approves).
 //! - A request that may hold a grant ends only through a planned revoke.
-//! - `expiresAt` is set once, at grant time, and never moved.
+//! - `expiresAt` is set once, with the first grant attempt, and never moved: a retried grant
+//!   keeps it, and a grant past it is revoked.
 
 use std::time::Duration;
 
@@ -45,6 +46,9 @@ pub struct Observed {
     pub policy: Option<AccessPolicy>,
     /// The grant as the provider has it, for an active request; `None` when not looked at.
     pub grant: Option<GrantState>,
+    /// Why the active grant could not be looked at, when it could not: drift is then not
+    /// repaired, but nothing else waits for it.
+    pub unverified: Option<String>,
 }
 
 /// Whether the finalizer must change.
@@ -352,7 +356,13 @@ impl<'a> Builder<'a> {
             Err(refusal) => return self.refuse(&refusal),
         };
 
-        let records = self.plan.status.approvals.clone();
+        // An approval given after the approval timeout does not count: a request nobody
+        // decided on in time is closed, however late someone agrees.
+        let deadline = self.approval_deadline(policy);
+        let mut records = self.plan.status.approvals.clone();
+        records.retain(|record| {
+            record.decision == Decision::Denied || deadline.is_none_or(|end| record.time.0 < end)
+        });
         let tally = policy::tally(policy, &self.request.spec, &records);
         if let Some(denial) = tally.denied_by {
             let message = denial
@@ -448,17 +458,38 @@ impl<'a> Builder<'a> {
         reason: &str,
         message: &str,
     ) {
-        // Status keeps whole seconds: grant at a whole second so that, read back,
-        // expiresAt is exactly grantedAt plus the duration.
-        let granted_at = Timestamp::from_second(self.now.as_second()).unwrap_or(self.now);
-        let Some(expires_at) = add(granted_at, allowed.duration) else {
-            return self.end(
-                Phase::Failed,
-                "InvalidDuration",
-                None,
-                "the duration runs past the end of time",
-            );
+        // The window is fixed once, with the first attempt (the intent write records it): a
+        // grant whose status write keeps failing is retried, and revoked, within that same
+        // window, never a new one.
+        let recorded = match (&self.plan.status.granted_at, &self.plan.status.expires_at) {
+            (Some(granted_at), Some(expires_at)) => Some((granted_at.0, expires_at.0)),
+            _ => None,
         };
+        let (granted_at, expires_at) = match recorded {
+            Some(window) => window,
+            None => {
+                // Status keeps whole seconds: grant at a whole second so that, read back,
+                // expiresAt is exactly grantedAt plus the duration.
+                let granted_at = Timestamp::from_second(self.now.as_second()).unwrap_or(self.now);
+                let Some(expires_at) = add(granted_at, allowed.duration) else {
+                    return self.end(
+                        Phase::Failed,
+                        "InvalidDuration",
+                        None,
+                        "the duration runs past the end of time",
+                    );
+                };
+                (granted_at, expires_at)
+            }
+        };
+        if self.now >= expires_at {
+            return self.end(
+                Phase::Expired,
+                "Expired",
+                None,
+                "the granted time ran out before the grant was confirmed",
+            );
+        }
         self.plan.effect = Effect::Grant {
             role: allowed.role.clone(),
             identity: Identity::of(
@@ -488,20 +519,20 @@ impl<'a> Builder<'a> {
         self.plan.requeue_after = until(self.now, expires_at).min(RESYNC);
     }
 
-    fn wait(&mut self, policy: &AccessPolicy, tally: &policy::Tally<'_>, required: u32) {
+    /// When the policy's approval timeout closes this request, if it has one.
+    fn approval_deadline(&self, policy: &AccessPolicy) -> Option<Timestamp> {
         let created = self
             .request
             .metadata
             .creation_timestamp
             .as_ref()
             .map_or(self.now, |time| time.0);
-        let timeout = policy
-            .spec
-            .approval_timeout
-            .as_ref()
-            .and_then(|timeout| timeout.to_std().ok());
-        if let Some(timeout) = timeout {
-            let deadline = add(created, timeout).unwrap_or(Timestamp::MAX);
+        let timeout = policy.spec.approval_timeout.as_ref()?.to_std().ok()?;
+        Some(add(created, timeout).unwrap_or(Timestamp::MAX))
+    }
+
+    fn wait(&mut self, policy: &AccessPolicy, tally: &policy::Tally<'_>, required: u32) {
+        if let Some(deadline) = self.approval_deadline(policy) {
             if self.now >= deadline {
                 let message = format!(
                     "no decision within the approval timeout of {}",

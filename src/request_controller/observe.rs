@@ -51,11 +51,18 @@ pub async fn observe(
             policy: request.spec.policy.clone(),
             source,
         })?;
-    let grant = verify_active(providers, &request, policy.as_ref()).await?;
+    // A grant that cannot be looked at (the policy edited, a mapping removed, a provider
+    // turned off, a cloud refusing) must not stop its expiry, revoke or deny: the failure is
+    // handed to `decide`, which ends the request regardless when it is time.
+    let (grant, unverified) = match verify_active(providers, &request, policy.as_ref()).await {
+        Ok(grant) => (grant, None),
+        Err(error) => (None, Some(error)),
+    };
     Ok(Some(Observed {
         request,
         policy,
         grant,
+        unverified: unverified.map(|error| crate::telemetry::error_chain(&error)),
     }))
 }
 

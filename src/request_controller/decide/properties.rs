@@ -186,6 +186,7 @@ impl World {
             } else {
                 GrantState::Missing
             }),
+            unverified: None,
         };
         let before = self.request.status.clone().unwrap_or_default();
         let plan = decide(&observed, self.now);

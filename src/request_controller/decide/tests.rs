@@ -20,6 +20,7 @@ fn observed() -> Observed {
         request: fixtures::request(),
         policy: Some(fixtures::policy()),
         grant: None,
+        unverified: None,
     }
 }
 
@@ -554,4 +555,108 @@ fn alice_identity(observed: &Observed) -> Identity {
         observed.request.spec.requester.as_ref(),
         observed.policy.as_ref().unwrap(),
     )
+}
+
+/// An approved request whose grant was attempted (the intent write fixed its window) but whose
+/// status write never landed: it reads as Pending with the window recorded.
+fn attempted(granted: &str) -> Observed {
+    let observed = with_finalizer(with_decisions(
+        observed(),
+        &[decision(
+            "bob",
+            &[],
+            Decision::Approved,
+            "2026-01-01T00:01:00Z",
+        )],
+    ));
+    let plan = decide(&observed, at(granted));
+    let mut status = observed.request.status.clone().unwrap_or_default();
+    status.phase = Some(Phase::Pending);
+    status.granted_at = plan.status.granted_at.clone();
+    status.expires_at = plan.status.expires_at.clone();
+    let mut observed = observed;
+    observed.request.status = Some(status);
+    observed
+}
+
+#[test]
+fn a_retried_grant_keeps_the_window_of_its_first_attempt() {
+    let observed = attempted("2026-01-01T00:02:00Z");
+    // Retried again and again, later: the same expiry, never a new one.
+    for later in ["2026-01-01T00:02:01Z", "2026-01-01T00:30:00Z"] {
+        let plan = decide(&observed, at(later));
+        assert_eq!(plan.status.phase, Some(Phase::Active));
+        assert_eq!(
+            plan.status.expires_at,
+            Some(Time(at("2026-01-01T01:02:00Z")))
+        );
+        assert_eq!(
+            plan.status.granted_at,
+            Some(Time(at("2026-01-01T00:02:00Z")))
+        );
+        let Effect::Grant { expires_at, .. } = plan.effect else {
+            panic!("expected a grant, got {:?}", plan.effect);
+        };
+        assert_eq!(expires_at, at("2026-01-01T01:02:00Z"));
+    }
+}
+
+#[test]
+fn a_grant_never_confirmed_is_revoked_once_its_window_ends() {
+    let observed = attempted("2026-01-01T00:02:00Z");
+    let plan = decide(&observed, at("2026-01-01T01:02:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+    assert!(reasons(&plan).contains(&"Expired"), "{:?}", reasons(&plan));
+    assert!(!reasons(&plan).contains(&"Granted"));
+}
+
+#[test]
+fn a_grant_that_cannot_be_verified_still_expires_and_can_still_be_ended() {
+    let mut observed = active("2026-01-01T00:02:00Z");
+    observed.grant = None;
+    observed.unverified = Some("identity mapping for alice is gone".into());
+    let plan = decide(&observed, at("2026-01-01T00:10:00Z"));
+    assert_eq!(plan.effect, Effect::None, "nothing to repair from");
+    assert_eq!(plan.status.phase, Some(Phase::Active));
+    let plan = decide(&observed, at("2026-01-01T01:02:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+    let revoked = decide(
+        &with_revocation(observed.clone(), "alice"),
+        at("2026-01-01T00:10:00Z"),
+    );
+    assert_eq!(revoked.effect, Effect::Revoke);
+    assert_eq!(revoked.status.phase, Some(Phase::Revoked));
+}
+
+#[test]
+fn an_approval_after_the_approval_timeout_does_not_grant() {
+    // Nobody looked at the request while the timeout passed (the operator was down); an
+    // approval written after the deadline is too late, however soon the operator looks.
+    let late = with_finalizer(with_decisions(
+        observed(),
+        &[decision(
+            "bob",
+            &[],
+            Decision::Approved,
+            "2026-01-01T01:00:01Z",
+        )],
+    ));
+    let plan = decide(&late, at("2026-01-01T01:00:02Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+    assert_eq!(condition(&plan, APPROVED).reason, "ApprovalTimeout");
+    assert!(!matches!(plan.effect, Effect::Grant { .. }));
+    // An approval in time still grants, even when the operator looks late.
+    let in_time = with_finalizer(with_decisions(
+        observed(),
+        &[decision(
+            "bob",
+            &[],
+            Decision::Approved,
+            "2026-01-01T00:59:59Z",
+        )],
+    ));
+    let plan = decide(&in_time, at("2026-01-01T01:00:02Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Active));
 }
