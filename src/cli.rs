@@ -42,7 +42,7 @@ pub enum GcpCredentials {
 
 /// jit-operator: grants one role for a bounded time when a policy allows it, and takes it away.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "jit-operator", version, about)]
+#[command(name = "jit-operator", version, about, args_override_self = true)]
 pub struct Args {
     /// Address of the health endpoints (/healthz, /readyz); port 0 picks a free port.
     #[arg(long, env = "JIT_HEALTH_ADDR", default_value = "127.0.0.1:8080")]

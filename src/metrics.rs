@@ -218,7 +218,7 @@ impl Default for Metrics {
             metrics.webhook_decisions.clone(),
         );
         // Series that exist from the start, so that a rate over them is 0, not absent.
-        for step in ["observe", "apply", "status"] {
+        for step in ["observe", "decide", "apply", "status"] {
             let _ = metrics.reconcile_errors.get_or_create(&StepLabels {
                 step: step.to_owned(),
             });

@@ -19,10 +19,10 @@ use kube::{
     api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
-        Controller,
-        controller::Action,
+        Controller, WatchStreamExt,
+        controller::{self, Action},
         events::{Event, EventType, Recorder, Reporter},
-        reflector::ObjectRef,
+        reflector::{self, ObjectRef},
         watcher,
     },
 };
@@ -46,6 +46,9 @@ pub const CONTROLLER_NAME: &str = "jit-operator";
 /// The field manager of the operator's status writes.
 const FIELD_MANAGER: &str = "jit-operator";
 
+/// Most reconciles running at once.
+const RECONCILE_CONCURRENCY: u16 = 16;
+
 /// Longest wait between retries of a failing step.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
@@ -55,6 +58,9 @@ pub enum Error {
     /// Reading the request or policy failed.
     #[error("failed to observe")]
     Observe(#[from] observe::Error),
+    /// Deciding did not finish (the decision task panicked or was cancelled).
+    #[error("failed to decide")]
+    Decide,
     /// Changing the finalizer failed.
     #[error("failed to apply")]
     Apply(#[from] apply::Error),
@@ -68,6 +74,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Self::Observe(_) => "observe",
+            Self::Decide => "decide",
             Self::Apply(_) => "apply",
             Self::Status(_) => "status",
         }
@@ -121,8 +128,16 @@ pub async fn run(
     // Watching through DeserializeGuard keeps one malformed object from stopping the watch.
     let requests = Api::<DeserializeGuard<AccessRequest>>::all(context.client.clone());
     let policies = Api::<AccessPolicy>::all(context.client.clone());
-    let controller = Controller::new(requests, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    // The cache keeps only what the controller reads from it (reconcile reads each request
+    // fresh): a requester padding a request with labels or annotations costs the operator
+    // nothing to hold.
+    let (store, writer) = reflector::store::<DeserializeGuard<AccessRequest>>();
+    let stream = watcher(requests, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(trim)
+        .reflect(writer)
+        .applied_objects();
+    let controller = Controller::for_stream(stream, store.clone());
     let readable = store.clone();
     tokio::spawn(async move {
         // The store's readiness is a shared oneshot that wakes only its latest poller (the
@@ -168,6 +183,10 @@ pub async fn run(
             managed_only(),
             |binding| request_of(&binding),
         )
+        // Reconciles at once: each holds a request read whole and an API connection (with its
+        // buffers) while it runs, so this bounds the operator's memory whatever the number and
+        // size of requests; grants and revokes are short, so a queue of them drains fast.
+        .with_config(controller::Config::default().concurrency(RECONCILE_CONCURRENCY))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
@@ -176,6 +195,22 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// What the controller's cache keeps of a request: no managedFields, no labels, and only the
+/// operator's own annotations.
+fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
+    if let Ok(request) = guarded.0.as_mut() {
+        let metadata = &mut request.metadata;
+        metadata.managed_fields = None;
+        metadata.labels = None;
+        if let Some(annotations) = metadata.annotations.as_mut() {
+            annotations.retain(|key, _| {
+                key.strip_prefix(crate::crd::GROUP)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            });
+        }
+    }
 }
 
 /// Watches only what the operator manages.
@@ -235,8 +270,16 @@ async fn reconcile(
     }
     let now = Timestamp::now();
 
-    // Decide: no client.
-    let plan = decide::decide(&observed, now);
+    // Decide: no client. On a blocking thread, because the policy's autoApprove CEL runs
+    // there: its cost is bounded (auto_approve::check), and however long it takes, the
+    // runtime's workers stay free for the webhook, health checks and other grants.
+    let (observed, plan) = tokio::task::spawn_blocking(move || {
+        let plan = decide::decide(&observed, now);
+        (observed, plan)
+    })
+    .await
+    .map_err(|_| Error::Decide)?;
+    let request = &observed.request;
     let phase = request.status.as_ref().and_then(|status| status.phase);
     if phase != plan.status.phase || plan.effect != decide::Effect::None {
         info!(?phase, next = ?plan.status.phase, effect = ?plan.effect, "observed access request");

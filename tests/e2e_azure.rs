@@ -180,6 +180,30 @@ async fn a_retry_after_a_dropped_reply_adopts_instead_of_duplicating() {
             "{mode}: the retry wrote nothing"
         );
     }
+    // PIM's retry meets a 409 for the request name (what Azure answers) above; here for the
+    // assignment instead. Either way the operator reads, finds its own schedule and adopts it.
+    let fake = azure_fake();
+    let scope = fake.resource_group(None);
+    fake.answer_repeats_with_assignment_exists(&scope);
+    fake.inject(&scope, &[Fault::DropReply]);
+    let policy = azure_policy(&env, &scope, "pim", &fake.user(), 0).await;
+    let created = request(&env, &policy, "30m").await;
+    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
+    wait_for_request(&requests, &created.name_any(), "active", |r| {
+        phase(r) == Some(Phase::Active)
+    })
+    .await;
+    assert_eq!(held(&scope, "pim"), 1);
+    let codes: Vec<u16> = fake
+        .calls(&scope)
+        .into_iter()
+        .filter(|call| call.method == "PUT")
+        .map(|call| call.status)
+        .collect();
+    assert_eq!(codes, [0, 409], "a dropped reply, then the conflict");
+    // The grant is remembered: revoking it removes the schedule.
+    end_request(&env, &created.name_any(), Ending::Revoke).await;
+    assert_eq!(held(&scope, "pim"), 0);
 }
 
 #[tokio::test]

@@ -20,8 +20,8 @@ use kube::{
 };
 use serde_json::json;
 use support::{
-    ACT_LIMIT, TestEnv, annotate, condition_true, operator::shared_operator, phase, random_suffix,
-    request_view, view_policy, wait_for_request,
+    ACT_LIMIT, TestEnv, annotate, condition_true, operator::shared_operator, padded_request, phase,
+    random_suffix, request_view, view_policy, wait_for_request,
 };
 
 /// The bindings the operator holds for a request, by its UID label.
@@ -60,20 +60,6 @@ fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) -> St
         Err(kube::Error::Api(status)) => status.message,
         other => panic!("{what}: expected a refusal, got {other:?}"),
     }
-}
-
-/// A request as alice writes it, with `labels` labels of padding.
-fn padded_request(policy: &str, name: &str, labels: usize) -> AccessRequest {
-    let padding: BTreeMap<String, String> = (0..labels)
-        .map(|index| (format!("pad-{index:05}"), "x".repeat(63)))
-        .collect();
-    serde_json::from_value(json!({
-        "apiVersion": "jit.dev/v1alpha1",
-        "kind": "AccessRequest",
-        "metadata": {"name": name, "labels": padding},
-        "spec": {"policy": policy, "role": "view", "duration": "10m"},
-    }))
-    .unwrap()
 }
 
 /// Finding 1: the status write that would make a grant Active never lands (here a
@@ -386,4 +372,55 @@ async fn a_refused_repair_revokes_what_it_replaced() {
     })
     .await;
     wait_for_bindings(&env, &uid, "revoked", <[RoleBinding]>::is_empty).await;
+}
+
+/// Finding 7: an autoApprove expression whose worst case would hold the operator's threads for
+/// minutes is refused when the policy is written, with its cost; a cheap one is accepted.
+#[tokio::test]
+async fn an_expensive_auto_approve_expression_is_refused_when_the_policy_is_written() {
+    shared_operator();
+    let env = TestEnv::new().await;
+    let spec = |expression: &str| {
+        json!({
+            "requesters": {"groups": ["devs"]},
+            "approvers": {"groups": ["approvers"]},
+            "approvalsRequired": 1,
+            "maxDuration": "1h",
+            "autoApprove": {"expression": expression},
+            "roles": [{"name": "view", "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}}]
+        })
+    };
+    let nested =
+        "subject.groups.all(a, subject.groups.all(b, subject.groups.all(c, a + b + c != '')))";
+    let policy: AccessPolicy = serde_json::from_value(json!({
+        "apiVersion": "jit.dev/v1alpha1",
+        "kind": "AccessPolicy",
+        "metadata": {"name": format!("costly-{}", random_suffix(6))},
+        "spec": spec(nested),
+    }))
+    .unwrap();
+    let policies = Api::<AccessPolicy>::all(env.admin.clone());
+    let message = refusal(
+        policies.create(&PostParams::default(), &policy).await,
+        "nested comprehensions",
+    );
+    assert!(message.contains("could cost up to"), "{message}");
+    assert!(
+        message.contains("more than the limit of 1000000"),
+        "{message}"
+    );
+    // A broken expression is refused too, with the compiler's words.
+    let mut broken = policy.clone();
+    broken.spec.auto_approve.as_mut().unwrap().expression = "request.duration <=".into();
+    let message = refusal(
+        policies.create(&PostParams::default(), &broken).await,
+        "broken expression",
+    );
+    assert!(message.contains("does not compile"), "{message}");
+    // The documented example is accepted.
+    support::create_policy(
+        &env,
+        spec("request.duration <= duration('30m') && 'oncall' in subject.groups"),
+    )
+    .await;
 }

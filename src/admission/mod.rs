@@ -92,6 +92,10 @@ pub enum Denial {
         /// The most allowed.
         limit: usize,
     },
+    /// A policy's auto-approve expression is refused: it does not compile, or it could cost
+    /// more than the operator lets an expression cost.
+    #[error(transparent)]
+    AutoApprove(#[from] policy::auto_approve::Error),
     /// A delete review came without the object being deleted.
     #[error("the delete review carries no object to check; refusing")]
     DeleteWithoutObject,
@@ -179,6 +183,15 @@ fn check_size(object: &AccessRequest, old: Option<&AccessRequest>) -> Result<(),
             size,
             limit: MAX_REQUEST_BYTES,
         });
+    }
+    Ok(())
+}
+
+/// Whether a policy may be written: its auto-approve expression must compile and stay within
+/// the cost limit (it runs for every pending request, and is checked again before each run).
+pub fn validate_policy(policy: &AccessPolicy) -> Result<(), Denial> {
+    if let Some(auto_approve) = &policy.spec.auto_approve {
+        policy::auto_approve::check(&auto_approve.expression)?;
     }
     Ok(())
 }

@@ -23,6 +23,8 @@ pub const CONFIGURATION_NAME: &str = "jit-operator";
 pub const MUTATE_PATH: &str = "/mutate";
 /// The validating webhook's path.
 pub const VALIDATE_PATH: &str = "/validate";
+/// The policy validating webhook's path.
+pub const VALIDATE_POLICY_PATH: &str = "/validate-policy";
 const FIELD_MANAGER: &str = "jit-operator";
 
 /// Why registration failed.
@@ -34,6 +36,14 @@ pub enum Error {
 }
 
 fn rules(resources: &[&str], operations: &[&str]) -> Option<Vec<RuleWithOperations>> {
+    scoped_rules(resources, operations, "Namespaced")
+}
+
+fn scoped_rules(
+    resources: &[&str],
+    operations: &[&str],
+    scope: &str,
+) -> Option<Vec<RuleWithOperations>> {
     Some(vec![RuleWithOperations {
         api_groups: Some(vec![crate::crd::GROUP.into()]),
         api_versions: Some(vec!["v1alpha1".into()]),
@@ -49,7 +59,7 @@ fn rules(resources: &[&str], operations: &[&str]) -> Option<Vec<RuleWithOperatio
                 .map(|resource| resource.to_string())
                 .collect(),
         ),
-        scope: Some("Namespaced".into()),
+        scope: Some(scope.into()),
     }])
 }
 
@@ -101,21 +111,34 @@ pub fn mutating(base_url: &str, ca_pem: &str, operator: &str) -> MutatingWebhook
 pub fn validating(base_url: &str, ca_pem: &str, operator: &str) -> ValidatingWebhookConfiguration {
     ValidatingWebhookConfiguration {
         metadata: metadata(),
-        webhooks: Some(vec![ValidatingWebhook {
-            name: "validate.accessrequests.jit.dev".into(),
-            client_config: client_config(base_url, VALIDATE_PATH, ca_pem),
-            // DELETE too: deleting a request revokes its grant, so not everyone may.
-            rules: rules(
-                &["accessrequests", "accessrequests/status"],
-                &["CREATE", "UPDATE", "DELETE"],
-            ),
-            failure_policy: Some("Fail".into()),
-            side_effects: "None".into(),
-            admission_review_versions: vec!["v1".into()],
-            match_conditions: not_the_operator(operator),
-            timeout_seconds: Some(10),
-            ..ValidatingWebhook::default()
-        }]),
+        webhooks: Some(vec![
+            ValidatingWebhook {
+                name: "validate.accessrequests.jit.dev".into(),
+                client_config: client_config(base_url, VALIDATE_PATH, ca_pem),
+                // DELETE too: deleting a request revokes its grant, so not everyone may.
+                rules: rules(
+                    &["accessrequests", "accessrequests/status"],
+                    &["CREATE", "UPDATE", "DELETE"],
+                ),
+                failure_policy: Some("Fail".into()),
+                side_effects: "None".into(),
+                admission_review_versions: vec!["v1".into()],
+                match_conditions: not_the_operator(operator),
+                timeout_seconds: Some(10),
+                ..ValidatingWebhook::default()
+            },
+            ValidatingWebhook {
+                name: "validate.accesspolicies.jit.dev".into(),
+                client_config: client_config(base_url, VALIDATE_POLICY_PATH, ca_pem),
+                rules: scoped_rules(&["accesspolicies"], &["CREATE", "UPDATE"], "Cluster"),
+                failure_policy: Some("Fail".into()),
+                side_effects: "None".into(),
+                admission_review_versions: vec!["v1".into()],
+                match_conditions: not_the_operator(operator),
+                timeout_seconds: Some(10),
+                ..ValidatingWebhook::default()
+            },
+        ]),
     }
 }
 

@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::{
     Administrators, Denial, Review, mutate, register, tls::Reloadable, validate, validate_delete,
+    validate_policy,
 };
 use crate::{
     crd::v1alpha1::{AccessPolicy, AccessRequest},
@@ -124,6 +125,10 @@ impl WebhookServer {
         let router = Router::new()
             .route(register::MUTATE_PATH, post(mutate_handler))
             .route(register::VALIDATE_PATH, post(validate_handler))
+            .route(
+                register::VALIDATE_POLICY_PATH,
+                post(validate_policy_handler),
+            )
             .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
             .with_state(self.state);
         tokio::pin!(shutdown);
@@ -342,5 +347,45 @@ async fn validate_response(state: &AppState, body: &Bytes) -> AdmissionResponse 
     match validate(&review_of(&request), policy.as_ref()) {
         Ok(()) => AdmissionResponse::from(&request),
         Err(denial) => deny(&request, &denial, "validate"),
+    }
+}
+
+async fn validate_policy_handler(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> axum::Json<AdmissionReview<DynamicObject>> {
+    let response = validate_policy_response(&body);
+    state
+        .metrics
+        .webhook_decision("validate-policy", response.allowed);
+    respond(response)
+}
+
+fn validate_policy_response(body: &Bytes) -> AdmissionResponse {
+    let review: AdmissionReview<AccessPolicy> = match serde_json::from_slice(body) {
+        Ok(review) => review,
+        Err(error) => {
+            return AdmissionResponse::invalid(format!("unreadable admission review: {error}"));
+        }
+    };
+    let request: AdmissionRequest<AccessPolicy> = match review.try_into() {
+        Ok(request) => request,
+        Err(error) => return AdmissionResponse::invalid(format!("{error}")),
+    };
+    let Some(policy) = request.object.as_ref() else {
+        return AdmissionResponse::from(&request);
+    };
+    match validate_policy(policy) {
+        Ok(()) => AdmissionResponse::from(&request),
+        Err(denial) => {
+            info!(
+                webhook = "validate-policy",
+                user = request.user_info.username.as_deref().unwrap_or_default(),
+                policy = %request.name,
+                reason = %denial,
+                "admission refused"
+            );
+            AdmissionResponse::from(&request).deny(denial)
+        }
     }
 }

@@ -9,7 +9,10 @@ use std::{
     time::Duration,
 };
 
-use cel::{Context, Program, Value};
+use cel::{
+    Context, IdedExpr, Program, Value,
+    common::ast::{EntryExpr, Expr, LiteralValue},
+};
 use jiff::Timestamp;
 
 /// What the expression can see.
@@ -43,13 +46,159 @@ pub enum Error {
     /// It ran but did not give true or false.
     #[error("autoApprove expression must give true or false, not {0}")]
     NotABool(String),
+    /// It could cost more than the operator lets an expression cost.
+    #[error(
+        "autoApprove expression could cost up to {cost} evaluation steps, more than the limit of {limit}; avoid nesting comprehensions (all, exists, map, filter) over lists"
+    )]
+    TooExpensive {
+        /// Its worst-case cost.
+        cost: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// It is longer than any sensible rule.
+    #[error("autoApprove expression is {length} characters long; the limit is {limit}")]
+    TooLong {
+        /// Its length.
+        length: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The CEL library itself broke on this expression.
     #[error("autoApprove expression crashed the evaluator")]
     Crashed,
 }
 
-/// Evaluates the expression; `Ok(true)` means no human approval is needed.
+/// The most an expression may cost, in the worst case `cost` computes: about a million
+/// evaluation steps, a few milliseconds. The API server's own per-expression limit for
+/// admission policies is of the same order.
+pub const COST_LIMIT: u64 = 1_000_000;
+
+/// The longest expression accepted.
+pub const MAX_EXPRESSION_LENGTH: usize = 4096;
+
+/// The size assumed for a list or string whose size is known only when the expression runs
+/// (`subject.groups`, `request.reason`, a variable).
+const UNKNOWN_SIZE: u64 = 1000;
+
+/// Checks, without running it, that the expression compiles and that its worst-case cost is
+/// within `COST_LIMIT`; returns that cost. Called when a policy is written and again before
+/// every evaluation, so that nothing an admin writes can hold the operator's threads.
+pub fn check(expression: &str) -> Result<u64, Error> {
+    if expression.len() > MAX_EXPRESSION_LENGTH {
+        return Err(Error::TooLong {
+            length: expression.len(),
+            limit: MAX_EXPRESSION_LENGTH,
+        });
+    }
+    let program = catch_unwind(AssertUnwindSafe(|| Program::compile(expression)))
+        .map_err(|_| Error::Crashed)?
+        .map_err(|error| Error::Compile(error.to_string()))?;
+    let cost = estimate(program.expression()).cost;
+    if cost > COST_LIMIT {
+        return Err(Error::TooExpensive {
+            cost,
+            limit: COST_LIMIT,
+        });
+    }
+    Ok(cost)
+}
+
+/// The worst-case cost of evaluating an expression and the size of what it gives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Estimate {
+    /// Evaluation steps.
+    cost: u64,
+    /// Elements of a list or map, characters of a string; `UNKNOWN_SIZE` when not known.
+    size: u64,
+}
+
+/// Counts one step per node, and for a comprehension (`all`, `exists`, `map`, `filter`...)
+/// the cost of its body once per element of what it ranges over: nested comprehensions
+/// multiply.
+fn estimate(expression: &IdedExpr) -> Estimate {
+    let unknown = |cost: u64| Estimate {
+        cost,
+        size: UNKNOWN_SIZE,
+    };
+    match &expression.expr {
+        Expr::Unspecified | Expr::Ident(_) => unknown(1),
+        Expr::Literal(literal) => Estimate {
+            cost: 1,
+            size: match literal {
+                LiteralValue::String(text) => text.inner().len() as u64,
+                LiteralValue::Bytes(bytes) => bytes.inner().len() as u64,
+                _ => 1,
+            },
+        },
+        Expr::Select(select) => unknown(estimate(&select.operand).cost.saturating_add(1)),
+        Expr::List(list) => Estimate {
+            cost: sum(list.elements.iter().map(|element| estimate(element).cost)),
+            size: list.elements.len() as u64,
+        },
+        Expr::Map(map) => Estimate {
+            cost: sum(map.entries.iter().map(|entry| entry_cost(&entry.expr))),
+            size: map.entries.len() as u64,
+        },
+        Expr::Struct(object) => unknown(sum(object
+            .entries
+            .iter()
+            .map(|entry| entry_cost(&entry.expr)))),
+        Expr::Call(call) => {
+            let parts: Vec<Estimate> = call
+                .target
+                .iter()
+                .map(|target| estimate(target))
+                .chain(call.args.iter().map(estimate))
+                .collect();
+            let cost = sum(parts.iter().map(|part| part.cost));
+            // Concatenation gives both sizes together; string functions walk their inputs.
+            let size = sum(parts.iter().map(|part| part.size));
+            match call.func_name.as_str() {
+                "_+_" => Estimate { cost, size },
+                // Native string and list walks: a tenth of a step per element, as the API
+                // server's own CEL cost estimator counts string traversal.
+                "matches" | "contains" | "startsWith" | "endsWith" | "@in" => {
+                    unknown(cost.saturating_add(size / 10))
+                }
+                _ => unknown(cost),
+            }
+        }
+        Expr::Comprehension(comprehension) => {
+            let range = estimate(&comprehension.iter_range);
+            let body = estimate(&comprehension.loop_cond)
+                .cost
+                .saturating_add(estimate(&comprehension.loop_step).cost);
+            Estimate {
+                cost: range
+                    .cost
+                    .saturating_add(estimate(&comprehension.accu_init).cost)
+                    .saturating_add(range.size.saturating_mul(body))
+                    .saturating_add(estimate(&comprehension.result).cost),
+                size: range.size,
+            }
+        }
+    }
+}
+
+fn entry_cost(entry: &EntryExpr) -> u64 {
+    match entry {
+        EntryExpr::StructField(field) => estimate(&field.value).cost,
+        EntryExpr::MapEntry(entry) => estimate(&entry.key)
+            .cost
+            .saturating_add(estimate(&entry.value).cost),
+    }
+}
+
+/// One step for the node itself plus its parts.
+fn sum(costs: impl Iterator<Item = u64>) -> u64 {
+    costs.fold(1, u64::saturating_add)
+}
+
+/// Evaluates the expression; `Ok(true)` means no human approval is needed. The expression
+/// is checked first (`check`): one over the cost limit is an error, never run.
 pub fn evaluate(expression: &str, input: &Input<'_>) -> Result<bool, Error> {
+    check(expression)?;
     // The CEL library is third-party code fed with admin-written text: keep a panic in it
     // from taking the reconcile loop down.
     catch_unwind(AssertUnwindSafe(|| evaluate_unguarded(expression, input)))
@@ -153,6 +302,30 @@ mod tests {
         ] {
             assert_eq!(evaluate(expression, &input), Ok(expected), "{expression}");
         }
+    }
+
+    #[test]
+    fn nested_comprehensions_are_refused_with_their_cost_before_they_run() {
+        // Each level multiplies: this one would run for minutes.
+        let nested = "[1,2,3,4,5,6,7,8,9,10].all(a, [1,2,3,4,5,6,7,8,9,10].all(b, \
+            [1,2,3,4,5,6,7,8,9,10].all(c, subject.groups.all(d, subject.groups.all(e, true)))))";
+        let Err(Error::TooExpensive { cost, limit }) = check(nested) else {
+            panic!("{:?}", check(nested));
+        };
+        assert!(cost > limit);
+        let groups = vec![];
+        assert!(matches!(
+            evaluate(nested, &input(10, &groups)),
+            Err(Error::TooExpensive { .. })
+        ));
+        // The documented example and a single pass over the groups are cheap.
+        let example = "request.duration <= duration('30m') && 'oncall' in subject.groups";
+        assert!(check(example).unwrap() < 10_000);
+        assert!(check("subject.groups.exists(g, g.startsWith('team-'))").unwrap() < COST_LIMIT / 2);
+        assert!(matches!(
+            check(&"true && ".repeat(1000)),
+            Err(Error::TooLong { .. })
+        ));
     }
 
     #[test]

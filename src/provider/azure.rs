@@ -87,6 +87,11 @@ impl Failure {
         }
     }
 
+    /// A 409: something of that name or that access exists already.
+    fn is_conflict(&self) -> bool {
+        matches!(self, Self::Refused { status: 409, .. })
+    }
+
     fn code(&self) -> Option<&str> {
         match self {
             Self::Refused { error, .. } => Some(&error.error.code),
@@ -482,11 +487,22 @@ impl AzureProvider {
                     }),
                 }
             }
-            // The PUT landed but its reply was lost, and the pipeline's retry found the
-            // assignment: ours if our request made it.
-            Err(failure) if failure.code() == Some("RoleAssignmentExists") => {
-                match self.our_schedule(grant, action).await? {
-                    Some(_) => Ok(()),
+            // A conflict, whatever its code: the PUT may have landed with its reply lost, and
+            // the pipeline's retry found our request (Azure refuses a second request of the
+            // same name) or the assignment it made. Read before deciding anything.
+            Err(failure) if failure.is_conflict() => {
+                if self.our_schedule(grant, action).await?.is_some() {
+                    return Ok(());
+                }
+                let ours = self
+                    .schedule_request(grant, &grant.name)
+                    .await
+                    .map_err(|failure| {
+                        failure.into_error("read the role assignment schedule request")
+                    })?;
+                match ours {
+                    Some(earlier) => Err(earlier_request(&earlier.properties.status, action)),
+                    // Nothing of ours is there: the conflict is someone else's, and says so.
                     None => Err(failure.into_error(action)),
                 }
             }

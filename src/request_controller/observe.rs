@@ -41,9 +41,13 @@ pub async fn observe(
     name: &str,
 ) -> Result<Option<Observed>, Error> {
     let requests = Api::<AccessRequest>::namespaced(client.clone(), namespace);
-    let Some(request) = requests.get_opt(name).await.map_err(Error::ReadRequest)? else {
+    let Some(mut request) = requests.get_opt(name).await.map_err(Error::ReadRequest)? else {
         return Ok(None);
     };
+    // Nothing downstream reads labels or managedFields: drop them now rather than carry a
+    // padded request through the reconcile.
+    request.metadata.labels = None;
+    request.metadata.managed_fields = None;
     let policy = Api::<AccessPolicy>::all(client.clone())
         .get_opt(&request.spec.policy)
         .await

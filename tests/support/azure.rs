@@ -10,7 +10,8 @@
 //!   api-version 2022-04-01: 201, 200, 204, 404, 409 `RoleAssignmentExists`), PIM schedule
 //!   requests (`PUT`/`GET .../roleAssignmentScheduleRequests/{name}`, api-version 2020-10-01:
 //!   AdminAssign with `scheduleInfo`, AdminRemove, `RoleAssignmentRequestPolicyValidationFailed`,
-//!   `RoleAssignmentDoesNotExist`) and role assignment schedules (`GET
+//!   `RoleAssignmentDoesNotExist`, and a repeated request name refused with 409 before the
+//!   access is looked at) and role assignment schedules (`GET
 //!   .../roleAssignmentSchedules?$filter=principalId eq '...'`, paged with nextLink); errors
 //!   as `{"error": {"code", "message"}}`. PIM ends a schedule at its `endDateTime`.
 //!
@@ -92,6 +93,9 @@ struct State {
     writes: HashMap<String, usize>,
     /// Every ARM call.
     calls: Vec<Call>,
+    /// Scopes whose repeated AdminAssign is answered with the assignment-exists code rather
+    /// than Azure's request-exists one (both are 409s the operator may meet).
+    assignment_exists_first: HashSet<String>,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -213,6 +217,16 @@ impl AzureFake {
             .entry(scope.to_lowercase())
             .or_default()
             .extend(faults.iter().cloned());
+    }
+
+    /// Answers a repeated AdminAssign at `scope` with `RoleAssignmentExists` (the access is
+    /// held) instead of Azure's answer to a repeated request name.
+    pub fn answer_repeats_with_assignment_exists(&self, scope: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .assignment_exists_first
+            .insert(scope.to_lowercase());
     }
 
     /// Faults not yet met at `scope`.
@@ -890,6 +904,16 @@ fn schedule_requests(
     stored["properties"]["createdOn"] = json!(Timestamp::now().to_string());
     match kind {
         "AdminAssign" => {
+            // Azure checks the request's name first: a retried PUT of a request it already
+            // took is refused as a duplicate request, before the access is looked at.
+            let repeated = state.schedule_requests.contains_key(&key);
+            if repeated && !state.assignment_exists_first.contains(&key.0) {
+                return arm_error(
+                    409,
+                    "RoleAssignmentRequestExists",
+                    &format!("A role assignment request with Id: {name} already exists"),
+                );
+            }
             if holding.is_some() {
                 return arm_error(
                     409,
@@ -897,11 +921,11 @@ fn schedule_requests(
                     "The Role assignment already exists.",
                 );
             }
-            if state.schedule_requests.contains_key(&key) {
+            if repeated {
                 return arm_error(
                     409,
-                    "RoleAssignmentScheduleRequestExists",
-                    &format!("A role assignment schedule request named '{name}' already exists."),
+                    "RoleAssignmentRequestExists",
+                    &format!("A role assignment request with Id: {name} already exists"),
                 );
             }
             let expiration = &properties["scheduleInfo"]["expiration"];

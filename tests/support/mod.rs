@@ -455,3 +455,18 @@ pub async fn failure_message(env: &TestEnv, name: &str) -> String {
     .await;
     failed.status.unwrap().message.unwrap_or_default()
 }
+
+/// A request for `view` of `policy` as alice writes it, padded with `labels` labels of 63
+/// characters (about 78 bytes each as stored).
+pub fn padded_request(policy: &str, name: &str, labels: usize) -> AccessRequest {
+    let padding: std::collections::BTreeMap<String, String> = (0..labels)
+        .map(|index| (format!("pad-{index:05}"), "x".repeat(63)))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "jit.dev/v1alpha1",
+        "kind": "AccessRequest",
+        "metadata": {"name": name, "labels": padding},
+        "spec": {"policy": policy, "role": "view", "duration": "10m"},
+    }))
+    .expect("request parses")
+}

@@ -146,6 +146,25 @@ impl Operator {
         }
     }
 
+    /// The operator's resident memory, in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let children = Command::new("pgrep")
+            .args(["-P", &self.process.id().to_string(), "-f", "jit-operator"])
+            .output()
+            .expect("pgrep");
+        let pid = String::from_utf8_lossy(&children.stdout)
+            .split_whitespace()
+            .next()
+            .expect("the operator runs")
+            .to_owned();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.split_whitespace().next()?.parse().ok())
+            .expect("VmRSS")
+    }
+
     /// Asks the operator to stop (SIGTERM), as Kubernetes does before it kills a pod.
     pub fn terminate(&self) {
         let pid = self.process.id().to_string();
