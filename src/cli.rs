@@ -144,6 +144,11 @@ pub struct Args {
     #[arg(long, env = "JIT_SHUTDOWN_DELAY", default_value = "0s", value_parser = parse_delay)]
     pub shutdown_delay: Duration,
 
+    /// The Secret (in --namespace) holding the key that seals decision records and grant
+    /// windows; made at start-up when missing. Every replica must read the same one.
+    #[arg(long, env = "JIT_SEAL_SECRET", default_value = "jit-operator-seal")]
+    pub seal_secret: String,
+
     /// Users who may delete any AccessRequest (deleting one revokes it), besides its requester,
     /// its subject and the approvers of its policy. Comma-separated.
     #[arg(long, env = "JIT_ADMIN_USERS", value_delimiter = ',')]

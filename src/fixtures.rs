@@ -83,6 +83,7 @@ pub fn at(text: &str) -> Timestamp {
 /// A decision record.
 pub fn decision(user: &str, groups: &[&str], decision: Decision, time: &str) -> Approval {
     Approval {
+        seal: None,
         user: user.to_owned(),
         groups: groups.iter().map(|group| group.to_string()).collect(),
         decision,

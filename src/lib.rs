@@ -13,6 +13,7 @@ pub mod operator;
 pub mod policy;
 pub mod provider;
 pub mod request_controller;
+pub mod seal;
 pub mod server;
 pub mod subject;
 pub mod sweep;

@@ -29,12 +29,17 @@ use crate::{
         kubernetes::KubernetesProvider,
         ledger::Ledger,
     },
-    request_controller, server, sweep,
+    request_controller,
+    seal::Sealer,
+    server, sweep,
 };
 
 /// Why the operator could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The key that seals decision records and grant windows could not be had.
+    #[error(transparent)]
+    Seal(#[from] crate::seal::Error),
     /// No kubeconfig or in-cluster configuration could be loaded.
     #[error("failed to configure a kubernetes client")]
     Configure(#[source] kube::Error),
@@ -98,6 +103,9 @@ impl Error {
     /// What an operator of the operator should do about it.
     pub fn hint(&self) -> &'static str {
         match self {
+            Self::Seal(_) => {
+                "the operator must be able to create, then read, its --seal-secret in --namespace (config/rbac/seal.yaml, the chart's Role)"
+            }
             Self::Configure(_) => "set KUBECONFIG or run inside a cluster",
             Self::Identity(_) => {
                 "check that the API server is reachable and the credentials are valid"
@@ -106,7 +114,7 @@ impl Error {
                 "install the CRDs (kubectl apply --server-side -f crds/) and check the operator's RBAC (config/rbac/)"
             }
             Self::ForbiddenIn { .. } => {
-                "create the namespace given by --namespace and bind the operator to the chart's Role there (config/rbac/: ledger.yaml, operator-leader-election.yaml, webhook-certificate.yaml)"
+                "create the namespace given by --namespace and bind the operator to the chart's Role there (config/rbac/: seal.yaml, ledger.yaml, operator-leader-election.yaml, webhook-certificate.yaml)"
             }
             Self::Forbidden { .. } | Self::PermissionCheck(_) => {
                 "bind the operator's identity to the chart's ClusterRole (config/rbac/operator.yaml, and webhook-certificate.yaml with --webhook-secret)"
@@ -142,6 +150,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
     check_permissions(&client, &args).await?;
     check_crds(&client).await?;
     let providers = providers(&client, &args).await?;
+    let sealer = Sealer::load_or_create(&client, &args.namespace, &args.seal_secret).await?;
 
     let (stop_sender, stop_receiver) = watch::channel(false);
     let stopped = move || {
@@ -207,6 +216,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             users: args.admin_users.clone(),
             groups: args.admin_groups.clone(),
         },
+        sealer.clone(),
     )
     .await?;
     let webhook_addr = webhook.local_addr()?;
@@ -265,6 +275,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         Some(instance.clone()),
         args.resync_interval,
         metrics.clone(),
+        sealer,
     ));
     let sweeper = tokio::spawn(sweep::run(
         context.client.clone(),
@@ -486,6 +497,15 @@ pub fn needed(args: &Args) -> Vec<Needed> {
             None,
         );
     }
+    // The sealing key: made once, read by every replica.
+    add("", "secrets", &["create"], Some(&args.namespace), None);
+    add(
+        "",
+        "secrets",
+        &["get"],
+        Some(&args.namespace),
+        Some(&args.seal_secret),
+    );
     let cloud = [ProviderName::Aws, ProviderName::Gcp, ProviderName::Azure]
         .iter()
         .any(|name| args.providers.contains(name));
@@ -493,7 +513,6 @@ pub fn needed(args: &Args) -> Vec<Needed> {
         add("", "configmaps", LEDGER_VERBS, Some(&args.namespace), None);
     }
     if let Some(secret) = &args.webhook_secret {
-        add("", "secrets", &["create"], Some(&args.namespace), None);
         add(
             "",
             "secrets",

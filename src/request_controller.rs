@@ -37,6 +37,7 @@ use crate::{
     },
     metrics::Metrics,
     provider::{GrantKey, MANAGED_BY, MANAGED_BY_LABEL, Providers, REQUEST_ANNOTATION},
+    seal::Sealer,
     telemetry::error_chain,
 };
 
@@ -93,6 +94,9 @@ pub struct Context {
     pub resync: Duration,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// Checks the seals on decision records and grant windows, and seals the windows it
+    /// writes.
+    pub sealer: Sealer,
 }
 
 impl Context {
@@ -103,6 +107,7 @@ impl Context {
         instance: Option<String>,
         resync: Duration,
         metrics: Arc<Metrics>,
+        sealer: Sealer,
     ) -> Self {
         let reporter = Reporter {
             controller: CONTROLLER_NAME.into(),
@@ -114,6 +119,7 @@ impl Context {
             providers,
             resync,
             metrics,
+            sealer,
         }
     }
 }
@@ -240,8 +246,14 @@ async fn reconcile(
     let name = guarded.name_any();
 
     // Observe: client required.
-    let Some(observed) =
-        observe::observe(&context.client, &context.providers, &namespace, &name).await?
+    let Some(observed) = observe::observe(
+        &context.client,
+        &context.providers,
+        &context.sealer,
+        &namespace,
+        &name,
+    )
+    .await?
     else {
         context
             .metrics
@@ -257,6 +269,10 @@ async fn reconcile(
             .map(|requester| requester.username.as_str())
     }) {
         tracing::Span::current().record("subject", subject);
+    }
+    if !observed.forged.is_empty() {
+        // Written around admission (the webhook down or bypassed): never counted.
+        warn!(claimed = ?observed.forged, "ignoring decision records without admission's seal");
     }
     if let Some(why) = &observed.unverified {
         // Loud, but not in the way: expiry, revoke and deny go ahead without it.
@@ -315,8 +331,7 @@ async fn reconcile(
                 .to_owned(),
             time: Time(now),
         });
-        write_status(&api, request, &written, &intent).await?;
-        written = intent;
+        written = write_status(&api, &context.sealer, request, &written, &intent).await?;
         crash_point(action, "before-effect");
     }
     let applied = match apply::effect(&context.providers, request, &plan.effect).await {
@@ -332,7 +347,7 @@ async fn reconcile(
 
     // Status: from what was applied.
     let status = status::after_success(plan.status, &applied);
-    write_status(&api, request, &written, &status).await?;
+    let status = write_status(&api, &context.sealer, request, &written, &status).await?;
     measure(&context.metrics, request, phase, &status, now);
     if let Some(action) = kind {
         crash_point(action, "after-status");
@@ -445,14 +460,23 @@ fn crash_point(action: IntentAction, step: &str) {
 
 /// Writes the status with server-side apply, so that fields the operator no longer sets are
 /// removed; skips the write when nothing but condition times would change.
+/// Seals the grant window: only what the operator writes may be granted from.
 async fn write_status(
     api: &Api<AccessRequest>,
+    sealer: &Sealer,
     request: &AccessRequest,
     current: &AccessRequestStatus,
     status: &AccessRequestStatus,
-) -> Result<(), Error> {
-    if !status::differs(current, status) {
-        return Ok(());
+) -> Result<AccessRequestStatus, Error> {
+    let mut status = status.clone();
+    status.seal = match (&status.granted_at, &status.expires_at, request.uid()) {
+        (Some(granted_at), Some(expires_at), Some(uid)) => {
+            Some(sealer.seal_window(&uid, granted_at, expires_at))
+        }
+        _ => None,
+    };
+    if !status::differs(current, &status) {
+        return Ok(status);
     }
     let patch = json!({
         "apiVersion": "jit.dev/v1alpha1",
@@ -465,7 +489,7 @@ async fn write_status(
         &Patch::Apply(&patch),
     )
     .await
-    .map(|_| ())
+    .map(|_| status)
     .map_err(Error::Status)
 }
 
@@ -513,7 +537,7 @@ async fn record_failure(
                 reason: "Failed".into(),
                 note: format!("could not grant: {message}"),
             };
-            write_status(api, request, written, &status).await?;
+            write_status(api, &context.sealer, request, written, &status).await?;
             let before = request.status.as_ref().and_then(|status| status.phase);
             measure(&context.metrics, request, before, &status, now);
             publish(context, request, &[notice]).await;
@@ -558,7 +582,7 @@ async fn record_failure(
         }
     };
     let backoff = backoff(status.failures);
-    write_status(api, request, written, &status).await?;
+    write_status(api, &context.sealer, request, written, &status).await?;
     publish(context, request, &[notice]).await;
     Ok(Action::requeue(backoff))
 }

@@ -21,6 +21,7 @@ use crate::{
         annotations,
     },
     policy::{self, Refusal},
+    seal::Sealer,
 };
 
 /// Why admission refuses; the message reaches the person who ran `kubectl`.
@@ -300,8 +301,13 @@ fn comment(value: &str) -> Option<String> {
     Some(value.trim().to_owned()).filter(|comment| !comment.is_empty())
 }
 
-/// What the mutating webhook changes, as a JSON patch, plus warnings for the user.
-pub fn mutate(review: &Review<'_>, now: Timestamp) -> Result<(Patch, Vec<String>), Denial> {
+/// What the mutating webhook changes, as a JSON patch, plus warnings for the user. Decision
+/// records it writes carry `sealer`'s seal over the record and the request's UID.
+pub fn mutate(
+    review: &Review<'_>,
+    now: Timestamp,
+    sealer: &Sealer,
+) -> Result<(Patch, Vec<String>), Denial> {
     let mut operations = Vec::new();
     let mut warnings = Vec::new();
     let Some(object) = review.object else {
@@ -360,7 +366,8 @@ pub fn mutate(review: &Review<'_>, now: Timestamp) -> Result<(Patch, Vec<String>
             {
                 operations.push(add(&["spec", "subject"], subject.clone().into()));
             }
-            decisions_from_annotations(object, &me, now, &mut operations)?;
+            let uid = old.metadata.uid.as_deref().unwrap_or_default();
+            decisions_from_annotations(object, uid, &me, now, sealer, &mut operations)?;
             revocation_from_annotation(object, old, &me, now, &mut operations, &mut warnings)?;
         }
         _ => {}
@@ -370,8 +377,10 @@ pub fn mutate(review: &Review<'_>, now: Timestamp) -> Result<(Patch, Vec<String>
 
 fn decisions_from_annotations(
     object: &AccessRequest,
+    uid: &str,
     me: &Requester,
     now: Timestamp,
+    sealer: &Sealer,
     operations: &mut Vec<PatchOperation>,
 ) -> Result<(), Denial> {
     let approve = annotation(object, annotations::APPROVE);
@@ -383,13 +392,16 @@ fn decisions_from_annotations(
         (None, None) => return Ok(()),
     };
     let mut records = records_in(object)?;
-    records.push(Approval {
+    let mut record = Approval {
         user: me.username.clone(),
         groups: me.groups.clone(),
         decision,
         time: Time(now),
         comment: comment(value),
-    });
+        seal: None,
+    };
+    record.seal = Some(sealer.seal_decision(uid, &record));
+    records.push(record);
     let text =
         serde_json::to_string(&records).map_err(|_| Denial::Malformed(annotations::DECISIONS))?;
     operations.push(remove(&["metadata", "annotations", key]));

@@ -131,7 +131,9 @@ pub fn validating(base_url: &str, ca_pem: &str, operator: &str) -> ValidatingWeb
                 name: "validate.accesspolicies.jit.dev".into(),
                 client_config: client_config(base_url, VALIDATE_POLICY_PATH, ca_pem),
                 rules: scoped_rules(&["accesspolicies"], &["CREATE", "UPDATE"], "Cluster"),
-                failure_policy: Some("Fail".into()),
+                // Fail open, unlike the request webhooks: the operator checks the same limits
+                // before it evaluates anything, and a policy must stay fixable while it is down.
+                failure_policy: Some("Ignore".into()),
                 side_effects: "None".into(),
                 admission_review_versions: vec!["v1".into()],
                 match_conditions: not_the_operator(operator),

@@ -32,6 +32,7 @@ use super::{
 use crate::{
     crd::v1alpha1::{AccessPolicy, AccessRequest},
     metrics::Metrics,
+    seal::Sealer,
     telemetry::error_chain,
 };
 
@@ -66,6 +67,7 @@ struct AppState {
     operator: Arc<str>,
     metrics: Arc<Metrics>,
     administrators: Arc<Administrators>,
+    sealer: Arc<Sealer>,
 }
 
 impl AppState {
@@ -93,6 +95,7 @@ impl WebhookServer {
         operator: &str,
         metrics: Arc<Metrics>,
         administrators: Administrators,
+        sealer: Sealer,
     ) -> Result<Self, Error> {
         let listener = TcpListener::bind(address)
             .await
@@ -111,6 +114,7 @@ impl WebhookServer {
                 operator: operator.into(),
                 metrics,
                 administrators: Arc::new(administrators),
+                sealer: Arc::new(sealer),
             },
         })
     }
@@ -272,7 +276,7 @@ fn mutate_response(state: &AppState, body: &Bytes) -> AdmissionResponse {
     if state.is_operator(&request) {
         return response;
     }
-    match mutate(&review_of(&request), Timestamp::now()) {
+    match mutate(&review_of(&request), Timestamp::now(), &state.sealer) {
         Err(denial) => deny(&request, &denial, "mutate"),
         Ok((patch, warnings)) => {
             let mut response = response;

@@ -10,6 +10,10 @@ use crate::{
     fixtures::{self, at},
 };
 
+fn sealer() -> crate::seal::Sealer {
+    crate::seal::Sealer::new(b"the admission tests' sealing key.")
+}
+
 fn user(name: &str, groups: &[&str]) -> UserInfo {
     UserInfo {
         username: Some(name.to_owned()),
@@ -68,7 +72,7 @@ fn update(
         object: Some(new),
         old_object: Some(old),
     };
-    let (patch, _) = mutate(&review, at(now))?;
+    let (patch, _) = mutate(&review, at(now), &sealer())?;
     let mutated = apply_patch(new, &patch);
     let review = Review {
         object: Some(&mutated),
@@ -86,7 +90,7 @@ fn create(object: &AccessRequest, who: &UserInfo) -> Result<AccessRequest, Denia
         object: Some(object),
         old_object: None,
     };
-    let (patch, _) = mutate(&review, at("2026-01-01T00:00:00Z"))?;
+    let (patch, _) = mutate(&review, at("2026-01-01T00:00:00Z"), &sealer())?;
     let mutated = apply_patch(object, &patch);
     validate(
         &Review {
@@ -290,6 +294,7 @@ fn records_cannot_be_forged_edited_or_removed() {
     // Carol writes her own record directly, with a made-up time.
     let mut own = serde_json::from_str::<Vec<Approval>>(&records).unwrap();
     own.push(Approval {
+        seal: None,
         user: "carol".into(),
         groups: vec!["approvers".into(), "system:authenticated".into()],
         ..own[0].clone()
@@ -391,7 +396,7 @@ fn revoking_an_ended_request_is_a_harmless_no_op_with_a_warning() {
         object: Some(&revoke),
         old_object: Some(&old),
     };
-    let (patch, warnings) = mutate(&review, at("2026-01-01T05:00:00Z")).unwrap();
+    let (patch, warnings) = mutate(&review, at("2026-01-01T05:00:00Z"), &sealer()).unwrap();
     assert_eq!(
         warnings,
         ["the request has already ended (Expired); nothing to revoke"]

@@ -567,6 +567,10 @@ pub struct Approval {
     /// What they wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+    /// Admission's seal over this record and the request's UID: a record without a valid seal
+    /// was not written by admission, and is not counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 /// What the operator is about to do to a request's grant.
@@ -674,6 +678,10 @@ pub struct AccessRequestStatus {
     #[serde(default, skip_serializing_if = "is_zero")]
     #[schemars(range(min = 0))]
     pub failures: i32,
+    /// The operator's seal over `grantedAt` and `expiresAt`: a window it did not write (no
+    /// valid seal) is never granted from and ends the grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seal: Option<String>,
 }
 
 fn is_zero(count: &i32) -> bool {

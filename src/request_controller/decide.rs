@@ -49,6 +49,13 @@ pub struct Observed {
     /// Why the active grant could not be looked at, when it could not: drift is then not
     /// repaired, but nothing else waits for it.
     pub unverified: Option<String>,
+    /// The decision records that carry admission's seal, oldest first: the only ones counted.
+    pub decisions: Vec<Approval>,
+    /// Who the records without a valid seal claim to be (written around admission).
+    pub forged: Vec<String>,
+    /// Whether the grant window in status (if any) carries the operator's seal. A window it
+    /// did not write is never granted from, and an active grant with one is revoked.
+    pub window_sealed: bool,
 }
 
 /// Whether the finalizer must change.
@@ -122,7 +129,7 @@ pub struct Plan {
 /// Decides what to do with a request.
 pub fn decide(observed: &Observed, now: Timestamp) -> Plan {
     let request = &observed.request;
-    let mut builder = Builder::new(request, now);
+    let mut builder = Builder::new(request, &observed.decisions, observed.window_sealed, now);
     let has_finalizer = request.finalizers().iter().any(|f| f == FINALIZER);
 
     if request.metadata.deletion_timestamp.is_some() {
@@ -154,7 +161,8 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Plan {
     builder.finish()
 }
 
-/// The verified decisions admission recorded on the request, oldest first.
+/// The decision records on the request, oldest first, sealed or not (observe keeps only the
+/// sealed ones for `decide`).
 pub fn decisions(request: &AccessRequest) -> Result<Vec<Approval>, serde_json::Error> {
     match request.annotations().get(annotations::DECISIONS) {
         None => Ok(Vec::new()),
@@ -175,15 +183,25 @@ pub fn revocation(request: &AccessRequest) -> Option<Revocation> {
 
 struct Builder<'a> {
     request: &'a AccessRequest,
+    /// The sealed decision records.
+    decisions: &'a [Approval],
+    window_sealed: bool,
     now: Timestamp,
     generation: Option<i64>,
     plan: Plan,
 }
 
 impl<'a> Builder<'a> {
-    fn new(request: &'a AccessRequest, now: Timestamp) -> Self {
+    fn new(
+        request: &'a AccessRequest,
+        decisions: &'a [Approval],
+        window_sealed: bool,
+        now: Timestamp,
+    ) -> Self {
         Self {
             request,
+            decisions,
+            window_sealed,
             now,
             generation: request.metadata.generation,
             plan: Plan {
@@ -289,8 +307,8 @@ impl<'a> Builder<'a> {
     }
 
     fn sync_decisions(&mut self) {
-        let records = decisions(self.request).unwrap_or_default();
-        for record in &records {
+        let records = self.decisions;
+        for record in records {
             if self.plan.status.approvals.contains(record) {
                 continue;
             }
@@ -359,7 +377,8 @@ impl<'a> Builder<'a> {
         // An approval given after the approval timeout does not count: a request nobody
         // decided on in time is closed, however late someone agrees.
         let deadline = self.approval_deadline(policy);
-        let mut records = self.plan.status.approvals.clone();
+        // Sealed records only: `status.approvals` is what people read, not what grants.
+        let mut records = self.decisions.to_vec();
         records.retain(|record| {
             record.decision == Decision::Denied || deadline.is_none_or(|end| record.time.0 < end)
         });
@@ -462,7 +481,9 @@ impl<'a> Builder<'a> {
         // grant whose status write keeps failing is retried, and revoked, within that same
         // window, never a new one.
         let recorded = match (&self.plan.status.granted_at, &self.plan.status.expires_at) {
-            (Some(granted_at), Some(expires_at)) => Some((granted_at.0, expires_at.0)),
+            (Some(granted_at), Some(expires_at)) if self.window_sealed => {
+                Some((granted_at.0, expires_at.0))
+            }
             _ => None,
         };
         let (granted_at, expires_at) = match recorded {
@@ -575,6 +596,16 @@ impl<'a> Builder<'a> {
 
     fn active(&mut self, policy: Option<&AccessPolicy>, grant: Option<&GrantState>) {
         self.sync_decisions();
+        if !self.window_sealed {
+            // Active with a window the operator did not write: a status written around
+            // admission. Nothing is granted from it; whatever is held is taken away.
+            return self.end(
+                Phase::Failed,
+                "StatusForged",
+                None,
+                "the grant window in status was not written by the operator; access is revoked",
+            );
+        }
         let expires_at = self.plan.status.expires_at.as_ref().map(|time| time.0);
         if let Some(revocation) = revocation(self.request) {
             let message = revocation
@@ -597,8 +628,8 @@ impl<'a> Builder<'a> {
             return self.end(Phase::Revoked, "PolicyChanged", Some("policy"), &message);
         }
         if let Some(policy) = policy {
-            let records = self.plan.status.approvals.clone();
-            if let Some(denial) = policy::tally(policy, &self.request.spec, &records).denied_by {
+            let records = self.decisions;
+            if let Some(denial) = policy::tally(policy, &self.request.spec, records).denied_by {
                 let message = denial
                     .comment
                     .clone()

@@ -2,14 +2,15 @@
 //! from the watch cache, so that a decision to grant rests on what is true now; and for an
 //! active request, look at the grant itself, so that drift is seen.
 
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 
 use super::decide::Observed;
 use crate::provider::identity::Identity;
 use crate::{
-    crd::v1alpha1::{AccessPolicy, AccessRequest, Phase},
+    crd::v1alpha1::{AccessPolicy, AccessRequest, Approval, Phase},
     policy,
     provider::{self, GrantSpec, Providers, RequestRef},
+    seal::Sealer,
 };
 
 /// Why observing failed.
@@ -37,6 +38,7 @@ pub enum Error {
 pub async fn observe(
     client: &Client,
     providers: &Providers,
+    sealer: &Sealer,
     namespace: &str,
     name: &str,
 ) -> Result<Option<Observed>, Error> {
@@ -62,12 +64,44 @@ pub async fn observe(
         Ok(grant) => (grant, None),
         Err(error) => (None, Some(error)),
     };
+    let (decisions, forged) = sealed_decisions(sealer, &request);
+    let window_sealed = window_sealed(sealer, &request);
     Ok(Some(Observed {
         request,
         policy,
         grant,
         unverified: unverified.map(|error| crate::telemetry::error_chain(&error)),
+        decisions,
+        forged,
+        window_sealed,
     }))
+}
+
+/// The decision records admission sealed for this request, and who the others claim to be.
+fn sealed_decisions(sealer: &Sealer, request: &AccessRequest) -> (Vec<Approval>, Vec<String>) {
+    let uid = request.uid().unwrap_or_default();
+    let records = super::decide::decisions(request).unwrap_or_default();
+    let (sealed, forged): (Vec<Approval>, Vec<Approval>) = records
+        .into_iter()
+        .partition(|record| sealer.verify_decision(&uid, record));
+    (
+        sealed,
+        forged.into_iter().map(|record| record.user).collect(),
+    )
+}
+
+/// Whether the grant window in status, if any, carries the operator's seal.
+fn window_sealed(sealer: &Sealer, request: &AccessRequest) -> bool {
+    let Some(status) = request.status.as_ref() else {
+        return true;
+    };
+    match (&status.granted_at, &status.expires_at, request.uid()) {
+        (None, None, _) => true,
+        (Some(granted_at), Some(expires_at), Some(uid)) => {
+            sealer.verify_window(&uid, granted_at, expires_at, status.seal.as_deref())
+        }
+        _ => false,
+    }
 }
 
 /// The state of an active request's grant; `None` when there is nothing to verify (not

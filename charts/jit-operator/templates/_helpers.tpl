@@ -29,6 +29,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if or (has "aws" .Values.providers) (has "gcp" .Values.providers) (has "azure" .Values.providers) -}}true{{- end -}}
 {{- end -}}
 
+{{- define "jit-operator.sealSecret" -}}
+{{- printf "%s-seal" (include "jit-operator.fullname" .) -}}
+{{- end -}}
+
 {{- define "jit-operator.webhookSecret" -}}
 {{- printf "%s-webhook-tls" (include "jit-operator.fullname" .) -}}
 {{- end -}}

@@ -145,6 +145,7 @@ impl World {
             return;
         }
         records.push(Approval {
+            seal: None,
             user: user.into(),
             groups,
             decision,
@@ -187,6 +188,11 @@ impl World {
                 GrantState::Missing
             }),
             unverified: None,
+            // Every record here is admission's (the forgeries are unit-tested apart).
+            decisions: crate::request_controller::decide::decisions(&self.request)
+                .unwrap_or_default(),
+            forged: Vec::new(),
+            window_sealed: true,
         };
         let before = self.request.status.clone().unwrap_or_default();
         let plan = decide(&observed, self.now);

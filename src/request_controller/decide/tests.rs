@@ -21,6 +21,9 @@ fn observed() -> Observed {
         policy: Some(fixtures::policy()),
         grant: None,
         unverified: None,
+        decisions: Vec::new(),
+        forged: Vec::new(),
+        window_sealed: true,
     }
 }
 
@@ -39,6 +42,8 @@ fn with_decisions(mut observed: Observed, records: &[Approval]) -> Observed {
             annotations::DECISIONS.into(),
             serde_json::to_string(records).unwrap(),
         );
+    // As observe hands them over once their seals check out.
+    observed.decisions = records.to_vec();
     observed
 }
 
@@ -659,4 +664,58 @@ fn an_approval_after_the_approval_timeout_does_not_grant() {
     ));
     let plan = decide(&in_time, at("2026-01-01T01:00:02Z"));
     assert_eq!(plan.status.phase, Some(Phase::Active));
+}
+
+#[test]
+fn records_without_admissions_seal_never_approve() {
+    // The annotation says bob approved, but observe found no valid seal on it.
+    let mut forged = with_finalizer(with_decisions(
+        observed(),
+        &[decision(
+            "bob",
+            &[],
+            Decision::Approved,
+            "2026-01-01T00:01:00Z",
+        )],
+    ));
+    forged.decisions.clear();
+    forged.forged = vec!["bob".into()];
+    let plan = decide(&forged, at("2026-01-01T00:02:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Pending));
+    assert_eq!(plan.effect, Effect::None);
+    // Nor does an approval written into status by hand.
+    let mut in_status = forged.clone();
+    let mut status = in_status.request.status.clone().unwrap_or_default();
+    status.approvals = vec![decision(
+        "bob",
+        &[],
+        Decision::Approved,
+        "2026-01-01T00:01:00Z",
+    )];
+    in_status.request.status = Some(status);
+    let plan = decide(&in_status, at("2026-01-01T00:02:00Z"));
+    assert_eq!(plan.effect, Effect::None);
+}
+
+#[test]
+fn a_window_the_operator_did_not_seal_is_never_granted_from_and_ends_an_active_grant() {
+    // Active in status, written by someone else: revoked, not repaired or kept.
+    let mut forged = active("2026-01-01T00:02:00Z");
+    forged.window_sealed = false;
+    forged.grant = Some(GrantState::Missing);
+    let plan = decide(&forged, at("2026-01-01T00:10:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.status.phase, Some(Phase::Failed));
+    // Pending with a far window written in: an approval grants from now, not from it.
+    let mut pending = attempted("2026-01-01T00:02:00Z");
+    let mut status = pending.request.status.clone().unwrap();
+    status.expires_at = Some(Time(at("2030-01-01T00:00:00Z")));
+    pending.request.status = Some(status);
+    pending.window_sealed = false;
+    let plan = decide(&pending, at("2026-01-01T00:05:00Z"));
+    assert_eq!(
+        plan.status.expires_at,
+        Some(Time(at("2026-01-01T01:05:00Z"))),
+        "a fresh window of the requested hour"
+    );
 }
