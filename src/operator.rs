@@ -149,8 +149,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
     // missing right.
     check_permissions(&client, &args).await?;
     check_crds(&client).await?;
-    let providers = providers(&client, &args).await?;
     let sealer = Sealer::load_or_create(&client, &args.namespace, &args.seal_secret).await?;
+    let providers = providers(&client, &args, &sealer).await?;
 
     let (stop_sender, stop_receiver) = watch::channel(false);
     let stopped = move || {
@@ -592,17 +592,17 @@ async fn allowed(client: &Client, attributes: ResourceAttributes) -> Result<bool
 
 /// The providers `--providers` enables; checks first that the cloud ones can keep their
 /// ledger.
-async fn providers(client: &Client, args: &Args) -> Result<Providers, Error> {
+async fn providers(client: &Client, args: &Args, sealer: &Sealer) -> Result<Providers, Error> {
     let enabled = |name| args.providers.contains(&name);
     let aws: Option<Arc<dyn Provider>> = if enabled(ProviderName::Aws) {
-        let ledger = Ledger::new(client.clone(), &args.namespace, "aws");
+        let ledger = Ledger::new(client.clone(), &args.namespace, "aws", sealer.clone());
         info!(namespace = %args.namespace, "aws provider enabled");
         Some(Arc::new(AwsProvider::from_environment(ledger).await))
     } else {
         None
     };
     let gcp: Option<Arc<dyn Provider>> = if enabled(ProviderName::Gcp) {
-        let ledger = Ledger::new(client.clone(), &args.namespace, "gcp");
+        let ledger = Ledger::new(client.clone(), &args.namespace, "gcp", sealer.clone());
         let credentials = match args.gcp_credentials {
             GcpCredentials::Adc => gcp::Credentials::ApplicationDefault,
             GcpCredentials::Anonymous => {
@@ -619,7 +619,7 @@ async fn providers(client: &Client, args: &Args) -> Result<Providers, Error> {
         None
     };
     let azure: Option<Arc<dyn Provider>> = if enabled(ProviderName::Azure) {
-        let ledger = Ledger::new(client.clone(), &args.namespace, "azure");
+        let ledger = Ledger::new(client.clone(), &args.namespace, "azure", sealer.clone());
         let settings = azure::Settings {
             endpoint: args.azure_endpoint.clone(),
             audience: args.azure_audience.clone(),

@@ -343,6 +343,15 @@ async fn reconcile(
     if let Some(action) = kind {
         crash_point(action, "after-effect");
     }
+    if let Some(what) = &applied.unaccounted {
+        error!(problem = %what, "a cloud grant may outlive its request");
+        let notice = Notice {
+            severity: Severity::Warning,
+            reason: "GrantRecordMissing".into(),
+            note: what.clone(),
+        };
+        publish(&context, request, &[notice]).await;
+    }
     count_success(&context.metrics, request, &plan);
 
     // Status: from what was applied.

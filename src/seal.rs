@@ -182,6 +182,16 @@ impl Sealer {
         self.verify(&parts.iter().map(String::as_str).collect::<Vec<_>>(), seal)
     }
 
+    /// The seal of a grant-ledger entry: which provider, for which request, recording what.
+    pub fn seal_ledger(&self, provider: &str, uid: &str, targets: &str) -> String {
+        self.seal(&["ledger", provider, uid, targets])
+    }
+
+    /// Whether a grant-ledger entry carries the seal the operator gave it.
+    pub fn verify_ledger(&self, provider: &str, uid: &str, targets: &str, seal: &str) -> bool {
+        self.verify(&["ledger", provider, uid, targets], seal)
+    }
+
     /// The seal of a grant window on the request with this UID.
     pub fn seal_window(&self, uid: &str, granted_at: &Time, expires_at: &Time) -> String {
         let (granted_at, expires_at) = (seconds(granted_at), seconds(expires_at));

@@ -38,6 +38,8 @@ pub struct Report {
     pub examined: usize,
     /// Request UIDs whose grants were revoked.
     pub swept: Vec<String>,
+    /// Request UIDs whose grants could not be revoked this time.
+    pub failed: Vec<String>,
 }
 
 /// Whether a request with this UID may hold a grant: it exists and has not ended.
@@ -77,7 +79,10 @@ pub async fn sweep_once(client: &Client, providers: &Providers) -> Result<Report
             .collect();
         for uid in managed {
             report.examined += 1;
-            if is_live(&requests, &uid) || report.swept.contains(&uid) {
+            if is_live(&requests, &uid)
+                || report.swept.contains(&uid)
+                || report.failed.contains(&uid)
+            {
                 continue;
             }
             let orphan = RequestRef {
@@ -85,15 +90,17 @@ pub async fn sweep_once(client: &Client, providers: &Providers) -> Result<Report
                 namespace: String::new(),
                 name: String::new(),
             };
-            provider
-                .revoke(&orphan)
-                .await
-                .map_err(|source| Error::Provider {
-                    provider: provider.name(),
-                    source,
-                })?;
-            warn!(provider = provider.name(), request_uid = %uid, "revoked an orphaned grant");
-            report.swept.push(uid);
+            // One entry that cannot be revoked must not stop the sweep of the others.
+            match provider.revoke(&orphan).await {
+                Ok(()) => {
+                    warn!(provider = provider.name(), request_uid = %uid, "revoked an orphaned grant");
+                    report.swept.push(uid);
+                }
+                Err(error) => {
+                    warn!(provider = provider.name(), request_uid = %uid, error = %error_chain(&error), "failed to revoke an orphaned grant; will retry");
+                    report.failed.push(uid);
+                }
+            }
         }
     }
     Ok(report)

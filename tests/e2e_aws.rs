@@ -380,3 +380,130 @@ async fn a_refused_regrant_does_not_strand_the_earlier_grant() {
     .await
     .expect("the earlier attachment is revoked (by the orphan sweep of the failed request)");
 }
+
+/// Finding 9 of the security review: the grant ledger is ConfigMaps in the operator's
+/// namespace, which others may be able to write. A forged entry is never acted on by the
+/// sweep; an edited one makes the revoke fail loudly rather than do the wrong thing; a removed
+/// one is reported when the grant ends, not silently forgotten.
+#[tokio::test]
+async fn ledger_entries_forged_edited_or_removed_by_hand_are_never_trusted_silently() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Event};
+    use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+    use support::aws::LEDGER_NAMESPACE;
+
+    let env = TestEnv::new().await;
+    let operator = aws_operator();
+    let fixture = fixture().await;
+    let policy = aws_policy(&env, Kind::Inline, &fixture, 0).await;
+    let created = request(&env, &policy, "30m").await;
+    let (name, uid) = (created.name_any(), created.uid().unwrap());
+    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
+    wait_for_request(&requests, &name, "active", |r| {
+        phase(r) == Some(Phase::Active)
+    })
+    .await;
+    let entry = ledger_entry(&env, &uid).await.unwrap();
+    let targets = entry.data.as_ref().unwrap()["targets"].clone();
+
+    // A forged entry for a request that does not exist, naming the real grant: the sweep
+    // would revoke it as an orphan, with the operator's own rights, if it trusted the entry.
+    let ledger = Api::<ConfigMap>::namespaced(env.admin.clone(), LEDGER_NAMESPACE);
+    let forged_uid = format!("00000000-0000-4000-8000-{}", random_suffix(12));
+    let forged: ConfigMap = serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("jit-grant-{forged_uid}"),
+            "labels": {"app.kubernetes.io/managed-by": "jit-operator",
+                       "jit.dev/request-uid": forged_uid, "jit.dev/provider": "aws"}
+        },
+        "data": {"targets": targets, "seal": "00".repeat(32)}
+    }))
+    .unwrap();
+    ledger
+        .create(&PostParams::default(), &forged)
+        .await
+        .unwrap();
+    operator
+        .lock()
+        .unwrap()
+        .wait_for_log("ignoring a grant ledger entry in the sweep", ACT_LIMIT);
+    assert_eq!(held(Kind::Inline, &fixture, &uid).await, 1, "not detached");
+    ledger
+        .delete(&format!("jit-grant-{forged_uid}"), &DeleteParams::default())
+        .await
+        .unwrap();
+
+    // The real entry edited: the revoke fails loudly instead of acting on it.
+    let patch = json!({"data": {"targets": "[]"}});
+    ledger
+        .patch(
+            &format!("jit-grant-{uid}"),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    annotate(
+        &env.alice,
+        &env.namespace,
+        &name,
+        annotations::REVOKE,
+        "done",
+    )
+    .await
+    .unwrap();
+    let failing = wait_for_request(&requests, &name, "revocation failing", |r| {
+        support::condition_true(r, "RevocationFailing")
+    })
+    .await;
+    let condition = failing
+        .status
+        .unwrap()
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "RevocationFailing")
+        .unwrap();
+    assert!(
+        condition
+            .message
+            .contains("was not written by the operator"),
+        "{}",
+        condition.message
+    );
+    assert_eq!(held(Kind::Inline, &fixture, &uid).await, 1);
+
+    // Removed: the request ends, and says loudly that the operator lost track of the grant.
+    ledger
+        .delete(&format!("jit-grant-{uid}"), &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for_request(&requests, &name, "revoked", |r| {
+        phase(r) == Some(Phase::Revoked)
+    })
+    .await;
+    let events = Api::<Event>::namespaced(env.admin.clone(), &env.namespace);
+    let deadline = tokio::time::Instant::now() + ACT_LIMIT;
+    loop {
+        let found = events
+            .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|event| event.reason.as_deref() == Some("GrantRecordMissing"));
+        if let Some(event) = found {
+            assert_eq!(event.type_.as_deref(), Some("Warning"));
+            assert!(
+                event
+                    .message
+                    .unwrap_or_default()
+                    .contains("remove it by hand")
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no GrantRecordMissing Event"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

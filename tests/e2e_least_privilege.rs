@@ -29,6 +29,8 @@ use support::{
 const RELEASE: &str = "lp";
 const FULL_NAME: &str = "lp-jit-operator";
 const NAMESPACE: &str = "jit-system";
+/// The chart's sealing-key Secret for release `lp`.
+const SEAL_SECRET: &str = "lp-jit-operator-seal";
 
 /// The chart's RBAC objects for release `lp` with `values`.
 fn chart_rbac(values: &[&str]) -> Vec<Value> {
@@ -174,7 +176,8 @@ async fn the_charts_rights_are_enough_for_a_lifecycle_and_each_one_is_needed() {
 
     // Enough: a whole lifecycle as the ServiceAccount.
     {
-        let operator = Operator::start_with_args(user, &["--leader-elect"], &[]);
+        let operator =
+            Operator::start_with_args(user, &["--leader-elect", "--seal-secret", SEAL_SECRET], &[]);
         operator.wait_for_log("\"operator ready\"", ACT_LIMIT);
         let policy = view_policy(&env, 1).await;
         request_view(&env, "least", &policy, "30m").await;
@@ -210,6 +213,8 @@ async fn the_charts_rights_are_enough_for_a_lifecycle_and_each_one_is_needed() {
         FULL_NAME,
         "--webhook-configuration",
         FULL_NAME,
+        "--seal-secret",
+        SEAL_SECRET,
     ];
     let mut checked = 0;
     for (index, object) in rbac.iter().enumerate() {
@@ -274,7 +279,8 @@ async fn the_charts_rights_are_enough_for_a_lifecycle_and_each_one_is_needed() {
 
 /// Without `bind`, a grant of a ClusterRole the operator does not hold fails, saying so.
 async fn bind_is_needed(env: &TestEnv, user: &str) {
-    let operator = Operator::start_with_args(user, &["--leader-elect"], &[]);
+    let operator =
+        Operator::start_with_args(user, &["--leader-elect", "--seal-secret", SEAL_SECRET], &[]);
     operator.wait_for_log("\"operator ready\"", ACT_LIMIT);
     let policy = view_policy(env, 0).await;
     request_view(env, "unbound", &policy, "30m").await;

@@ -2,7 +2,10 @@
 //! operator's namespace and written before the cloud call. Clouds cannot be searched for "what
 //! did the operator grant for request X" (a managed-policy attachment carries no label), so
 //! revocation, the orphan sweep and crash recovery read the ledger instead; a policy edited or
-//! deleted after the grant does not change what is revoked.
+//! deleted after the grant does not change what is revoked. Every entry carries the operator's
+//! seal over its provider, request UID and content: an entry edited or forged by anyone else
+//! is never acted on (the sweep skips it, a revoke that needs it fails loudly). An owner
+//! reference to the request is not possible: the request lives in another namespace.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +16,9 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use tracing::debug;
+use tracing::{debug, warn};
+
+use crate::seal::Sealer;
 
 use super::{
     EXPIRES_AT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, REQUEST_ANNOTATION, REQUEST_UID_LABEL,
@@ -24,6 +29,8 @@ use super::{
 pub const PROVIDER_LABEL: &str = "jit.dev/provider";
 /// The data key holding the JSON list of targets.
 const TARGETS_KEY: &str = "targets";
+/// The data key holding the operator's seal over the entry.
+const SEAL_KEY: &str = "seal";
 
 /// Why the ledger could not be read or written.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +45,17 @@ pub enum Error {
         /// Why.
         #[source]
         source: kube::Error,
+    },
+    /// An entry was not written by the operator as it is (its seal or labels do not match);
+    /// it is left for a person to look at, and never acted on.
+    #[error(
+        "grant ledger entry {name} was not written by the operator as it is ({reason}); it is not used"
+    )]
+    Tampered {
+        /// The ConfigMap.
+        name: String,
+        /// What does not match.
+        reason: &'static str,
     },
     /// An entry does not parse; it is left for a person to look at.
     #[error("grant ledger entry {name} does not parse: {reason}")]
@@ -57,7 +75,7 @@ impl Error {
                 source,
                 kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422)
             ),
-            Self::Corrupt { .. } => false,
+            Self::Corrupt { .. } | Self::Tampered { .. } => false,
         }
     }
 }
@@ -67,15 +85,53 @@ impl Error {
 pub struct Ledger {
     api: Api<ConfigMap>,
     provider: &'static str,
+    sealer: Sealer,
 }
 
 impl Ledger {
-    /// The ledger of `provider` in `namespace`.
-    pub fn new(client: Client, namespace: &str, provider: &'static str) -> Self {
+    /// The ledger of `provider` in `namespace`, its entries sealed by `sealer`.
+    pub fn new(client: Client, namespace: &str, provider: &'static str, sealer: Sealer) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             provider,
+            sealer,
         }
+    }
+
+    /// The targets of an entry read for `uid`, once its labels and seal show the operator
+    /// wrote it as it is.
+    fn checked(&self, uid: &str, name: &str, entry: &ConfigMap) -> Result<Vec<Value>, Error> {
+        let tampered = |reason| Error::Tampered {
+            name: name.to_owned(),
+            reason,
+        };
+        let labels = entry.metadata.labels.as_ref();
+        let label = |key: &str| {
+            labels
+                .and_then(|labels| labels.get(key))
+                .map(String::as_str)
+        };
+        if label(REQUEST_UID_LABEL) != Some(uid) || label(PROVIDER_LABEL) != Some(self.provider) {
+            return Err(tampered("its labels name another request or provider"));
+        }
+        let data = entry.data.as_ref();
+        let text = data.and_then(|data| data.get(TARGETS_KEY));
+        let seal = data.and_then(|data| data.get(SEAL_KEY));
+        match (text, seal) {
+            (Some(text), Some(seal))
+                if self.sealer.verify_ledger(self.provider, uid, text, seal) => {}
+            _ => return Err(tampered("its seal does not match its content")),
+        }
+        Self::parse(name, entry)
+    }
+
+    /// Puts `targets` into the entry, with the seal over them.
+    fn fill(&self, uid: &str, entry: &mut ConfigMap, targets: &[Value]) {
+        let text = serde_json::to_string(targets).unwrap_or_default();
+        let seal = self.sealer.seal_ledger(self.provider, uid, &text);
+        let data = entry.data.get_or_insert_with(BTreeMap::new);
+        data.insert(TARGETS_KEY.into(), text);
+        data.insert(SEAL_KEY.into(), seal);
     }
 
     fn name(uid: &str) -> String {
@@ -114,7 +170,7 @@ impl Ledger {
         let Some(entry) = self.entry(uid).await? else {
             return Ok(Vec::new());
         };
-        Self::parse(&name, &entry)?
+        self.checked(uid, &name, &entry)?
             .into_iter()
             .map(|value| {
                 serde_json::from_value(value).map_err(|error| Error::Corrupt {
@@ -136,7 +192,7 @@ impl Ledger {
         let wanted = Self::to_value(&name, target)?;
         let existing = self.entry(&request.uid).await?;
         let mut targets = match &existing {
-            Some(entry) => Self::parse(&name, entry)?,
+            Some(entry) => self.checked(&request.uid, &name, entry)?,
             None => Vec::new(),
         };
         if targets.contains(&wanted) {
@@ -149,10 +205,7 @@ impl Ledger {
             .annotations
             .get_or_insert_with(BTreeMap::new)
             .insert(EXPIRES_AT_ANNOTATION.into(), expires_at.to_string());
-        entry.data.get_or_insert_with(BTreeMap::new).insert(
-            TARGETS_KEY.into(),
-            serde_json::to_string(&targets).unwrap_or_default(),
-        );
+        self.fill(&request.uid, &mut entry, &targets);
         // Replace carries the resourceVersion read above: a concurrent writer makes this fail
         // and the reconcile retry, instead of one record overwriting another.
         let written = if entry.metadata.resource_version.is_some() {
@@ -203,13 +256,10 @@ impl Ledger {
         let Some(mut entry) = self.entry(&request.uid).await? else {
             return Ok(());
         };
-        if Self::parse(&name, &entry)? == [wanted.clone()] {
+        if self.checked(&request.uid, &name, &entry)? == [wanted.clone()] {
             return Ok(());
         }
-        entry.data.get_or_insert_with(BTreeMap::new).insert(
-            TARGETS_KEY.into(),
-            serde_json::to_string(&[wanted]).unwrap_or_default(),
-        );
+        self.fill(&request.uid, &mut entry, &[wanted]);
         self.api
             .replace(&name, &PostParams::default(), &entry)
             .await
@@ -292,9 +342,21 @@ impl Ledger {
                 name: "*".into(),
                 source,
             })?;
+        // Only entries the operator wrote: a forged one must not make the sweep detach
+        // access the operator never granted, with the operator's own cloud rights.
         Ok(entries
             .into_iter()
-            .filter_map(|entry| entry.metadata.labels?.remove(REQUEST_UID_LABEL))
+            .filter_map(|entry| {
+                let name = entry.metadata.name.clone().unwrap_or_default();
+                let uid = name.strip_prefix("jit-grant-")?.to_owned();
+                match self.checked(&uid, &name, &entry) {
+                    Ok(_) => Some(uid),
+                    Err(error) => {
+                        warn!(error = %error, "ignoring a grant ledger entry in the sweep");
+                        None
+                    }
+                }
+            })
             .collect())
     }
 }

@@ -250,6 +250,11 @@ pub trait Provider: Send + Sync {
     /// The request UIDs of every grant this provider manages (by its managed-by marker), for
     /// the orphan sweep.
     async fn list_managed(&self) -> Result<Vec<String>, Error>;
+
+    /// Whether this provider holds a grant, or the record of one, for the request.
+    async fn holds(&self, request: &RequestRef) -> Result<bool, Error> {
+        Ok(self.list_managed().await?.contains(&request.uid))
+    }
 }
 
 /// The providers the operator runs with.

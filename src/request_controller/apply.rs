@@ -35,6 +35,9 @@ pub enum Error {
 pub struct Applied {
     /// The grant made, when the effect was a grant.
     pub grant: Option<GrantRecord>,
+    /// A revoke that found no record of a cloud grant the request says it holds (its ledger
+    /// entry removed by someone): what the operator cannot vouch for, for people to act on.
+    pub unaccounted: Option<String>,
 }
 
 /// Identifies a request to the providers.
@@ -110,6 +113,7 @@ pub async fn effect(
                 .map_err(Error::Grant)?;
             Ok(Applied {
                 grant: Some(record),
+                unaccounted: None,
             })
         }
         Effect::Revoke => {
@@ -126,11 +130,36 @@ pub async fn effect(
                     provider: recorded.provider.clone(),
                 }));
             }
+            // A cloud grant leaves a ledger entry until it is revoked: none left means someone
+            // removed it, and the operator can no longer find what it granted. Not silence.
+            let recorded = request
+                .status
+                .as_ref()
+                .and_then(|status| status.grant.as_ref())
+                .filter(|grant| grant.provider != "kubernetes");
+            let mut unaccounted = None;
+            if let Some(grant) = recorded
+                && let Some(provider) = providers
+                    .all()
+                    .into_iter()
+                    .find(|provider| provider.name() == grant.provider)
+                && !provider.holds(&request_ref).await.map_err(Error::Revoke)?
+            {
+                unaccounted = Some(format!(
+                    "the operator has no record of what it granted in {} ({}): its grant ledger \
+                     entry was removed outside the operator, so it cannot find that access to \
+                     revoke it; remove it by hand",
+                    grant.provider, grant.reference
+                ));
+            }
             // The policy may be gone: ask every provider; each treats nothing held as done.
             for provider in providers.all() {
                 provider.revoke(&request_ref).await.map_err(Error::Revoke)?;
             }
-            Ok(Applied::default())
+            Ok(Applied {
+                grant: None,
+                unaccounted,
+            })
         }
     }
 }
