@@ -19,10 +19,9 @@ const FLOOD: usize = 400;
 #[tokio::test]
 async fn half_open_connections_are_closed_and_admission_survives_a_flood() {
     let operator = Operator::start("jit-operator");
-    let ready: serde_json::Value = serde_json::from_str(
-        &operator.wait_for_log("operator ready", Duration::from_secs(1)),
-    )
-    .unwrap();
+    let ready: serde_json::Value =
+        serde_json::from_str(&operator.wait_for_log("operator ready", Duration::from_secs(1)))
+            .unwrap();
     let address = ready["webhook_addr"].as_str().unwrap().to_owned();
     let env = TestEnv::new().await;
     let policy = view_policy(&env, 1).await;
@@ -45,7 +44,10 @@ async fn half_open_connections_are_closed_and_admission_survives_a_flood() {
             closed += 1;
         }
     }
-    assert_eq!(closed, FLOOD, "every half-open connection was closed by the server");
+    assert_eq!(
+        closed, FLOOD,
+        "every half-open connection was closed by the server"
+    );
 
     // The webhook still admits (and stamps) a request.
     let created = request_view(&env, "after-flood", &policy, "10m").await;
