@@ -274,6 +274,10 @@ async fn reconcile(
         // Written around admission (the webhook down or bypassed): never counted.
         warn!(claimed = ?observed.forged, "ignoring decision records without admission's seal");
     }
+    if let Some(why) = &observed.policy_unreadable {
+        warn!(error = %why, "could not read the request's policy; nothing is granted or refused until it can be");
+        context.metrics.reconcile_error("observe");
+    }
     if let Some(why) = &observed.unverified {
         // Loud, but not in the way: expiry, revoke and deny go ahead without it.
         warn!(error = %why, "could not verify the active grant; drift is not checked until it can be");

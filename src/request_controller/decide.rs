@@ -33,6 +33,9 @@ pub const GRANTED: &str = "Granted";
 /// The condition that the auto-approve expression failed.
 pub const AUTO_APPROVE: &str = "AutoApprove";
 
+/// When to look again at a request whose policy could not be read.
+pub const POLICY_RETRY: Duration = Duration::from_secs(10);
+
 /// Longest wait before looking at a request again, whatever its timers say; the driver
 /// shortens it to `--resync-interval`.
 pub const RESYNC: Duration = Duration::from_secs(3600);
@@ -56,6 +59,9 @@ pub struct Observed {
     /// Whether the grant window in status (if any) carries the operator's seal. A window it
     /// did not write is never granted from, and an active grant with one is revoked.
     pub window_sealed: bool,
+    /// Why the policy could not be read, when it could not (not: it does not exist). Nothing
+    /// is granted or refused on account of the policy then; expiry, revoke and delete go on.
+    pub policy_unreadable: Option<String>,
 }
 
 /// Whether the finalizer must change.
@@ -130,6 +136,7 @@ pub struct Plan {
 pub fn decide(observed: &Observed, now: Timestamp) -> Plan {
     let request = &observed.request;
     let mut builder = Builder::new(request, &observed.decisions, observed.window_sealed, now);
+    builder.policy_unreadable = observed.policy_unreadable.is_some();
     let has_finalizer = request.finalizers().iter().any(|f| f == FINALIZER);
 
     if request.metadata.deletion_timestamp.is_some() {
@@ -186,6 +193,7 @@ struct Builder<'a> {
     /// The sealed decision records.
     decisions: &'a [Approval],
     window_sealed: bool,
+    policy_unreadable: bool,
     now: Timestamp,
     generation: Option<i64>,
     plan: Plan,
@@ -202,6 +210,7 @@ impl<'a> Builder<'a> {
             request,
             decisions,
             window_sealed,
+            policy_unreadable: false,
             now,
             generation: request.metadata.generation,
             plan: Plan {
@@ -362,6 +371,11 @@ impl<'a> Builder<'a> {
                 .unwrap_or_else(|| "withdrawn before it was granted".into());
             self.condition(APPROVED, ConditionStatus::False, "Revoked", &message);
             return self.end(Phase::Revoked, "Revoked", Some(&revocation.user), &message);
+        }
+        if self.policy_unreadable {
+            // Neither granted nor refused on a policy nobody could read: look again soon.
+            self.plan.requeue_after = POLICY_RETRY;
+            return;
         }
         let Some(policy) = policy else {
             let refusal = Refusal::PolicyNotFound {
@@ -618,6 +632,11 @@ impl<'a> Builder<'a> {
             // Past its time, or with no expiry recorded at all: either way, take it away.
             return self.end(Phase::Expired, "Expired", None, "the granted time is up");
         };
+        if self.policy_unreadable {
+            // Expiry and revoke above went ahead; the policy's own checks wait for a read.
+            self.plan.requeue_after = until(self.now, expires_at).min(POLICY_RETRY);
+            return;
+        }
         let still_offered =
             policy.is_some_and(|policy| policy::find_role(policy, &self.request.spec.role).is_ok());
         if !still_offered {

@@ -50,13 +50,21 @@ pub async fn observe(
     // padded request through the reconcile.
     request.metadata.labels = None;
     request.metadata.managed_fields = None;
-    let policy = Api::<AccessPolicy>::all(client.clone())
+    // A policy that cannot be read (the API server refusing or failing) must not hold up an
+    // expiry, a revoke or a deletion: decide is told, grants nothing, and ends what it must.
+    let (policy, policy_unreadable) = match Api::<AccessPolicy>::all(client.clone())
         .get_opt(&request.spec.policy)
         .await
-        .map_err(|source| Error::ReadPolicy {
-            policy: request.spec.policy.clone(),
-            source,
-        })?;
+    {
+        Ok(policy) => (policy, None),
+        Err(source) => {
+            let error = Error::ReadPolicy {
+                policy: request.spec.policy.clone(),
+                source,
+            };
+            (None, Some(crate::telemetry::error_chain(&error)))
+        }
+    };
     // A grant that cannot be looked at (the policy edited, a mapping removed, a provider
     // turned off, a cloud refusing) must not stop its expiry, revoke or deny: the failure is
     // handed to `decide`, which ends the request regardless when it is time.
@@ -74,6 +82,7 @@ pub async fn observe(
         decisions,
         forged,
         window_sealed,
+        policy_unreadable,
     }))
 }
 

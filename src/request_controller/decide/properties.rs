@@ -193,6 +193,7 @@ impl World {
                 .unwrap_or_default(),
             forged: Vec::new(),
             window_sealed: true,
+            policy_unreadable: None,
         };
         let before = self.request.status.clone().unwrap_or_default();
         let plan = decide(&observed, self.now);

@@ -24,6 +24,7 @@ fn observed() -> Observed {
         decisions: Vec::new(),
         forged: Vec::new(),
         window_sealed: true,
+        policy_unreadable: None,
     }
 }
 
@@ -718,4 +719,41 @@ fn a_window_the_operator_did_not_seal_is_never_granted_from_and_ends_an_active_g
         Some(Time(at("2026-01-01T01:05:00Z"))),
         "a fresh window of the requested hour"
     );
+}
+
+#[test]
+fn a_policy_that_cannot_be_read_holds_up_nothing_that_ends_access() {
+    let unreadable = |mut observed: Observed| {
+        observed.policy = None;
+        observed.policy_unreadable = Some("accesspolicies is forbidden".into());
+        observed
+    };
+    // Active: still expires, still revoked; not ended as "policy changed" meanwhile.
+    let observed = unreadable(active("2026-01-01T00:02:00Z"));
+    let plan = decide(&observed, at("2026-01-01T00:10:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Active));
+    assert_eq!(plan.effect, Effect::None);
+    assert!(plan.requeue_after <= POLICY_RETRY);
+    let plan = decide(&observed, at("2026-01-01T01:02:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+    assert_eq!(plan.effect, Effect::Revoke);
+    let plan = decide(
+        &with_revocation(observed, "alice"),
+        at("2026-01-01T00:10:00Z"),
+    );
+    assert_eq!(plan.status.phase, Some(Phase::Revoked));
+    // Pending and approved: neither granted nor refused until the policy can be read.
+    let pending = unreadable(with_finalizer(with_decisions(
+        observed_pending(),
+        &[decision(
+            "bob",
+            &[],
+            Decision::Approved,
+            "2026-01-01T00:01:00Z",
+        )],
+    )));
+    let plan = decide(&pending, at("2026-01-01T00:02:00Z"));
+    assert_eq!(plan.effect, Effect::None);
+    assert_ne!(plan.status.phase, Some(Phase::Failed));
+    assert_ne!(plan.status.phase, Some(Phase::Active));
 }
