@@ -6,7 +6,11 @@ pub mod decide;
 pub mod observe;
 pub mod status;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use jiff::Timestamp;
@@ -97,6 +101,26 @@ pub struct Context {
     /// Checks the seals on decision records and grant windows, and seals the windows it
     /// writes.
     pub sealer: Sealer,
+    /// Consecutive failed reconciles per request (`namespace/name`), for their backoff.
+    failed: std::sync::Mutex<HashMap<String, i32>>,
+}
+
+impl Context {
+    /// Counts one more failed reconcile of `key`; returns how many in a row.
+    fn failed_once(&self, key: &str) -> i32 {
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = failed.entry(key.to_owned()).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// Forgets the failures of `key` after a reconcile that went through.
+    fn succeeded(&self, key: &str) {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
+    }
 }
 
 impl Context {
@@ -120,6 +144,7 @@ impl Context {
             resync,
             metrics,
             sealer,
+            failed: std::sync::Mutex::default(),
         }
     }
 }
@@ -235,6 +260,18 @@ fn request_of<K: ResourceExt>(object: &K) -> Option<ObjectRef<DeserializeGuard<A
 
 #[instrument(skip_all, fields(request = %guarded.name_any(), namespace = guarded.namespace(), subject = tracing::field::Empty))]
 async fn reconcile(
+    guarded: Arc<DeserializeGuard<AccessRequest>>,
+    context: Arc<Context>,
+) -> Result<Action, Error> {
+    let key = key_of(&guarded);
+    let result = reconcile_steps(guarded, context.clone()).await;
+    if result.is_ok() {
+        context.succeeded(&key);
+    }
+    result
+}
+
+async fn reconcile_steps(
     guarded: Arc<DeserializeGuard<AccessRequest>>,
     context: Arc<Context>,
 ) -> Result<Action, Error> {
@@ -657,20 +694,63 @@ async fn publish(context: &Context, request: &AccessRequest, notices: &[Notice])
 }
 
 fn error_policy(
-    _request: Arc<DeserializeGuard<AccessRequest>>,
+    request: Arc<DeserializeGuard<AccessRequest>>,
     error: &Error,
     context: Arc<Context>,
 ) -> Action {
     context.metrics.reconciled(error.category());
     context.metrics.reconcile_error(error.category());
-    warn!(error = %error_chain(error), category = error.category(), "reconcile failed; retrying");
-    // Conflicts and API hiccups: the next reconcile reads everything fresh.
-    Action::requeue(Duration::from_secs(1))
+    // Conflicts and API hiccups: the next reconcile reads everything fresh. Backing off per
+    // request, with jitter, keeps a struggling API server from being hammered by every
+    // request at once; nothing gives up (a revoke that fails is retried from its status).
+    let failures = context.failed_once(&key_of(&request));
+    let delay = jittered(backoff(failures), random_fraction());
+    warn!(error = %error_chain(error), category = error.category(), failures, retry_in = ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// `namespace/name`.
+fn key_of(request: &DeserializeGuard<AccessRequest>) -> String {
+    format!(
+        "{}/{}",
+        request.namespace().unwrap_or_default(),
+        request.name_any()
+    )
+}
+
+/// A delay spread over 75% to 125% of `delay`, never above the longest backoff, so that
+/// requests failing together do not retry together.
+fn jittered(delay: Duration, fraction: f64) -> Duration {
+    delay
+        .mul_f64(0.75 + 0.5 * fraction.clamp(0.0, 1.0))
+        .min(MAX_BACKOFF)
+}
+
+/// A number in [0, 1) from the system's random source (0.5 if it fails: no jitter).
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 4];
+    match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes) {
+        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0),
+        Err(_) => 0.5,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_are_spread_around_the_backoff_and_capped() {
+        let base = Duration::from_secs(8);
+        assert_eq!(jittered(base, 0.0), Duration::from_secs(6));
+        assert_eq!(jittered(base, 1.0), Duration::from_secs(10));
+        assert_eq!(jittered(base, 0.5), base);
+        assert_eq!(jittered(MAX_BACKOFF, 1.0), MAX_BACKOFF);
+        for _ in 0..100 {
+            let fraction = random_fraction();
+            assert!((0.0..1.0).contains(&fraction), "{fraction}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {
