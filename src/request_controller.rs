@@ -554,7 +554,6 @@ async fn record_failure(
     error: apply::Error,
     now: Timestamp,
 ) -> Result<Action, Error> {
-    let message = error_chain(&error);
     let generation = request.metadata.generation;
     if let apply::Error::Grant(cause) | apply::Error::Revoke(cause) = &error {
         let provider = cause.provider().unwrap_or(match &plan.effect {
@@ -574,10 +573,7 @@ async fn record_failure(
         }
         _ => error,
     };
-    let message = match &error {
-        apply::Error::Revoke(_) => error_chain(&error),
-        _ => message,
-    };
+    let message = error_chain(&error);
     let (status, notice) = match &error {
         apply::Error::Grant(cause) if !cause.is_retryable() => {
             warn!(error = %message, "grant refused; failing the request");

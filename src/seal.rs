@@ -139,47 +139,28 @@ impl Sealer {
         }
     }
 
-    /// The seal of `parts`, each length-prefixed so that no two lists seal alike.
-    fn seal(&self, parts: &[&str]) -> String {
-        let mut context = hmac::Context::with_key(&self.key);
-        for part in parts {
-            context.update(&(part.len() as u64).to_be_bytes());
-            context.update(part.as_bytes());
-        }
-        hex(context.sign().as_ref())
+    /// The seal of `parts`.
+    fn seal<S: AsRef<str>>(&self, parts: &[S]) -> String {
+        hex(hmac::sign(&self.key, &message(parts)).as_ref())
     }
 
     /// Whether `seal` is the seal of `parts` (compared in constant time).
-    fn verify(&self, parts: &[&str], seal: &str) -> bool {
-        let Some(tag) = unhex(seal) else {
-            return false;
-        };
-        let mut message = Vec::new();
-        for part in parts {
-            message.extend_from_slice(&(part.len() as u64).to_be_bytes());
-            message.extend_from_slice(part.as_bytes());
-        }
-        hmac::verify(&self.key, &message, &tag).is_ok()
+    fn verify<S: AsRef<str>>(&self, parts: &[S], seal: &str) -> bool {
+        unhex(seal).is_some_and(|tag| hmac::verify(&self.key, &message(parts), &tag).is_ok())
     }
 
     /// The seal of a decision record on the request with this UID: who, with which groups,
     /// what, when and with which comment.
     pub fn seal_decision(&self, uid: &str, record: &Approval) -> String {
-        self.seal(
-            &decision_parts(uid, record)
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        )
+        self.seal(&decision_parts(uid, record))
     }
 
     /// Whether a decision record carries the seal admission gave it on this request.
     pub fn verify_decision(&self, uid: &str, record: &Approval) -> bool {
-        let Some(seal) = record.seal.as_deref() else {
-            return false;
-        };
-        let parts = decision_parts(uid, record);
-        self.verify(&parts.iter().map(String::as_str).collect::<Vec<_>>(), seal)
+        record
+            .seal
+            .as_deref()
+            .is_some_and(|seal| self.verify(&decision_parts(uid, record), seal))
     }
 
     /// The seal of a grant-ledger entry: which provider, for which request, recording what.
@@ -212,6 +193,17 @@ impl Sealer {
         let (granted_at, expires_at) = (seconds(granted_at), seconds(expires_at));
         self.verify(&["window", uid, &granted_at, &expires_at], seal)
     }
+}
+
+/// What is sealed: each part length-prefixed, so that no two lists of parts read alike.
+fn message<S: AsRef<str>>(parts: &[S]) -> Vec<u8> {
+    let mut message = Vec::new();
+    for part in parts {
+        let part = part.as_ref().as_bytes();
+        message.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        message.extend_from_slice(part);
+    }
+    message
 }
 
 /// A time as stored: metav1.Time keeps whole seconds.

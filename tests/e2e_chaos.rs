@@ -9,12 +9,11 @@ mod support;
 use std::time::Duration;
 
 use jit_operator::crd::v1alpha1::{AccessRequest, Phase, annotations};
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::{Api, Client, ResourceExt, api::ListParams};
+use kube::{Api, Client, ResourceExt};
 use rand::Rng;
 use support::{
-    TestEnv, annotate, client_for, operator::Operator, phase, request_view, view_policy,
-    wait_for_request,
+    TestEnv, annotate, bindings_of, client_for, operator::Operator, phase, request_view,
+    view_policy, wait_for_request,
 };
 
 const REQUESTS: usize = 12;
@@ -29,15 +28,6 @@ async fn approve_until_accepted(client: Client, namespace: String, name: String)
             Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-}
-
-async fn bindings(env: &TestEnv, uid: &str) -> usize {
-    Api::<RoleBinding>::all(env.admin.clone())
-        .list(&ListParams::default().labels(&format!("jit.dev/request-uid={uid}")))
-        .await
-        .unwrap()
-        .items
-        .len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +97,7 @@ async fn approvals_survive_an_operator_killed_at_random() {
         let uid = settled.uid().unwrap();
         let expected = usize::from(phase(&settled) == Some(Phase::Active));
         assert_eq!(
-            bindings(&env, &uid).await,
+            bindings_of(&env, &uid).await.len(),
             expected,
             "{name}: {:?}",
             phase(&settled)
@@ -135,7 +125,7 @@ async fn approvals_survive_an_operator_killed_at_random() {
             "{name} ended {} after its time",
             ended.duration_since(expires_at)
         );
-        assert_eq!(bindings(&env, &expired.uid().unwrap()).await, 0);
+        assert_eq!(bindings_of(&env, &expired.uid().unwrap()).await.len(), 0);
     }
     drop(operator);
 }

@@ -14,14 +14,10 @@ mod support;
 use std::time::Duration;
 
 use jit_operator::crd::v1alpha1::{AccessRequest, IntentAction, Phase};
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::{
-    Api, ResourceExt,
-    api::{DeleteParams, ListParams},
-};
+use kube::{Api, ResourceExt, api::DeleteParams};
 use support::{
-    ACT_LIMIT, TestEnv, condition_true, operator::Operator, phase, random_suffix, request_view,
-    view_policy, wait_for_request,
+    ACT_LIMIT, TestEnv, bindings_of, condition_true, operator::Operator, phase, random_suffix,
+    request_view, view_policy, wait_for_request,
 };
 
 /// How the request is ended in a scenario.
@@ -38,15 +34,6 @@ enum Ending {
 struct Scenario {
     failpoint: &'static str,
     ending: Ending,
-}
-
-async fn bindings(env: &TestEnv, uid: &str) -> usize {
-    Api::<RoleBinding>::all(env.admin.clone())
-        .list(&ListParams::default().labels(&format!("jit.dev/request-uid={uid}")))
-        .await
-        .unwrap()
-        .items
-        .len()
 }
 
 async fn create_request(env: &TestEnv, duration: &str) -> AccessRequest {
@@ -110,12 +97,16 @@ async fn run(scenario: &Scenario) {
                 Some(IntentAction::Grant),
                 "intent recorded before the grant"
             );
-            assert_eq!(bindings(&env, &uid).await, 0, "nothing granted yet");
+            assert_eq!(
+                bindings_of(&env, &uid).await.len(),
+                0,
+                "nothing granted yet"
+            );
         }
         "grant-after-effect" => {
             assert_eq!(intent, Some(IntentAction::Grant));
             assert_ne!(status.phase, Some(Phase::Active), "status not yet written");
-            assert_eq!(bindings(&env, &uid).await, 1, "the grant was made");
+            assert_eq!(bindings_of(&env, &uid).await.len(), 1, "the grant was made");
         }
         "grant-after-status" => {
             assert_eq!(intent, None);
@@ -127,11 +118,11 @@ async fn run(scenario: &Scenario) {
                 Some(IntentAction::Revoke),
                 "intent recorded before the revoke"
             );
-            assert_eq!(bindings(&env, &uid).await, 1, "not yet revoked");
+            assert_eq!(bindings_of(&env, &uid).await.len(), 1, "not yet revoked");
         }
         "revoke-after-effect" => {
             assert_eq!(intent, Some(IntentAction::Revoke));
-            assert_eq!(bindings(&env, &uid).await, 0, "revoked");
+            assert_eq!(bindings_of(&env, &uid).await.len(), 0, "revoked");
             assert_eq!(status.phase, Some(Phase::Active), "status not yet written");
         }
         "revoke-after-status" => {
@@ -156,7 +147,7 @@ async fn run(scenario: &Scenario) {
             .await;
             assert_eq!(phase(&active), Some(Phase::Active));
             assert_eq!(
-                bindings(&env, &uid).await,
+                bindings_of(&env, &uid).await.len(),
                 1,
                 "{}: exactly one grant",
                 scenario.failpoint
@@ -169,7 +160,7 @@ async fn run(scenario: &Scenario) {
             .await;
             assert!(expired.status.unwrap().intent.is_none());
             assert_eq!(
-                bindings(&env, &uid).await,
+                bindings_of(&env, &uid).await.len(),
                 0,
                 "{}: no grant",
                 scenario.failpoint
@@ -185,7 +176,7 @@ async fn run(scenario: &Scenario) {
                 .await
                 .unwrap_or_else(|_| panic!("{}: request not deleted", scenario.failpoint));
             assert_eq!(
-                bindings(&env, &uid).await,
+                bindings_of(&env, &uid).await.len(),
                 0,
                 "{}: no grant",
                 scenario.failpoint

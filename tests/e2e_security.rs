@@ -16,43 +16,14 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
 use support::{
-    ACT_LIMIT, TestEnv, annotate, condition_true, operator::shared_operator, padded_request, phase,
-    random_suffix, request_view, view_policy, wait_for_request,
+    ACT_LIMIT, TestEnv, annotate, bindings_of, condition_true, operator::shared_operator,
+    padded_request, phase, random_suffix, request_view, view_policy, wait_for_bindings,
+    wait_for_request,
 };
-
-/// The bindings the operator holds for a request, by its UID label.
-async fn bindings_of(env: &TestEnv, uid: &str) -> Vec<RoleBinding> {
-    Api::<RoleBinding>::all(env.admin.clone())
-        .list(&ListParams::default().labels(&format!("jit.dev/request-uid={uid}")))
-        .await
-        .unwrap()
-        .items
-}
-
-/// Waits until `check` holds for the request's bindings, and returns them.
-async fn wait_for_bindings(
-    env: &TestEnv,
-    uid: &str,
-    what: &str,
-    check: impl Fn(&[RoleBinding]) -> bool,
-) -> Vec<RoleBinding> {
-    let deadline = tokio::time::Instant::now() + ACT_LIMIT;
-    loop {
-        let bindings = bindings_of(env, uid).await;
-        if check(&bindings) {
-            return bindings;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "bindings of {uid} not {what} within {ACT_LIMIT:?}: {bindings:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The refusal message of a write, or a panic.
 fn refusal<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) -> String {

@@ -220,8 +220,10 @@ fn respond(response: AdmissionResponse) -> axum::Json<AdmissionReview<DynamicObj
     axum::Json(response.into_review())
 }
 
-fn parse(body: &Bytes) -> Result<AdmissionRequest<AccessRequest>, Box<AdmissionResponse>> {
-    let review: AdmissionReview<AccessRequest> = serde_json::from_slice(body).map_err(|error| {
+fn parse<K: kube::Resource + serde::de::DeserializeOwned>(
+    body: &Bytes,
+) -> Result<AdmissionRequest<K>, Box<AdmissionResponse>> {
+    let review: AdmissionReview<K> = serde_json::from_slice(body).map_err(|error| {
         Box::new(AdmissionResponse::invalid(format!(
             "unreadable admission review: {error}"
         )))
@@ -366,15 +368,9 @@ async fn validate_policy_handler(
 }
 
 fn validate_policy_response(body: &Bytes) -> AdmissionResponse {
-    let review: AdmissionReview<AccessPolicy> = match serde_json::from_slice(body) {
-        Ok(review) => review,
-        Err(error) => {
-            return AdmissionResponse::invalid(format!("unreadable admission review: {error}"));
-        }
-    };
-    let request: AdmissionRequest<AccessPolicy> = match review.try_into() {
+    let request = match parse::<AccessPolicy>(body) {
         Ok(request) => request,
-        Err(error) => return AdmissionResponse::invalid(format!("{error}")),
+        Err(response) => return *response,
     };
     let Some(policy) = request.object.as_ref() else {
         return AdmissionResponse::from(&request);

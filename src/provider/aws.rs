@@ -934,6 +934,10 @@ impl Provider for AwsProvider {
     async fn list_managed(&self) -> Result<Vec<String>, Error> {
         Ok(self.ledger.uids().await?)
     }
+
+    async fn holds(&self, request: &RequestRef) -> Result<bool, Error> {
+        Ok(self.ledger.holds(&request.uid).await?)
+    }
 }
 
 fn sso_principal_type(kind: IdentityCenterPrincipalType) -> PrincipalType {

@@ -766,6 +766,10 @@ impl Provider for AzureProvider {
     async fn list_managed(&self) -> Result<Vec<String>, Error> {
         Ok(self.ledger.uids().await?)
     }
+
+    async fn holds(&self, request: &RequestRef) -> Result<bool, Error> {
+        Ok(self.ledger.holds(&request.uid).await?)
+    }
 }
 
 #[cfg(test)]

@@ -401,6 +401,10 @@ impl Provider for GcpProvider {
     async fn list_managed(&self) -> Result<Vec<String>, Error> {
         Ok(self.ledger.uids().await?)
     }
+
+    async fn holds(&self, request: &RequestRef) -> Result<bool, Error> {
+        Ok(self.ledger.holds(&request.uid).await?)
+    }
 }
 
 impl GcpProvider {

@@ -164,6 +164,11 @@ impl Ledger {
         })
     }
 
+    /// Whether the request with this UID has an entry (whatever it holds).
+    pub async fn holds(&self, uid: &str) -> Result<bool, Error> {
+        Ok(self.entry(uid).await?.is_some())
+    }
+
     /// What is recorded for the request with this UID; empty when nothing is.
     pub async fn targets<T: DeserializeOwned>(&self, uid: &str) -> Result<Vec<T>, Error> {
         let name = Self::name(uid);

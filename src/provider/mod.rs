@@ -251,7 +251,8 @@ pub trait Provider: Send + Sync {
     /// the orphan sweep.
     async fn list_managed(&self) -> Result<Vec<String>, Error>;
 
-    /// Whether this provider holds a grant, or the record of one, for the request.
+    /// Whether this provider holds a grant, or the record of one, for the request. The
+    /// general answer lists everything managed; providers with a ledger read the one entry.
     async fn holds(&self, request: &RequestRef) -> Result<bool, Error> {
         Ok(self.list_managed().await?.contains(&request.uid))
     }

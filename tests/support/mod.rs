@@ -470,3 +470,33 @@ pub fn padded_request(policy: &str, name: &str, labels: usize) -> AccessRequest 
     }))
     .expect("request parses")
 }
+
+/// The RoleBindings the operator holds for a request, found by its UID label.
+pub async fn bindings_of(env: &TestEnv, uid: &str) -> Vec<k8s_openapi::api::rbac::v1::RoleBinding> {
+    Api::<k8s_openapi::api::rbac::v1::RoleBinding>::all(env.admin.clone())
+        .list(&kube::api::ListParams::default().labels(&format!("jit.dev/request-uid={uid}")))
+        .await
+        .expect("list bindings")
+        .items
+}
+
+/// Waits until `check` holds for the request's bindings, and returns them.
+pub async fn wait_for_bindings(
+    env: &TestEnv,
+    uid: &str,
+    what: &str,
+    check: impl Fn(&[k8s_openapi::api::rbac::v1::RoleBinding]) -> bool,
+) -> Vec<k8s_openapi::api::rbac::v1::RoleBinding> {
+    let deadline = tokio::time::Instant::now() + ACT_LIMIT;
+    loop {
+        let bindings = bindings_of(env, uid).await;
+        if check(&bindings) {
+            return bindings;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bindings of {uid} not {what} within {ACT_LIMIT:?}: {bindings:#?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

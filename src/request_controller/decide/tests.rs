@@ -74,16 +74,16 @@ fn advance(mut observed: Observed, plan: &Plan) -> Observed {
     observed
 }
 
-fn active(granted: &str) -> Observed {
-    let observed = with_finalizer(with_decisions(
+/// A new request with the finalizer and bob's approval at `time`.
+fn approved_by_bob(time: &str) -> Observed {
+    with_finalizer(with_decisions(
         observed(),
-        &[decision(
-            "bob",
-            &[],
-            Decision::Approved,
-            "2026-01-01T00:01:00Z",
-        )],
-    ));
+        &[decision("bob", &[], Decision::Approved, time)],
+    ))
+}
+
+fn active(granted: &str) -> Observed {
+    let observed = approved_by_bob("2026-01-01T00:01:00Z");
     let plan = decide(&observed, at(granted));
     assert_eq!(plan.status.phase, Some(Phase::Active));
     advance(observed, &plan)
@@ -130,15 +130,7 @@ fn a_new_request_becomes_pending_gets_the_finalizer_and_waits() {
 
 #[test]
 fn one_approval_grants_from_now_for_the_requested_duration() {
-    let observed = with_finalizer(with_decisions(
-        observed(),
-        &[decision(
-            "bob",
-            &[],
-            Decision::Approved,
-            "2026-01-01T00:01:00Z",
-        )],
-    ));
+    let observed = approved_by_bob("2026-01-01T00:01:00Z");
     let now = at("2026-01-01T00:02:00Z");
     let plan = decide(&observed, now);
     assert_eq!(plan.status.phase, Some(Phase::Active));
@@ -305,15 +297,7 @@ fn pending_past_the_approval_timeout_expires_never_granted() {
 
 #[test]
 fn a_policy_edited_before_the_grant_can_deny_but_not_widen() {
-    let approved = with_finalizer(with_decisions(
-        observed(),
-        &[decision(
-            "bob",
-            &[],
-            Decision::Approved,
-            "2026-01-01T00:01:00Z",
-        )],
-    ));
+    let approved = approved_by_bob("2026-01-01T00:01:00Z");
     // The maximum drops below the requested hour.
     let mut shorter = approved.clone();
     shorter.policy.as_mut().unwrap().spec.max_duration = ApiDuration::parse("30m").unwrap();
@@ -470,15 +454,7 @@ fn a_denial_after_the_grant_revokes() {
 #[test]
 fn final_phases_are_never_left() {
     for phase in [Phase::Expired, Phase::Revoked, Phase::Denied, Phase::Failed] {
-        let mut observed = with_finalizer(with_decisions(
-            observed(),
-            &[decision(
-                "bob",
-                &[],
-                Decision::Approved,
-                "2026-01-01T00:01:00Z",
-            )],
-        ));
+        let mut observed = approved_by_bob("2026-01-01T00:01:00Z");
         observed.request.status = Some(AccessRequestStatus {
             phase: Some(phase),
             ..AccessRequestStatus::default()
@@ -566,15 +542,7 @@ fn alice_identity(observed: &Observed) -> Identity {
 /// An approved request whose grant was attempted (the intent write fixed its window) but whose
 /// status write never landed: it reads as Pending with the window recorded.
 fn attempted(granted: &str) -> Observed {
-    let observed = with_finalizer(with_decisions(
-        observed(),
-        &[decision(
-            "bob",
-            &[],
-            Decision::Approved,
-            "2026-01-01T00:01:00Z",
-        )],
-    ));
+    let observed = approved_by_bob("2026-01-01T00:01:00Z");
     let plan = decide(&observed, at(granted));
     let mut status = observed.request.status.clone().unwrap_or_default();
     status.phase = Some(Phase::Pending);
@@ -640,29 +608,13 @@ fn a_grant_that_cannot_be_verified_still_expires_and_can_still_be_ended() {
 fn an_approval_after_the_approval_timeout_does_not_grant() {
     // Nobody looked at the request while the timeout passed (the operator was down); an
     // approval written after the deadline is too late, however soon the operator looks.
-    let late = with_finalizer(with_decisions(
-        observed(),
-        &[decision(
-            "bob",
-            &[],
-            Decision::Approved,
-            "2026-01-01T01:00:01Z",
-        )],
-    ));
+    let late = approved_by_bob("2026-01-01T01:00:01Z");
     let plan = decide(&late, at("2026-01-01T01:00:02Z"));
     assert_eq!(plan.status.phase, Some(Phase::Expired));
     assert_eq!(condition(&plan, APPROVED).reason, "ApprovalTimeout");
     assert!(!matches!(plan.effect, Effect::Grant { .. }));
     // An approval in time still grants, even when the operator looks late.
-    let in_time = with_finalizer(with_decisions(
-        observed(),
-        &[decision(
-            "bob",
-            &[],
-            Decision::Approved,
-            "2026-01-01T00:59:59Z",
-        )],
-    ));
+    let in_time = approved_by_bob("2026-01-01T00:59:59Z");
     let plan = decide(&in_time, at("2026-01-01T01:00:02Z"));
     assert_eq!(plan.status.phase, Some(Phase::Active));
 }
@@ -670,15 +622,7 @@ fn an_approval_after_the_approval_timeout_does_not_grant() {
 #[test]
 fn records_without_admissions_seal_never_approve() {
     // The annotation says bob approved, but observe found no valid seal on it.
-    let mut forged = with_finalizer(with_decisions(
-        observed(),
-        &[decision(
-            "bob",
-            &[],
-            Decision::Approved,
-            "2026-01-01T00:01:00Z",
-        )],
-    ));
+    let mut forged = approved_by_bob("2026-01-01T00:01:00Z");
     forged.decisions.clear();
     forged.forged = vec!["bob".into()];
     let plan = decide(&forged, at("2026-01-01T00:02:00Z"));
