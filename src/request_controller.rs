@@ -106,24 +106,6 @@ pub struct Context {
 }
 
 impl Context {
-    /// Counts one more failed reconcile of `key`; returns how many in a row.
-    fn failed_once(&self, key: &str) -> i32 {
-        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
-        let count = failed.entry(key.to_owned()).or_default();
-        *count = count.saturating_add(1);
-        *count
-    }
-
-    /// Forgets the failures of `key` after a reconcile that went through.
-    fn succeeded(&self, key: &str) {
-        self.failed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(key);
-    }
-}
-
-impl Context {
     /// A context publishing Events as `jit-operator` from `instance`.
     pub fn new(
         client: Client,
@@ -146,6 +128,22 @@ impl Context {
             sealer,
             failed: std::sync::Mutex::default(),
         }
+    }
+
+    /// Counts one more failed reconcile of `key`; returns how many in a row.
+    fn failed_once(&self, key: &str) -> i32 {
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = failed.entry(key.to_owned()).or_default();
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// Forgets the failures of `key` after a reconcile that went through.
+    fn succeeded(&self, key: &str) {
+        self.failed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(key);
     }
 }
 

@@ -164,9 +164,14 @@ impl Ledger {
         })
     }
 
-    /// Whether the request with this UID has an entry (whatever it holds).
+    /// Whether the request with this UID has an entry the operator wrote (one edited by
+    /// someone else is no record of a grant, as in `uids`).
     pub async fn holds(&self, uid: &str) -> Result<bool, Error> {
-        Ok(self.entry(uid).await?.is_some())
+        let name = Self::name(uid);
+        Ok(self
+            .entry(uid)
+            .await?
+            .is_some_and(|entry| self.checked(uid, &name, &entry).is_ok()))
     }
 
     /// What is recorded for the request with this UID; empty when nothing is.
