@@ -4,6 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Parser, ValueEnum};
 
+use crate::target::Target;
+
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -12,21 +14,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per event, for log pipelines.
     Json,
-}
-
-/// A target the operator can grant in, besides Kubernetes RBAC (always on).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum ProviderName {
-    /// Kubernetes RBAC; always enabled, accepted for completeness.
-    Kubernetes,
-    /// AWS IAM and IAM Identity Center, with the SDK's standard credentials, region and
-    /// endpoint (`AWS_REGION`, `AWS_ENDPOINT_URL`, IRSA, instance profile).
-    Aws,
-    /// Google Cloud IAM, with Application Default Credentials (workload identity in GKE).
-    Gcp,
-    /// Azure RBAC and PIM, with workload identity, a client secret or the managed identity
-    /// (the standard `AZURE_*` variables).
-    Azure,
 }
 
 /// How the Google Cloud provider authenticates.
@@ -95,7 +82,7 @@ pub struct Args {
         value_delimiter = ',',
         default_value = "kubernetes"
     )]
-    pub providers: Vec<ProviderName>,
+    pub providers: Vec<Target>,
 
     /// The operator's own namespace, where it records what it granted in clouds (ConfigMaps
     /// `jit-grant-<request uid>`), so that every cloud grant can be found and revoked.

@@ -17,6 +17,7 @@ pub mod seal;
 pub mod server;
 pub mod subject;
 pub mod sweep;
+pub mod target;
 pub mod telemetry;
 
 #[cfg(test)]

@@ -66,8 +66,6 @@ pub struct WebhookLabels {
 const PHASES: &[&str] = &[
     "Pending", "Active", "Expired", "Revoked", "Denied", "Failed",
 ];
-/// The providers `jit_active_grants` counts.
-const PROVIDERS: &[&str] = &["kubernetes", "aws", "gcp", "azure"];
 
 /// What the gauges know about one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -298,12 +296,12 @@ impl Metrics {
                 })
                 .set(phases.get(phase).copied().unwrap_or(0));
         }
-        for provider in PROVIDERS {
+        for target in crate::target::Target::ALL {
             self.active_grants
                 .get_or_create(&ProviderLabels {
-                    provider: (*provider).to_owned(),
+                    provider: target.as_str().to_owned(),
                 })
-                .set(providers.get(*provider).copied().unwrap_or(0));
+                .set(providers.get(target.as_str()).copied().unwrap_or(0));
         }
     }
 

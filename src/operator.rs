@@ -17,18 +17,11 @@ use tracing::{debug, error, info, warn};
 
 use crate::{
     admission::{self, certs, register, server::WebhookServer, tls},
-    cli::{Args, GcpCredentials, ProviderName},
+    cli::Args,
     crd::v1alpha1::{AccessPolicy, AccessRequest},
     leader,
     metrics::Metrics,
-    provider::{
-        Provider, Providers,
-        aws::AwsProvider,
-        azure::{self, AzureProvider},
-        gcp::{self, GcpProvider},
-        kubernetes::KubernetesProvider,
-        ledger::Ledger,
-    },
+    provider::Providers,
     request_controller,
     seal::Sealer,
     server, sweep,
@@ -150,7 +143,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
     check_permissions(&client, &args).await?;
     check_crds(&client).await?;
     let sealer = Sealer::load_or_create(&client, &args.namespace, &args.seal_secret).await?;
-    let providers = providers(&client, &args, &sealer).await?;
+    let providers = Providers::from_args(&client, &args, &sealer)
+        .await
+        .map_err(Error::Provider)?;
 
     let (stop_sender, stop_receiver) = watch::channel(false);
     let stopped = move || {
@@ -506,9 +501,7 @@ pub fn needed(args: &Args) -> Vec<Needed> {
         Some(&args.namespace),
         Some(&args.seal_secret),
     );
-    let cloud = [ProviderName::Aws, ProviderName::Gcp, ProviderName::Azure]
-        .iter()
-        .any(|name| args.providers.contains(name));
+    let cloud = args.providers.iter().any(|target| target.keeps_ledger());
     if cloud {
         add("", "configmaps", LEDGER_VERBS, Some(&args.namespace), None);
     }
@@ -588,55 +581,6 @@ async fn allowed(client: &Client, attributes: ResourceAttributes) -> Result<bool
         .await
         .map_err(Error::PermissionCheck)?;
     Ok(answer.status.is_some_and(|status| status.allowed))
-}
-
-/// The providers `--providers` enables; checks first that the cloud ones can keep their
-/// ledger.
-async fn providers(client: &Client, args: &Args, sealer: &Sealer) -> Result<Providers, Error> {
-    let enabled = |name| args.providers.contains(&name);
-    let aws: Option<Arc<dyn Provider>> = if enabled(ProviderName::Aws) {
-        let ledger = Ledger::new(client.clone(), &args.namespace, "aws", sealer.clone());
-        info!(namespace = %args.namespace, "aws provider enabled");
-        Some(Arc::new(AwsProvider::from_environment(ledger).await))
-    } else {
-        None
-    };
-    let gcp: Option<Arc<dyn Provider>> = if enabled(ProviderName::Gcp) {
-        let ledger = Ledger::new(client.clone(), &args.namespace, "gcp", sealer.clone());
-        let credentials = match args.gcp_credentials {
-            GcpCredentials::Adc => gcp::Credentials::ApplicationDefault,
-            GcpCredentials::Anonymous => {
-                warn!("gcp: anonymous credentials; only an emulator accepts them");
-                gcp::Credentials::Anonymous
-            }
-        };
-        let provider = GcpProvider::new(args.gcp_endpoint.as_deref(), credentials, ledger)
-            .await
-            .map_err(Error::Provider)?;
-        info!(namespace = %args.namespace, endpoint = args.gcp_endpoint.as_deref().unwrap_or("default"), "gcp provider enabled");
-        Some(Arc::new(provider))
-    } else {
-        None
-    };
-    let azure: Option<Arc<dyn Provider>> = if enabled(ProviderName::Azure) {
-        let ledger = Ledger::new(client.clone(), &args.namespace, "azure", sealer.clone());
-        let settings = azure::Settings {
-            endpoint: args.azure_endpoint.clone(),
-            audience: args.azure_audience.clone(),
-            ca_file: args.azure_ca_file.clone(),
-        };
-        let provider = AzureProvider::new(&settings, ledger).map_err(Error::Provider)?;
-        info!(namespace = %args.namespace, endpoint = %args.azure_endpoint, "azure provider enabled");
-        Some(Arc::new(provider))
-    } else {
-        None
-    };
-    Ok(Providers {
-        kubernetes: Arc::new(KubernetesProvider::new(client.clone())),
-        aws,
-        gcp,
-        azure,
-    })
 }
 
 /// What the cloud grant ledger needs on ConfigMaps in the operator's namespace.

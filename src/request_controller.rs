@@ -554,10 +554,11 @@ async fn record_failure(
 ) -> Result<Action, Error> {
     let generation = request.metadata.generation;
     if let apply::Error::Grant(cause) | apply::Error::Revoke(cause) = &error {
-        let provider = cause.provider().unwrap_or(match &plan.effect {
-            decide::Effect::Grant { role, .. } => crate::provider::target_name(role),
-            _ => "unknown",
+        let target = cause.target().or(match &plan.effect {
+            decide::Effect::Grant { role, .. } => crate::target::Target::of(role),
+            _ => None,
         });
+        let provider = target.map_or("unknown", crate::target::Target::as_str);
         context.metrics.provider_error(provider, cause.category());
     }
     // A refused grant ends the request, and ending always revokes: a refused drift repair

@@ -21,10 +21,10 @@ pub enum Error {
     #[error("failed to list access requests")]
     ListRequests(#[source] kube::Error),
     /// A provider failed to list or revoke.
-    #[error("failed to sweep {provider} grants")]
+    #[error("failed to sweep {target} grants")]
     Provider {
-        /// The provider.
-        provider: &'static str,
+        /// The target.
+        target: crate::target::Target,
         /// Why.
         #[source]
         source: provider::Error,
@@ -57,7 +57,7 @@ pub async fn sweep_once(client: &Client, providers: &Providers) -> Result<Report
             .list_managed()
             .await
             .map_err(|source| Error::Provider {
-                provider: provider.name(),
+                target: provider.target(),
                 source,
             })?;
         if managed.is_empty() {
@@ -93,11 +93,11 @@ pub async fn sweep_once(client: &Client, providers: &Providers) -> Result<Report
             // One entry that cannot be revoked must not stop the sweep of the others.
             match provider.revoke(&orphan).await {
                 Ok(()) => {
-                    warn!(provider = provider.name(), request_uid = %uid, "revoked an orphaned grant");
+                    warn!(provider = %provider.target(), request_uid = %uid, "revoked an orphaned grant");
                     report.swept.push(uid);
                 }
                 Err(error) => {
-                    warn!(provider = provider.name(), request_uid = %uid, error = %error_chain(&error), "failed to revoke an orphaned grant; will retry");
+                    warn!(provider = %provider.target(), request_uid = %uid, error = %error_chain(&error), "failed to revoke an orphaned grant; will retry");
                     report.failed.push(uid);
                 }
             }

@@ -9,6 +9,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::duration::{ApiDuration, DURATION_PATTERN};
+use crate::target::Target;
 
 /// Annotations people write to act on a request, and the records admission keeps of them.
 pub mod annotations {
@@ -29,9 +30,6 @@ pub mod annotations {
 /// The finalizer that makes deletion revoke the grant first.
 pub const FINALIZER: &str = "jit.dev/revoke";
 
-/// The target blocks a role may carry; a role names exactly one of them.
-pub const ROLE_TARGETS: &[&str] = &["kubernetes", "aws", "gcp", "azure"];
-
 /// The kinds of AWS grant; an `aws` block names exactly one of them.
 pub const AWS_GRANT_KINDS: &[&str] = &[
     "policyDocument",
@@ -49,7 +47,7 @@ const ROLES_MAX_ITEMS: u32 = 64;
 
 /// The rule that a role carries exactly one target block.
 fn exactly_one_target_rule() -> kube::core::Rule {
-    let present = ROLE_TARGETS
+    let present = Target::ALL
         .iter()
         .map(|target| format!("has(self.{target})"))
         .collect::<Vec<_>>()
@@ -57,7 +55,7 @@ fn exactly_one_target_rule() -> kube::core::Rule {
     kube::core::Rule::new(format!("[{present}].filter(set, set).size() == 1")).message(
         kube::core::Message::Message(format!(
             "a role must name exactly one target: {}",
-            ROLE_TARGETS.join(", ")
+            Target::ALL.map(Target::as_str).join(", ")
         )),
     )
 }

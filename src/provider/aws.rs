@@ -18,16 +18,16 @@ use aws_sdk_ssoadmin::types::{PrincipalType, StatusValues, TargetType};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tracing::info;
 
 use super::{
-    Error, GrantRecord, GrantSpec, GrantState, Provider, RequestRef, identity::Identity,
-    ledger::Ledger,
+    Error, Failure, GrantSpec, GrantState, RequestRef,
+    cloud::{Cloud, Replacement},
+    identity::Identity,
 };
-use crate::crd::v1alpha1::{AwsTarget, IdentityCenterPrincipalType};
-
-/// The provider's name.
-const NAME: &str = "aws";
+use crate::{
+    crd::v1alpha1::{AwsTarget, IdentityCenterPrincipalType},
+    target::Target,
+};
 /// Attempts per AWS call; the SDK backs off between them on throttling, 5xx and dropped
 /// connections.
 const MAX_ATTEMPTS: u32 = 5;
@@ -312,15 +312,14 @@ macro_rules! per_kind {
 }
 
 /// Grants in AWS IAM and IAM Identity Center.
-pub struct AwsProvider {
+pub(crate) struct Aws {
     iam: aws_sdk_iam::Client,
     sso: aws_sdk_ssoadmin::Client,
-    ledger: Ledger,
 }
 
-impl AwsProvider {
-    /// A provider with the SDK's standard configuration, recording grants in `ledger`.
-    pub async fn from_environment(ledger: Ledger) -> Self {
+impl Aws {
+    /// The clients with the SDK's standard configuration.
+    pub(crate) async fn from_environment() -> Self {
         let config = aws_config::defaults(BehaviorVersion::latest())
             .http_client(http_client())
             .retry_config(RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
@@ -329,7 +328,6 @@ impl AwsProvider {
         Self {
             iam: aws_sdk_iam::Client::new(&config),
             sso: aws_sdk_ssoadmin::Client::new(&config),
-            ledger,
         }
     }
 
@@ -372,7 +370,7 @@ impl AwsProvider {
         }
     }
 
-    async fn make(
+    async fn make_grant(
         &self,
         grant: &AwsGrant,
         target: &AwsTarget,
@@ -665,15 +663,19 @@ impl AwsProvider {
             match current.status() {
                 Some(StatusValues::Succeeded) => return Ok(()),
                 Some(StatusValues::Failed) => {
-                    return Err(Error::Cloud {
-                        provider: NAME,
-                        action: format!("finish the account assignment {what}"),
-                        message: current
+                    // A failed deletion is tried again: revocation never gives up.
+                    return Err(Error::cloud(
+                        Target::Aws,
+                        format!("finish the account assignment {what}"),
+                        current
                             .failure_reason()
-                            .unwrap_or("failed without a reason")
-                            .to_owned(),
-                        retryable: !creating,
-                    });
+                            .unwrap_or("failed without a reason"),
+                        if creating {
+                            Failure::Refused
+                        } else {
+                            Failure::Transient
+                        },
+                    ));
                 }
                 _ => {}
             }
@@ -712,7 +714,7 @@ impl AwsProvider {
         }
     }
 
-    async fn remove(&self, grant: &AwsGrant, now: Timestamp) -> Result<(), Error> {
+    async fn remove_grant(&self, grant: &AwsGrant, now: Timestamp) -> Result<(), Error> {
         match grant {
             AwsGrant::InlinePolicy {
                 principal,
@@ -790,7 +792,7 @@ impl AwsProvider {
         }
     }
 
-    async fn state(
+    async fn state_of(
         &self,
         grant: &AwsGrant,
         target: &AwsTarget,
@@ -852,91 +854,47 @@ impl AwsProvider {
 }
 
 #[async_trait]
-impl Provider for AwsProvider {
-    fn name(&self) -> &'static str {
-        NAME
-    }
+impl Cloud for Aws {
+    type Grant = AwsGrant;
+    const TARGET: Target = Target::Aws;
+    // A principal may hold the old and the new grant at once: add the new one first, so that
+    // a policy edit never leaves the subject without access in between.
+    const REPLACEMENT: Replacement = Replacement::GrantFirst;
 
-    fn enforces_expiry(&self) -> bool {
-        false
-    }
-
-    async fn grant(&self, grant: &GrantSpec<'_>) -> Result<GrantRecord, Error> {
-        let target = Self::target(grant)?;
-        let made = resolve(target, grant.identity, grant.request)?;
+    fn resolve(&self, spec: &GrantSpec<'_>) -> Result<AwsGrant, Error> {
+        let target = Self::target(spec)?;
+        let made = resolve(target, spec.identity, spec.request)?;
         if target.policy_document.is_some() {
             // Refuse a malformed document before anything is recorded.
-            Self::inline_document(target, grant.expires_at)?;
+            Self::inline_document(target, spec.expires_at)?;
         }
-        let uid = &grant.request.uid;
-        let recorded: Vec<AwsGrant> = self.ledger.targets(uid).await?;
-        if !recorded.contains(&made) {
-            // Not ours yet: access that exists already was granted outside the operator, and
-            // taking it over would end it at our expiry.
-            if self.exists(&made).await? {
-                return Err(Error::Invalid {
-                    message: format!(
-                        "{} exists already, granted outside this request; the operator will not take over access it did not grant",
-                        made.reference()
-                    ),
-                });
-            }
-            self.ledger
-                .record(grant.request, &made, grant.expires_at)
-                .await?;
-        }
-        if let Err(error) = self.make(&made, target, grant.expires_at).await {
-            // An entry that held anything before (an earlier grant, what the role granted
-            // before it changed) is kept; AWS adds the new grant before revoking the old.
-            self.ledger
-                .forget_refused(uid, &error, recorded.is_empty())
-                .await;
-            return Err(error);
-        }
-        // A policy edited while the grant is active (drift repair re-grants under the role as
-        // it is now): what the old definition granted must not outlive the change.
-        if recorded.iter().any(|other| other != &made) {
-            let now = Timestamp::now();
-            for stale in recorded.iter().filter(|other| *other != &made) {
-                self.remove(stale, now).await?;
-                info!(reference = %stale.reference(), "revoked what the role granted before it changed");
-            }
-            self.ledger.keep_only(grant.request, &made).await?;
-        }
-        info!(reference = %made.reference(), "granted in aws");
-        Ok(GrantRecord {
-            provider: NAME,
-            reference: made.reference(),
-            cloud_enforced_expiry: made.cloud_enforced(),
-        })
+        Ok(made)
     }
 
-    async fn revoke(&self, request: &RequestRef) -> Result<(), Error> {
-        let held: Vec<AwsGrant> = self.ledger.targets(&request.uid).await?;
-        if held.is_empty() {
-            return Ok(());
-        }
-        let now = Timestamp::now();
-        for grant in &held {
-            self.remove(grant, now).await?;
-            info!(reference = %grant.reference(), "revoked in aws");
-        }
-        self.ledger.clear(&request.uid).await?;
-        Ok(())
+    fn reference(grant: &AwsGrant) -> String {
+        grant.reference()
     }
 
-    async fn verify(&self, grant: &GrantSpec<'_>) -> Result<GrantState, Error> {
-        let target = Self::target(grant)?;
-        let made = resolve(target, grant.identity, grant.request)?;
-        self.state(&made, target, grant.expires_at).await
+    fn cloud_enforced(grant: &AwsGrant) -> bool {
+        grant.cloud_enforced()
     }
 
-    async fn list_managed(&self) -> Result<Vec<String>, Error> {
-        Ok(self.ledger.uids().await?)
+    async fn held_elsewhere(&self, grant: &AwsGrant) -> Result<bool, Error> {
+        self.exists(grant).await
     }
 
-    async fn holds(&self, request: &RequestRef) -> Result<bool, Error> {
-        Ok(self.ledger.holds(&request.uid).await?)
+    async fn make(&self, grant: &AwsGrant, spec: &GrantSpec<'_>) -> Result<(), Error> {
+        self.make_grant(grant, Self::target(spec)?, spec.expires_at)
+            .await
+    }
+
+    async fn remove(&self, grant: &AwsGrant, now: Timestamp) -> Result<(), Error> {
+        self.remove_grant(grant, now).await
+    }
+
+    async fn state(&self, grant: &AwsGrant, spec: &GrantSpec<'_>) -> Result<GrantState, Error> {
+        self.state_of(grant, Self::target(spec)?, spec.expires_at)
+            .await
     }
 }
 
@@ -948,20 +906,19 @@ fn sso_principal_type(kind: IdentityCenterPrincipalType) -> PrincipalType {
 }
 
 fn retryable(message: String) -> Error {
-    Error::Cloud {
-        provider: NAME,
-        action: "provision".into(),
-        message,
-        retryable: true,
-    }
+    Error::cloud(Target::Aws, "provision", message, Failure::Transient)
 }
 
-/// Error codes that mean "try again later".
-const RETRYABLE_CODES: &[&str] = &[
+/// Error codes that mean "slow down".
+const THROTTLING_CODES: &[&str] = &[
     "Throttling",
     "ThrottlingException",
     "RequestLimitExceeded",
     "TooManyRequestsException",
+];
+
+/// Error codes that mean "try again later".
+const RETRYABLE_CODES: &[&str] = &[
     "ServiceFailure",
     "ServiceUnavailable",
     "InternalFailure",
@@ -998,28 +955,35 @@ fn cloud<E>(action: &str, error: SdkError<E, HttpResponse>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let (message, retryable) = match &error {
-        SdkError::ServiceError(_) => {
+    let (message, failure) = match &error {
+        SdkError::ServiceError(service) => {
             let code = error.code().unwrap_or("Unknown");
             let text = error.message().unwrap_or("no message");
-            let server_side = error
-                .raw_response()
-                .is_some_and(|raw| raw.status().is_server_error() || raw.status().as_u16() == 429);
-            (
-                format!("{code}: {text}"),
-                server_side || RETRYABLE_CODES.contains(&code),
-            )
+            let raw = service.raw();
+            let status = raw.status().as_u16();
+            let failure = if is_gone(&error) {
+                Failure::NotFound
+            } else if status == 429 || THROTTLING_CODES.contains(&code) {
+                Failure::Throttled {
+                    retry_after: raw
+                        .headers()
+                        .get("retry-after")
+                        .and_then(super::retry_after_seconds),
+                }
+            } else if raw.status().is_server_error() || RETRYABLE_CODES.contains(&code) {
+                Failure::Transient
+            } else {
+                Failure::Refused
+            };
+            (format!("{code}: {text}"), failure)
         }
-        SdkError::ConstructionFailure(_) => (crate::telemetry::error_chain(&error), false),
+        SdkError::ConstructionFailure(_) => {
+            (crate::telemetry::error_chain(&error), Failure::Refused)
+        }
         // Timeouts, dropped connections and replies that do not parse: try again.
-        _ => (crate::telemetry::error_chain(&error), true),
+        _ => (crate::telemetry::error_chain(&error), Failure::Transient),
     };
-    Error::Cloud {
-        provider: NAME,
-        action: action.to_owned(),
-        message,
-        retryable,
-    }
+    Error::cloud(Target::Aws, action, message, failure)
 }
 
 #[cfg(test)]
@@ -1202,6 +1166,10 @@ mod tests {
         assert!(refusal("ServiceFailure", 500).is_retryable());
         assert!(refusal("SomethingNew", 503).is_retryable());
         assert!(refusal("TooManyRequestsException", 429).is_retryable());
+        assert!(refusal("Throttling", 400).is_throttled());
+        assert!(!refusal("ServiceFailure", 500).is_throttled());
+        assert!(refusal("NoSuchEntity", 404).is_not_found());
+        assert!(!refusal("AccessDenied", 403).is_not_found());
         for code in [
             "NoSuchEntity",
             "AccessDenied",

@@ -25,20 +25,21 @@ use azure_identity::{
 use jiff::{SignedDuration, Timestamp};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use self::requests::{
     ASSIGNMENTS_API_VERSION, ArmError, AzureGrant, PIM_API_VERSION, Page, RequestOutcome,
     RoleAssignment, Schedule, ScheduleRequest,
 };
 use super::{
-    Error, GrantRecord, GrantSpec, GrantState, Provider, RequestRef, identity::Identity,
-    ledger::Ledger,
+    Error, Failure, GrantSpec, GrantState, RequestRef,
+    cloud::{Cloud, Replacement},
+    identity::Identity,
 };
-use crate::crd::v1alpha1::{AzureMode, AzureTarget};
-
-/// The provider's name.
-const NAME: &str = "azure";
+use crate::{
+    crd::v1alpha1::{AzureMode, AzureTarget},
+    target::Target,
+};
 /// Azure Resource Manager in Azure's public cloud.
 pub const PUBLIC_ENDPOINT: &str = "https://management.azure.com";
 /// Retries of one call inside the pipeline before the reconcile is requeued.
@@ -59,30 +60,40 @@ pub struct Settings {
 }
 
 /// Why an Azure call failed, before it becomes a provider error.
-enum Failure {
+enum CallFailure {
     /// Azure answered with an error.
     Refused {
         /// The HTTP status.
         status: u16,
         /// Azure's code and message.
         error: ArmError,
+        /// How long Azure asked to wait, when it said.
+        retry_after: Option<Duration>,
     },
     /// The error for the request, as is.
     Other(Error),
 }
 
-impl Failure {
+impl CallFailure {
     /// The provider error: 429 and 5xx (still failing after the pipeline's retries) may
     /// pass, and so may 401 (the operator's own credentials, fixed by its administrator,
     /// not by the requester); any other refusal needs a person.
     fn into_error(self, action: &str) -> Error {
         match self {
-            Self::Refused { status, error } => Error::Cloud {
-                provider: NAME,
-                action: action.to_owned(),
-                message: error.describe(),
-                retryable: matches!(status, 401 | 408 | 429) || status >= 500,
-            },
+            Self::Refused {
+                status,
+                error,
+                retry_after,
+            } => {
+                let failure = match status {
+                    404 => Failure::NotFound,
+                    429 => Failure::Throttled { retry_after },
+                    401 | 408 => Failure::Transient,
+                    _ if status >= 500 => Failure::Transient,
+                    _ => Failure::Refused,
+                };
+                Error::cloud(Target::Azure, action, error.describe(), failure)
+            }
             Self::Other(error) => error,
         }
     }
@@ -107,14 +118,14 @@ struct Reply {
 }
 
 impl Reply {
-    fn json<T: DeserializeOwned>(&self, action: &str) -> Result<T, Failure> {
+    fn json<T: DeserializeOwned>(&self, action: &str) -> Result<T, CallFailure> {
         serde_json::from_slice(&self.body).map_err(|error| {
-            Failure::Other(Error::Cloud {
-                provider: NAME,
-                action: action.to_owned(),
-                message: format!("azure replied with a body that does not parse: {error}"),
-                retryable: true,
-            })
+            CallFailure::Other(Error::cloud(
+                Target::Azure,
+                action,
+                format!("azure replied with a body that does not parse: {error}"),
+                Failure::Transient,
+            ))
         })
     }
 }
@@ -126,27 +137,27 @@ struct Arm {
 }
 
 impl Arm {
-    fn url(&self, path: &str, api_version: &str, filter: Option<&str>) -> Result<Url, Failure> {
+    fn url(&self, path: &str, api_version: &str, filter: Option<&str>) -> Result<Url, CallFailure> {
         let mut text = format!("{}{path}?api-version={api_version}", self.endpoint);
         if let Some(filter) = filter {
             text.push_str("&$filter=");
             text.push_str(&urlencoding::encode(filter));
         }
         Url::parse(&text).map_err(|error| {
-            Failure::Other(Error::Invalid {
+            CallFailure::Other(Error::Invalid {
                 message: format!("azure: {text} is not a URL: {error}"),
             })
         })
     }
 
-    /// Sends one call; a status outside 2xx is a [`Failure::Refused`].
+    /// Sends one call; a status outside 2xx is a [`CallFailure::Refused`].
     async fn send(
         &self,
         method: Method,
         url: Url,
         body: Option<&Value>,
         action: &str,
-    ) -> Result<Reply, Failure> {
+    ) -> Result<Reply, CallFailure> {
         let mut request = Request::new(url, method);
         request.insert_header(headers::ACCEPT, "application/json");
         if let Some(body) = body {
@@ -168,28 +179,37 @@ impl Arm {
             .map_err(|error| {
                 // No answer (a dropped connection after the retries, no token): the call may
                 // or may not have landed; the next attempt reads before it writes.
-                Failure::Other(Error::Cloud {
-                    provider: NAME,
-                    action: action.to_owned(),
-                    message: crate::telemetry::error_chain(&error),
-                    retryable: true,
-                })
+                CallFailure::Other(Error::cloud(
+                    Target::Azure,
+                    action,
+                    crate::telemetry::error_chain(&error),
+                    Failure::Transient,
+                ))
             })?;
         let status = u16::from(response.status());
+        let retry_after = response
+            .headers()
+            .get_optional_str(&headers::RETRY_AFTER)
+            .and_then(super::retry_after_seconds);
         let body = response.into_body().to_vec();
         if (200..300).contains(&status) {
             Ok(Reply { status, body })
         } else {
-            Err(Failure::Refused {
+            Err(CallFailure::Refused {
                 status,
                 error: ArmError::parse(status, &body),
+                retry_after,
             })
         }
     }
 
     /// Every item of a list, following `nextLink` only within our endpoint (the bearer token
     /// goes with it).
-    async fn list<T: DeserializeOwned>(&self, first: Url, action: &str) -> Result<Vec<T>, Failure> {
+    async fn list<T: DeserializeOwned>(
+        &self,
+        first: Url,
+        action: &str,
+    ) -> Result<Vec<T>, CallFailure> {
         let mut items = Vec::new();
         let mut next = Some(first);
         while let Some(url) = next.take() {
@@ -200,20 +220,20 @@ impl Arm {
             items.extend(page.value);
             if let Some(link) = page.next_link.filter(|link| !link.is_empty()) {
                 if !link.starts_with(&format!("{}/", self.endpoint)) {
-                    return Err(Failure::Other(Error::Cloud {
-                        provider: NAME,
-                        action: action.to_owned(),
-                        message: format!("azure gave a next page outside {}", self.endpoint),
-                        retryable: false,
-                    }));
+                    return Err(CallFailure::Other(Error::cloud(
+                        Target::Azure,
+                        action,
+                        format!("azure gave a next page outside {}", self.endpoint),
+                        Failure::Refused,
+                    )));
                 }
                 next = Some(Url::parse(&link).map_err(|error| {
-                    Failure::Other(Error::Cloud {
-                        provider: NAME,
-                        action: action.to_owned(),
-                        message: format!("azure gave a next page that is not a URL: {error}"),
-                        retryable: true,
-                    })
+                    CallFailure::Other(Error::cloud(
+                        Target::Azure,
+                        action,
+                        format!("azure gave a next page that is not a URL: {error}"),
+                        Failure::Transient,
+                    ))
                 })?);
             }
         }
@@ -222,9 +242,8 @@ impl Arm {
 }
 
 /// Grants Azure roles.
-pub struct AzureProvider {
+pub(crate) struct Azure {
     arm: Arm,
-    ledger: Ledger,
 }
 
 /// Resolves a role's `azure` block for a subject into the grant to make. Pure.
@@ -257,12 +276,12 @@ pub fn resolve(
     })
 }
 
-impl AzureProvider {
+impl Azure {
     /// A provider with credentials from the environment: workload identity when
     /// `AZURE_FEDERATED_TOKEN_FILE` is set, else a client secret when `AZURE_CLIENT_SECRET`
     /// is, else the managed identity (`AZURE_CLIENT_ID` picks a user-assigned one). The
     /// authority host comes from `AZURE_AUTHORITY_HOST`.
-    pub fn new(settings: &Settings, ledger: Ledger) -> Result<Self, Error> {
+    pub(crate) fn new(settings: &Settings) -> Result<Self, Error> {
         // reqwest is built without a crypto provider of its own; use ring, as the rest of
         // the operator does. Installing twice is harmless.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -299,7 +318,6 @@ impl AzureProvider {
         );
         Ok(Self {
             arm: Arm { pipeline, endpoint },
-            ledger,
         })
     }
 
@@ -310,14 +328,14 @@ impl AzureProvider {
     }
 
     /// The role assignment named `grant.name`, if there is one.
-    async fn assignment(&self, grant: &AzureGrant) -> Result<Option<RoleAssignment>, Failure> {
+    async fn assignment(&self, grant: &AzureGrant) -> Result<Option<RoleAssignment>, CallFailure> {
         let action = "read the role assignment";
         let url = self
             .arm
             .url(&grant.assignment_path(), ASSIGNMENTS_API_VERSION, None)?;
         match self.arm.send(Method::Get, url, None, action).await {
             Ok(reply) => Ok(Some(reply.json(action)?)),
-            Err(Failure::Refused { status: 404, .. }) => Ok(None),
+            Err(CallFailure::Refused { status: 404, .. }) => Ok(None),
             Err(other) => Err(other),
         }
     }
@@ -340,10 +358,10 @@ impl AzureProvider {
                         info!(name = %grant.name, "adopted our existing role assignment");
                         Ok(())
                     }
-                    Ok(_) => Err(Error::Cloud {
-                        provider: NAME,
-                        action: action.to_owned(),
-                        message: format!(
+                    Ok(_) => Err(Error::cloud(
+                        Target::Azure,
+                        action,
+                        format!(
                             "{} already holds role {} at {} through an assignment the operator \
                              did not make; remove it or stop requesting this role ({})",
                             grant.principal_id,
@@ -351,8 +369,8 @@ impl AzureProvider {
                             grant.scope,
                             failure_text(&failure),
                         ),
-                        retryable: false,
-                    }),
+                        Failure::Refused,
+                    )),
                     Err(other) => Err(other.into_error("read the role assignment")),
                 }
             }
@@ -361,7 +379,7 @@ impl AzureProvider {
     }
 
     /// Every PIM schedule of the grant's principal at its scope.
-    async fn schedules(&self, grant: &AzureGrant) -> Result<Vec<Schedule>, Failure> {
+    async fn schedules(&self, grant: &AzureGrant) -> Result<Vec<Schedule>, CallFailure> {
         let url = self.arm.url(
             &grant.schedules_path(),
             PIM_API_VERSION,
@@ -382,14 +400,14 @@ impl AzureProvider {
         &self,
         grant: &AzureGrant,
         name: &str,
-    ) -> Result<Option<ScheduleRequest>, Failure> {
+    ) -> Result<Option<ScheduleRequest>, CallFailure> {
         let action = "read the role assignment schedule request";
         let url = self
             .arm
             .url(&grant.schedule_request_path(name), PIM_API_VERSION, None)?;
         match self.arm.send(Method::Get, url, None, action).await {
             Ok(reply) => Ok(Some(reply.json(action)?)),
-            Err(Failure::Refused { status: 404, .. }) => Ok(None),
+            Err(CallFailure::Refused { status: 404, .. }) => Ok(None),
             Err(other) => Err(other),
         }
     }
@@ -409,10 +427,10 @@ impl AzureProvider {
             return Ok(Some(ours.clone()));
         }
         if let Some(foreign) = schedules.first() {
-            return Err(Error::Cloud {
-                provider: NAME,
-                action: action.to_owned(),
-                message: format!(
+            return Err(Error::cloud(
+                Target::Azure,
+                action,
+                format!(
                     "{} already holds role {} at {} through PIM schedule {} the operator did not \
                      make; remove it or stop requesting this role",
                     grant.principal_id,
@@ -420,8 +438,8 @@ impl AzureProvider {
                     grant.scope,
                     foreign.name,
                 ),
-                retryable: false,
-            });
+                Failure::Refused,
+            ));
         }
         Ok(None)
     }
@@ -470,21 +488,21 @@ impl AzureProvider {
                 let made: ScheduleRequest = reply.json(action).map_err(|f| f.into_error(action))?;
                 match made.properties.outcome() {
                     RequestOutcome::Done => Ok(()),
-                    RequestOutcome::Pending => Err(Error::Cloud {
-                        provider: NAME,
-                        action: action.to_owned(),
-                        message: format!(
+                    RequestOutcome::Pending => Err(Error::cloud(
+                        Target::Azure,
+                        action,
+                        format!(
                             "PIM has not provisioned it yet (status {}, HTTP {})",
                             made.properties.status, reply.status
                         ),
-                        retryable: true,
-                    }),
-                    RequestOutcome::Failed => Err(Error::Cloud {
-                        provider: NAME,
-                        action: action.to_owned(),
-                        message: format!("PIM answered {}", made.properties.status),
-                        retryable: false,
-                    }),
+                        Failure::Transient,
+                    )),
+                    RequestOutcome::Failed => Err(Error::cloud(
+                        Target::Azure,
+                        action,
+                        format!("PIM answered {}", made.properties.status),
+                        Failure::Refused,
+                    )),
                 }
             }
             // A conflict, whatever its code: the PUT may have landed with its reply lost, and
@@ -510,7 +528,7 @@ impl AzureProvider {
         }
     }
 
-    async fn remove(&self, grant: &AzureGrant) -> Result<(), Error> {
+    async fn remove_grant(&self, grant: &AzureGrant) -> Result<(), Error> {
         match grant.mode {
             AzureMode::Direct => {
                 let action = "delete the role assignment";
@@ -520,7 +538,7 @@ impl AzureProvider {
                     .map_err(|failure| failure.into_error(action))?;
                 match self.arm.send(Method::Delete, url, None, action).await {
                     // 200 with the assignment, or 204 when there was none: gone either way.
-                    Ok(_) | Err(Failure::Refused { status: 404, .. }) => Ok(()),
+                    Ok(_) | Err(CallFailure::Refused { status: 404, .. }) => Ok(()),
                     Err(failure) => Err(failure.into_error(action)),
                 }
             }
@@ -561,34 +579,33 @@ fn earlier_request(status: &str, action: &str) -> Error {
     }
     .outcome();
     match outcome {
-        RequestOutcome::Pending => Error::Cloud {
-            provider: NAME,
-            action: action.to_owned(),
-            message: format!("PIM has not provisioned it yet (status {status})"),
-            retryable: true,
-        },
-        RequestOutcome::Failed => Error::Cloud {
-            provider: NAME,
-            action: action.to_owned(),
-            message: format!("PIM answered {status}"),
-            retryable: false,
-        },
+        RequestOutcome::Pending => Error::cloud(
+            Target::Azure,
+            action,
+            format!("PIM has not provisioned it yet (status {status})"),
+            Failure::Transient,
+        ),
+        RequestOutcome::Failed => Error::cloud(
+            Target::Azure,
+            action,
+            format!("PIM answered {status}"),
+            Failure::Refused,
+        ),
         // Made, and its schedule is gone: removed outside the operator. Asking again would
         // hide that; the request fails and says so.
-        RequestOutcome::Done => Error::Cloud {
-            provider: NAME,
-            action: action.to_owned(),
-            message: "the PIM assignment made for this request was removed outside the operator"
-                .to_owned(),
-            retryable: false,
-        },
+        RequestOutcome::Done => Error::cloud(
+            Target::Azure,
+            action,
+            "the PIM assignment made for this request was removed outside the operator".to_owned(),
+            Failure::Refused,
+        ),
     }
 }
 
-fn failure_text(failure: &Failure) -> String {
+fn failure_text(failure: &CallFailure) -> String {
     match failure {
-        Failure::Refused { error, .. } => error.describe(),
-        Failure::Other(error) => error.to_string(),
+        CallFailure::Refused { error, .. } => error.describe(),
+        CallFailure::Other(error) => error.to_string(),
     }
 }
 
@@ -664,86 +681,61 @@ fn credential(options: ClientOptions) -> Result<Arc<dyn TokenCredential>, Error>
 }
 
 #[async_trait]
-impl Provider for AzureProvider {
-    fn name(&self) -> &'static str {
-        NAME
+impl Cloud for Azure {
+    type Grant = AzureGrant;
+    const TARGET: Target = Target::Azure;
+    // Azure refuses a second assignment of the same role to the same principal at the same
+    // scope: the old one goes first.
+    const REPLACEMENT: Replacement = Replacement::RevokeFirst;
+
+    fn resolve(&self, spec: &GrantSpec<'_>) -> Result<AzureGrant, Error> {
+        resolve(Self::target(spec)?, spec.identity, spec.request)
+    }
+
+    fn reference(grant: &AzureGrant) -> String {
+        grant.reference()
     }
 
     /// Only PIM schedules end by themselves; direct assignments are deleted by the operator.
-    /// The controller asks per grant through [`GrantRecord::cloud_enforced_expiry`].
-    fn enforces_expiry(&self) -> bool {
-        false
+    fn cloud_enforced(grant: &AzureGrant) -> bool {
+        grant.mode == AzureMode::Pim
     }
 
-    async fn grant(&self, grant: &GrantSpec<'_>) -> Result<GrantRecord, Error> {
-        let target = Self::target(grant)?;
-        let made = resolve(target, grant.identity, grant.request)?;
-        // A policy edited while the grant is active: what the role granted before goes first.
-        let (stale, held_before) = self.ledger.others(&grant.request.uid, &made).await?;
-        for stale in &stale {
-            self.remove(stale).await?;
-            info!(reference = %stale.reference(), "revoked what the role granted before it changed");
+    async fn make(&self, grant: &AzureGrant, spec: &GrantSpec<'_>) -> Result<(), Error> {
+        match grant.mode {
+            AzureMode::Direct => self.assign_directly(grant, spec.description).await,
+            AzureMode::Pim => self.assign_with_pim(grant, spec, Self::target(spec)?).await,
         }
-        self.ledger
-            .record_only(grant.request, &made, grant.expires_at, !stale.is_empty())
-            .await?;
-        let result = match made.mode {
-            AzureMode::Direct => self.assign_directly(&made, grant.description).await,
-            AzureMode::Pim => self.assign_with_pim(&made, grant, target).await,
-        };
-        if let Err(error) = result {
-            self.ledger
-                .forget_refused(&grant.request.uid, &error, !held_before)
-                .await;
-            return Err(error);
-        }
-        info!(reference = %made.reference(), "granted in azure");
-        Ok(GrantRecord {
-            provider: NAME,
-            reference: made.reference(),
-            cloud_enforced_expiry: made.mode == AzureMode::Pim,
-        })
     }
 
-    async fn revoke(&self, request: &RequestRef) -> Result<(), Error> {
-        let held: Vec<AzureGrant> = self.ledger.targets(&request.uid).await?;
-        for grant in &held {
-            if let Err(error) = self.remove(grant).await {
-                warn!(reference = %grant.reference(), %error, "azure: revoke failed");
-                return Err(error);
-            }
-            info!(reference = %grant.reference(), "revoked in azure");
-        }
-        self.ledger.clear(&request.uid).await?;
-        Ok(())
+    async fn remove(&self, grant: &AzureGrant, _now: Timestamp) -> Result<(), Error> {
+        self.remove_grant(grant).await
     }
 
-    async fn verify(&self, grant: &GrantSpec<'_>) -> Result<GrantState, Error> {
-        let target = Self::target(grant)?;
-        let made = resolve(target, grant.identity, grant.request)?;
-        match made.mode {
+    async fn state(&self, grant: &AzureGrant, spec: &GrantSpec<'_>) -> Result<GrantState, Error> {
+        match grant.mode {
             AzureMode::Direct => {
                 let found = self
-                    .assignment(&made)
+                    .assignment(grant)
                     .await
                     .map_err(|failure| failure.into_error("read the role assignment"))?;
                 Ok(match found {
                     None => GrantState::Missing,
-                    Some(found) if made.is(&found) => GrantState::Present,
+                    Some(found) if grant.is(&found) => GrantState::Present,
                     Some(_) => GrantState::Drifted(format!(
                         "role assignment {} at {} was changed",
-                        made.name, made.scope
+                        grant.name, grant.scope
                     )),
                 })
             }
             AzureMode::Pim => {
                 let schedule = self
-                    .our_schedule(&made, "verify the PIM assignment")
+                    .our_schedule(grant, "verify the PIM assignment")
                     .await?;
                 let Some(schedule) = schedule else {
                     // Azure ends it at the expiry by its own clock: gone a little early is
                     // the cloud doing its job, not drift.
-                    let ending = Timestamp::now() >= grant.expires_at - EXPIRY_SKEW;
+                    let ending = Timestamp::now() >= spec.expires_at - EXPIRY_SKEW;
                     return Ok(if ending {
                         GrantState::Present
                     } else {
@@ -751,24 +743,16 @@ impl Provider for AzureProvider {
                     });
                 };
                 Ok(match schedule.properties.ends_at() {
-                    Some(end) if end == grant.expires_at => GrantState::Present,
+                    Some(end) if end == spec.expires_at => GrantState::Present,
                     end => GrantState::Drifted(format!(
                         "PIM schedule {} ends at {}, not {}",
                         schedule.name,
                         end.map_or_else(|| "no time".to_owned(), requests::timestamp),
-                        requests::timestamp(grant.expires_at)
+                        requests::timestamp(spec.expires_at)
                     )),
                 })
             }
         }
-    }
-
-    async fn list_managed(&self) -> Result<Vec<String>, Error> {
-        Ok(self.ledger.uids().await?)
-    }
-
-    async fn holds(&self, request: &RequestRef) -> Result<bool, Error> {
-        Ok(self.ledger.holds(&request.uid).await?)
     }
 }
 
@@ -844,15 +828,20 @@ mod tests {
     #[test]
     fn refusals_are_retryable_only_when_azure_is_busy_or_failing() {
         let refused = |status: u16| {
-            Failure::Refused {
+            CallFailure::Refused {
                 status,
                 error: ArmError::parse(status, br#"{"error":{"code":"Code","message":"words"}}"#),
+                retry_after: Some(Duration::from_secs(7)),
             }
             .into_error("act")
         };
         for status in [401, 429, 500, 503] {
             assert!(refused(status).is_retryable(), "{status}");
         }
+        assert!(refused(429).is_throttled());
+        assert_eq!(refused(429).retry_after(), Some(Duration::from_secs(7)));
+        assert!(!refused(503).is_throttled());
+        assert!(refused(404).is_not_found());
         for status in [400, 403, 404, 409] {
             let error = refused(status);
             assert!(!error.is_retryable(), "{status}");

@@ -14,16 +14,14 @@ use google_cloud_iam_v1::model::{GetPolicyOptions, Policy};
 use google_cloud_resourcemanager_v3::client::{Folders, Organizations, Projects};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::{
-    Error, GrantRecord, GrantSpec, GrantState, Provider, RequestRef, identity::Identity,
-    ledger::Ledger,
+    Error, Failure, GrantSpec, GrantState, RequestRef,
+    cloud::{Cloud, Replacement},
+    identity::Identity,
 };
-use crate::crd::v1alpha1::GcpTarget;
-
-/// The provider's name.
-const NAME: &str = "gcp";
+use crate::{crd::v1alpha1::GcpTarget, target::Target};
 /// Attempts at one read-modify-write before the reconcile is requeued.
 const MAX_ATTEMPTS: u32 = 6;
 /// Longest wait between attempts, whatever Retry-After says.
@@ -104,26 +102,47 @@ struct Clients {
     organizations: Organizations,
 }
 
+/// The kind of resource a binding is on, which picks the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResourceKind {
+    Project,
+    Folder,
+    Organization,
+}
+
+impl ResourceKind {
+    /// The kind of `projects/P`, `folders/F` or `organizations/O` (a project otherwise: the
+    /// API refuses what is not one).
+    fn of(resource: &str) -> Self {
+        match resource.split_once('/').map(|(kind, _)| kind) {
+            Some("folders") => Self::Folder,
+            Some("organizations") => Self::Organization,
+            _ => Self::Project,
+        }
+    }
+}
+
 /// Grants Google Cloud IAM roles.
-pub struct GcpProvider {
+pub(crate) struct Gcp {
     clients: Clients,
-    ledger: Ledger,
 }
 
-/// What one attempt at a call came to.
-enum Failure {
-    /// Try again after this long (conflict, throttling, 5xx, dropped reply).
-    Again(Duration, String),
-    /// Give up: the error for the request.
-    Stop(Error),
+/// What one failed call came to.
+struct Classified {
+    /// The cloud's words.
+    message: String,
+    /// What kind of failure.
+    failure: Failure,
+    /// When to try again inside this reconcile (conflicts, throttling, 5xx, dropped replies);
+    /// `None`: give up now.
+    again: Option<Duration>,
 }
 
-impl GcpProvider {
-    /// A provider talking to `endpoint` (the public one when `None`).
-    pub async fn new(
+impl Gcp {
+    /// The clients, talking to `endpoint` (the public one when `None`).
+    pub(crate) async fn new(
         endpoint: Option<&str>,
         credentials: Credentials,
-        ledger: Ledger,
     ) -> Result<Self, Error> {
         // The Google clients use rustls without choosing a crypto provider; use ring, as the
         // rest of the operator does. Installing twice is harmless.
@@ -155,7 +174,6 @@ impl GcpProvider {
                 folders: client!(Folders),
                 organizations: client!(Organizations),
             },
-            ledger,
         })
     }
 
@@ -168,58 +186,38 @@ impl GcpProvider {
     async fn get(&self, resource: &str) -> Result<Policy, GaxError> {
         let options =
             GetPolicyOptions::new().set_requested_policy_version(bindings::CONDITIONAL_VERSION);
-        if resource.starts_with("folders/") {
-            self.clients
-                .folders
-                .get_iam_policy()
-                .set_resource(resource)
-                .set_options(options)
-                .send()
-                .await
-        } else if resource.starts_with("organizations/") {
-            self.clients
-                .organizations
-                .get_iam_policy()
-                .set_resource(resource)
-                .set_options(options)
-                .send()
-                .await
-        } else {
-            self.clients
-                .projects
-                .get_iam_policy()
-                .set_resource(resource)
-                .set_options(options)
-                .send()
-                .await
+        macro_rules! get {
+            ($client:expr) => {
+                $client
+                    .get_iam_policy()
+                    .set_resource(resource)
+                    .set_options(options)
+                    .send()
+                    .await
+            };
+        }
+        match ResourceKind::of(resource) {
+            ResourceKind::Project => get!(self.clients.projects),
+            ResourceKind::Folder => get!(self.clients.folders),
+            ResourceKind::Organization => get!(self.clients.organizations),
         }
     }
 
     async fn set(&self, resource: &str, policy: Policy) -> Result<Policy, GaxError> {
-        if resource.starts_with("folders/") {
-            self.clients
-                .folders
-                .set_iam_policy()
-                .set_resource(resource)
-                .set_policy(policy)
-                .send()
-                .await
-        } else if resource.starts_with("organizations/") {
-            self.clients
-                .organizations
-                .set_iam_policy()
-                .set_resource(resource)
-                .set_policy(policy)
-                .send()
-                .await
-        } else {
-            self.clients
-                .projects
-                .set_iam_policy()
-                .set_resource(resource)
-                .set_policy(policy)
-                .send()
-                .await
+        macro_rules! set {
+            ($client:expr) => {
+                $client
+                    .set_iam_policy()
+                    .set_resource(resource)
+                    .set_policy(policy)
+                    .send()
+                    .await
+            };
+        }
+        match ResourceKind::of(resource) {
+            ResourceKind::Project => set!(self.clients.projects),
+            ResourceKind::Folder => set!(self.clients.folders),
+            ResourceKind::Organization => set!(self.clients.organizations),
         }
     }
 
@@ -231,67 +229,70 @@ impl GcpProvider {
         action: &str,
         edit: impl Fn(&Policy) -> Option<Policy>,
     ) -> Result<(), Error> {
-        let mut last = String::new();
+        let mut last = None;
         for attempt in 1..=MAX_ATTEMPTS {
             let outcome = match self.get(resource).await {
-                Err(error) => Err(classify(action, &error, attempt)),
+                Err(error) => Err(classify(&error, attempt)),
                 Ok(policy) => match edit(&policy) {
                     None => return Ok(()),
                     Some(edited) => self
                         .set(resource, edited)
                         .await
                         .map(|_| ())
-                        .map_err(|error| classify(action, &error, attempt)),
+                        .map_err(|error| classify(&error, attempt)),
                 },
             };
-            match outcome {
+            let failed = match outcome {
                 Ok(()) => return Ok(()),
-                Err(Failure::Stop(error)) => return Err(error),
-                Err(Failure::Again(pause, why)) => {
-                    debug!(%resource, attempt, %why, pause_ms = pause.as_millis() as u64, "gcp: retrying");
-                    last = why;
-                    tokio::time::sleep(pause).await;
-                }
-            }
+                Err(failed) => failed,
+            };
+            let Some(pause) = failed.again else {
+                return Err(Error::cloud(
+                    Target::Gcp,
+                    action,
+                    failed.message,
+                    failed.failure,
+                ));
+            };
+            debug!(%resource, attempt, why = %failed.message, pause_ms = pause.as_millis() as u64, "gcp: retrying");
+            last = Some(failed);
+            tokio::time::sleep(pause).await;
         }
-        warn!(%resource, %last, "gcp: giving up for now");
-        Err(Error::Cloud {
-            provider: NAME,
-            action: action.to_owned(),
-            message: format!("still failing after {MAX_ATTEMPTS} attempts: {last}"),
-            retryable: true,
-        })
+        let (message, failure) = last.map_or((String::new(), Failure::Transient), |last| {
+            (last.message, last.failure)
+        });
+        warn!(%resource, %message, "gcp: giving up for now");
+        Err(Error::cloud(
+            Target::Gcp,
+            action,
+            format!("still failing after {MAX_ATTEMPTS} attempts: {message}"),
+            failure,
+        ))
     }
 }
 
-/// Sorts a failed call into "try again" (with how long to wait) or "stop".
-fn classify(action: &str, error: &GaxError, attempt: u32) -> Failure {
+/// Sorts a failed call by what it means and whether (after how long) to try again.
+fn classify(error: &GaxError, attempt: u32) -> Classified {
     let backoff = Duration::from_millis(200 * 2u64.pow(attempt.min(6))).min(MAX_PAUSE);
-    let status = error.http_status_code();
     let message = error
         .status()
         .map(|status| format!("{:?}: {}", status.code, status.message))
         .unwrap_or_else(|| crate::telemetry::error_chain(error));
-    match status {
+    let (failure, again) = match error.http_status_code() {
         // Someone changed the policy between our read and write: read again at once.
-        Some(409 | 412) => Failure::Again(Duration::from_millis(50), message),
+        Some(409 | 412) => (Failure::Transient, Some(Duration::from_millis(50))),
         Some(429) => {
-            let pause = error
+            let retry_after = error
                 .http_headers()
                 .and_then(|headers| headers.get("retry-after"))
                 .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.trim().parse::<u64>().ok())
-                .map_or(backoff, Duration::from_secs)
-                .min(MAX_PAUSE);
-            Failure::Again(pause, message)
+                .and_then(super::retry_after_seconds);
+            let pause = retry_after.map_or(backoff, |wait| wait.min(MAX_PAUSE));
+            (Failure::Throttled { retry_after }, Some(pause))
         }
-        Some(code) if code >= 500 => Failure::Again(backoff, message),
-        Some(_) => Failure::Stop(Error::Cloud {
-            provider: NAME,
-            action: action.to_owned(),
-            message,
-            retryable: false,
-        }),
+        Some(code) if code >= 500 => (Failure::Transient, Some(backoff)),
+        Some(404) => (Failure::NotFound, None),
+        Some(_) => (Failure::Refused, None),
         // No reply at all (dropped connection, timeout): the write may have landed; the
         // next read shows whether it did.
         None if error.is_io()
@@ -299,115 +300,45 @@ fn classify(action: &str, error: &GaxError, attempt: u32) -> Failure {
             || error.is_connect()
             || error.is_transport() =>
         {
-            Failure::Again(backoff, message)
+            (Failure::Transient, Some(backoff))
         }
-        None => Failure::Stop(Error::Cloud {
-            provider: NAME,
-            action: action.to_owned(),
-            message,
-            retryable: error.is_authentication(),
-        }),
+        // The operator's own credentials: fixed by its administrator, not the requester.
+        None if error.is_authentication() => (Failure::Transient, None),
+        None => (Failure::Refused, None),
+    };
+    Classified {
+        message,
+        failure,
+        again,
     }
 }
 
 #[async_trait]
-impl Provider for GcpProvider {
-    fn name(&self) -> &'static str {
-        NAME
+impl Cloud for Gcp {
+    type Grant = GcpGrant;
+    const TARGET: Target = Target::Gcp;
+    const REPLACEMENT: Replacement = Replacement::RevokeFirst;
+
+    fn resolve(&self, spec: &GrantSpec<'_>) -> Result<GcpGrant, Error> {
+        resolve(Self::target(spec)?, spec.identity, spec.request)
     }
 
-    fn enforces_expiry(&self) -> bool {
+    fn reference(grant: &GcpGrant) -> String {
+        grant.reference()
+    }
+
+    fn cloud_enforced(_grant: &GcpGrant) -> bool {
         true
     }
 
-    async fn grant(&self, grant: &GrantSpec<'_>) -> Result<GrantRecord, Error> {
-        let target = Self::target(grant)?;
-        let made = resolve(target, grant.identity, grant.request)?;
-        // A policy edited while the grant is active: what the role granted before goes first.
-        let now = Timestamp::now();
-        let (stale, held_before) = self.ledger.others(&grant.request.uid, &made).await?;
-        for stale in &stale {
-            self.remove(stale, now).await?;
-            info!(reference = %stale.reference(), "revoked what the role granted before it changed");
-        }
-        self.ledger
-            .record_only(grant.request, &made, grant.expires_at, !stale.is_empty())
-            .await?;
-        let condition = bindings::condition(&made.title, grant.description, grant.expires_at);
-        let result = self
-            .read_modify_write(&made.resource, "set the IAM policy", |policy| {
-                bindings::with_grant(policy, &made.role, &made.member, condition.clone())
-            })
-            .await;
-        if let Err(error) = result {
-            self.ledger
-                .forget_refused(&grant.request.uid, &error, !held_before)
-                .await;
-            return Err(error);
-        }
-        info!(reference = %made.reference(), "granted in gcp");
-        Ok(GrantRecord {
-            provider: NAME,
-            reference: made.reference(),
-            cloud_enforced_expiry: true,
+    async fn make(&self, grant: &GcpGrant, spec: &GrantSpec<'_>) -> Result<(), Error> {
+        let condition = bindings::condition(&grant.title, spec.description, spec.expires_at);
+        self.read_modify_write(&grant.resource, "set the IAM policy", |policy| {
+            bindings::with_grant(policy, &grant.role, &grant.member, condition.clone())
         })
+        .await
     }
 
-    async fn revoke(&self, request: &RequestRef) -> Result<(), Error> {
-        let held: Vec<GcpGrant> = self.ledger.targets(&request.uid).await?;
-        let now = Timestamp::now();
-        for grant in &held {
-            self.remove(grant, now).await?;
-            info!(reference = %grant.reference(), "revoked in gcp");
-        }
-        self.ledger.clear(&request.uid).await?;
-        Ok(())
-    }
-
-    async fn verify(&self, grant: &GrantSpec<'_>) -> Result<GrantState, Error> {
-        let target = Self::target(grant)?;
-        let made = resolve(target, grant.identity, grant.request)?;
-        let policy = self.get(&made.resource).await.map_err(|error| {
-            match classify("read the IAM policy", &error, MAX_ATTEMPTS) {
-                Failure::Stop(error) => error,
-                Failure::Again(_, message) => Error::Cloud {
-                    provider: NAME,
-                    action: "read the IAM policy".into(),
-                    message,
-                    retryable: true,
-                },
-            }
-        })?;
-        let Some(found) = bindings::find(&policy, &made.title) else {
-            return Ok(GrantState::Missing);
-        };
-        let expression = bindings::expiry_expression(grant.expires_at);
-        let condition_kept = found
-            .condition
-            .as_ref()
-            .is_some_and(|condition| condition.expression == expression);
-        Ok(
-            if found.role == made.role && found.members == [made.member.clone()] && condition_kept {
-                GrantState::Present
-            } else {
-                GrantState::Drifted(format!(
-                    "binding {} on {} was changed",
-                    made.title, made.resource
-                ))
-            },
-        )
-    }
-
-    async fn list_managed(&self) -> Result<Vec<String>, Error> {
-        Ok(self.ledger.uids().await?)
-    }
-
-    async fn holds(&self, request: &RequestRef) -> Result<bool, Error> {
-        Ok(self.ledger.holds(&request.uid).await?)
-    }
-}
-
-impl GcpProvider {
     async fn remove(&self, grant: &GcpGrant, now: Timestamp) -> Result<(), Error> {
         let result = self
             .read_modify_write(&grant.resource, "set the IAM policy", |policy| {
@@ -416,9 +347,36 @@ impl GcpProvider {
             .await;
         match result {
             // The resource itself is gone: so is the binding.
-            Err(Error::Cloud { message, .. }) if message.starts_with("NotFound") => Ok(()),
+            Err(error) if error.is_not_found() => Ok(()),
             other => other,
         }
+    }
+
+    async fn state(&self, grant: &GcpGrant, spec: &GrantSpec<'_>) -> Result<GrantState, Error> {
+        let action = "read the IAM policy";
+        let policy = self.get(&grant.resource).await.map_err(|error| {
+            let failed = classify(&error, MAX_ATTEMPTS);
+            Error::cloud(Target::Gcp, action, failed.message, failed.failure)
+        })?;
+        let Some(found) = bindings::find(&policy, &grant.title) else {
+            return Ok(GrantState::Missing);
+        };
+        let expression = bindings::expiry_expression(spec.expires_at);
+        let condition_kept = found
+            .condition
+            .as_ref()
+            .is_some_and(|condition| condition.expression == expression);
+        Ok(
+            if found.role == grant.role && found.members == [grant.member.clone()] && condition_kept
+            {
+                GrantState::Present
+            } else {
+                GrantState::Drifted(format!(
+                    "binding {} on {} was changed",
+                    grant.title, grant.resource
+                ))
+            },
+        )
     }
 }
 
@@ -441,6 +399,16 @@ mod tests {
             role: "roles/viewer".into(),
             member: member.into(),
         }
+    }
+
+    #[test]
+    fn the_resource_picks_the_client() {
+        assert_eq!(ResourceKind::of("projects/p"), ResourceKind::Project);
+        assert_eq!(ResourceKind::of("folders/1"), ResourceKind::Folder);
+        assert_eq!(
+            ResourceKind::of("organizations/2"),
+            ResourceKind::Organization
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::{
     EXPIRES_AT_ANNOTATION, Error, GrantRecord, GrantSpec, GrantState, MANAGED_BY, MANAGED_BY_LABEL,
     Provider, REQUEST_ANNOTATION, REQUEST_UID_LABEL, RequestRef,
 };
-use crate::{crd::v1alpha1::KubernetesTarget, subject::Subject};
+use crate::{crd::v1alpha1::KubernetesTarget, subject::Subject, target::Target};
 
 /// The field manager of the bindings the operator writes.
 const FIELD_MANAGER: &str = "jit-operator";
@@ -347,12 +347,8 @@ fn compare(
 
 #[async_trait]
 impl Provider for KubernetesProvider {
-    fn name(&self) -> &'static str {
-        "kubernetes"
-    }
-
-    fn enforces_expiry(&self) -> bool {
-        false
+    fn target(&self) -> Target {
+        Target::Kubernetes
     }
 
     async fn grant(&self, grant: &GrantSpec<'_>) -> Result<GrantRecord, Error> {
@@ -382,7 +378,7 @@ impl Provider for KubernetesProvider {
         }
         self.wait_until_effective(grant, target).await;
         Ok(GrantRecord {
-            provider: self.name(),
+            target: Target::Kubernetes,
             reference,
             cloud_enforced_expiry: false,
         })

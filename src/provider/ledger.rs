@@ -16,9 +16,9 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::seal::Sealer;
+use crate::{seal::Sealer, target::Target};
 
 use super::{
     EXPIRES_AT_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, REQUEST_ANNOTATION, REQUEST_UID_LABEL,
@@ -84,16 +84,16 @@ impl Error {
 #[derive(Clone)]
 pub struct Ledger {
     api: Api<ConfigMap>,
-    provider: &'static str,
+    target: Target,
     sealer: Sealer,
 }
 
 impl Ledger {
-    /// The ledger of `provider` in `namespace`, its entries sealed by `sealer`.
-    pub fn new(client: Client, namespace: &str, provider: &'static str, sealer: Sealer) -> Self {
+    /// The ledger of `target` in `namespace`, its entries sealed by `sealer`.
+    pub fn new(client: Client, namespace: &str, target: Target, sealer: Sealer) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
-            provider,
+            target,
             sealer,
         }
     }
@@ -111,7 +111,9 @@ impl Ledger {
                 .and_then(|labels| labels.get(key))
                 .map(String::as_str)
         };
-        if label(REQUEST_UID_LABEL) != Some(uid) || label(PROVIDER_LABEL) != Some(self.provider) {
+        if label(REQUEST_UID_LABEL) != Some(uid)
+            || label(PROVIDER_LABEL) != Some(self.target.as_str())
+        {
             return Err(tampered("its labels name another request or provider"));
         }
         let data = entry.data.as_ref();
@@ -119,7 +121,9 @@ impl Ledger {
         let seal = data.and_then(|data| data.get(SEAL_KEY));
         match (text, seal) {
             (Some(text), Some(seal))
-                if self.sealer.verify_ledger(self.provider, uid, text, seal) => {}
+                if self
+                    .sealer
+                    .verify_ledger(self.target.as_str(), uid, text, seal) => {}
             _ => return Err(tampered("its seal does not match its content")),
         }
         Self::parse(name, entry)
@@ -128,7 +132,7 @@ impl Ledger {
     /// Puts `targets` into the entry, with the seal over them.
     fn fill(&self, uid: &str, entry: &mut ConfigMap, targets: &[Value]) {
         let text = serde_json::to_string(targets).unwrap_or_default();
-        let seal = self.sealer.seal_ledger(self.provider, uid, &text);
+        let seal = self.sealer.seal_ledger(self.target.as_str(), uid, &text);
         let data = entry.data.get_or_insert_with(BTreeMap::new);
         data.insert(TARGETS_KEY.into(), text);
         data.insert(SEAL_KEY.into(), seal);
@@ -246,7 +250,7 @@ impl Ledger {
                 labels: Some(BTreeMap::from([
                     (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
                     (REQUEST_UID_LABEL.to_owned(), request.uid.clone()),
-                    (PROVIDER_LABEL.to_owned(), self.provider.to_owned()),
+                    (PROVIDER_LABEL.to_owned(), self.target.as_str().to_owned()),
                 ])),
                 annotations: Some(annotations),
                 ..ObjectMeta::default()
@@ -281,48 +285,6 @@ impl Ledger {
             })
     }
 
-    /// Before a cloud grant: what the request's entry holds other than `made` (what an
-    /// earlier definition of the role granted, to revoke first), and whether it holds `made`
-    /// already (which decides what [`Ledger::forget_refused`] may forget).
-    pub async fn others<T>(&self, uid: &str, made: &T) -> Result<(Vec<T>, bool), Error>
-    where
-        T: DeserializeOwned + PartialEq,
-    {
-        let recorded: Vec<T> = self.targets(uid).await?;
-        let held = recorded.contains(made);
-        Ok((
-            recorded.into_iter().filter(|other| other != made).collect(),
-            held,
-        ))
-    }
-
-    /// Records `made` before the cloud call; `replaced`: the others were revoked, so the
-    /// entry keeps only `made`.
-    pub async fn record_only<T: Serialize>(
-        &self,
-        request: &RequestRef,
-        made: &T,
-        expires_at: jiff::Timestamp,
-        replaced: bool,
-    ) -> Result<(), Error> {
-        if replaced {
-            self.keep_only(request, made).await?;
-        }
-        self.record(request, made, expires_at).await
-    }
-
-    /// After a cloud grant refused for good: forgets the request's entry when `forget` says it
-    /// holds only this attempt (nothing was made, nothing is left to revoke); an entry that
-    /// held anything before stays for the final revoke.
-    pub async fn forget_refused(&self, uid: &str, error: &super::Error, forget: bool) {
-        if !error.is_retryable()
-            && forget
-            && let Err(failed) = self.clear(uid).await
-        {
-            debug!(error = %failed, "could not forget a refused grant; the sweep will");
-        }
-    }
-
     /// Forgets everything recorded for the request, once it is all revoked.
     pub async fn clear(&self, uid: &str) -> Result<(), Error> {
         let name = Self::name(uid);
@@ -341,7 +303,7 @@ impl Ledger {
     pub async fn uids(&self) -> Result<Vec<String>, Error> {
         let selector = format!(
             "{MANAGED_BY_LABEL}={MANAGED_BY},{PROVIDER_LABEL}={}",
-            self.provider
+            self.target.as_str()
         );
         let entries = self
             .api

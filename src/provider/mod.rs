@@ -3,21 +3,25 @@
 
 pub mod aws;
 pub mod azure;
+pub(crate) mod cloud;
 pub mod gcp;
 pub mod identity;
 pub mod kubernetes;
 pub mod ledger;
+mod set;
 
-use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::Timestamp;
 
 use kube::ResourceExt;
 
+pub use self::set::Providers;
 use crate::{
     crd::v1alpha1::{AccessRequest, PolicyRole},
     provider::identity::Identity,
+    target::Target,
 };
 
 /// The label every object the operator manages carries.
@@ -95,8 +99,8 @@ pub struct GrantSpec<'a> {
 /// What a provider reports about a grant it made.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GrantRecord {
-    /// The provider's name.
-    pub provider: &'static str,
+    /// Where it was made.
+    pub target: Target,
     /// Where the grant is, for people: `RoleBinding prod/jit-...`.
     pub reference: String,
     /// Whether the target ends the access at `expires_at` by itself.
@@ -125,13 +129,13 @@ pub enum Error {
     },
     /// The role names a target this operator runs without.
     #[error(
-        "role {role} grants in {provider}, which this operator is not configured for (see --providers)"
+        "role {role} grants in {target}, which this operator is not configured for (see --providers)"
     )]
     Disabled {
         /// The role.
         role: String,
-        /// The provider.
-        provider: &'static str,
+        /// The target.
+        target: Target,
     },
     /// The role and subject do not make a grant (a template, an ARN, a document).
     #[error("{message}")]
@@ -142,11 +146,11 @@ pub enum Error {
     /// A grant is held in a target this operator no longer runs: it cannot be removed until
     /// the operator is configured for it again.
     #[error(
-        "the grant is held in {provider}, which this operator is not configured for (see --providers); it stays until that provider is enabled again"
+        "the grant is held in {target}, which this operator is not configured for (see --providers); it stays until that provider is enabled again"
     )]
     NotRunning {
-        /// The provider the grant was made in.
-        provider: String,
+        /// The target the grant was made in, as status names it.
+        target: String,
     },
     /// A template could not be filled in for the subject.
     #[error(transparent)]
@@ -155,16 +159,16 @@ pub enum Error {
     #[error(transparent)]
     Ledger(#[from] ledger::Error),
     /// A cloud API refused or failed.
-    #[error("{provider}: failed to {action}: {message}")]
+    #[error("{target}: failed to {action}: {message}")]
     Cloud {
-        /// The provider.
-        provider: &'static str,
+        /// The cloud.
+        target: Target,
         /// What was being done.
         action: String,
         /// The cloud's own words.
         message: String,
-        /// Whether trying again may help (throttling, 5xx, a dropped connection).
-        retryable: bool,
+        /// What kind of failure, for the retry logic.
+        failure: Failure,
     },
     /// A revoked object is still there (held by something the operator could not remove).
     #[error("{reference} still exists after it was deleted")]
@@ -185,9 +189,42 @@ pub enum Error {
     },
 }
 
+/// How a cloud call failed, in the terms the retry logic needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// What was asked about (or its parent: the principal, the project) does not exist.
+    NotFound,
+    /// The cloud asks to slow down (429, a throttling code), for this long when it said.
+    Throttled {
+        /// The server's `Retry-After`.
+        retry_after: Option<Duration>,
+    },
+    /// It may pass: a 5xx, a dropped or timed-out connection, a concurrent change, the
+    /// operator's own credentials failing.
+    Transient,
+    /// It needs a person: a permission the operator lacks, an invalid object, access held by
+    /// someone else.
+    Refused,
+}
+
 impl Error {
-    /// What kind of error, for metrics: `not_configured`, `invalid`, `ledger`, `refused`
-    /// (the target said no) or `transient` (it may pass).
+    /// A cloud error of `target`.
+    pub(crate) fn cloud(
+        target: Target,
+        action: impl Into<String>,
+        message: impl Into<String>,
+        failure: Failure,
+    ) -> Self {
+        Self::Cloud {
+            target,
+            action: action.into(),
+            message: message.into(),
+            failure,
+        }
+    }
+
+    /// What kind of error, for metrics: `not_configured`, `invalid`, `ledger`, `throttled`,
+    /// `refused` (the target said no) or `transient` (it may pass).
     pub fn category(&self) -> &'static str {
         match self {
             Self::NoTarget { .. } | Self::Disabled { .. } | Self::NotRunning { .. } => {
@@ -195,16 +232,52 @@ impl Error {
             }
             Self::Invalid { .. } | Self::Template(_) => "invalid",
             Self::Ledger(_) => "ledger",
+            _ if self.is_throttled() => "throttled",
             _ if self.is_retryable() => "transient",
             _ => "refused",
         }
     }
 
-    /// The provider the error came from, when it says.
-    pub fn provider(&self) -> Option<&'static str> {
+    /// The target the error came from, when it says.
+    pub fn target(&self) -> Option<Target> {
         match self {
-            Self::Disabled { provider, .. } | Self::Cloud { provider, .. } => Some(provider),
-            Self::Kubernetes { .. } | Self::StillPresent { .. } => Some("kubernetes"),
+            Self::Disabled { target, .. } | Self::Cloud { target, .. } => Some(*target),
+            Self::Kubernetes { .. } | Self::StillPresent { .. } => Some(Target::Kubernetes),
+            _ => None,
+        }
+    }
+
+    /// Whether the thing asked about does not exist.
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Self::Cloud { failure, .. } => *failure == Failure::NotFound,
+            Self::Kubernetes {
+                source: kube::Error::Api(status),
+                ..
+            } => status.code == 404,
+            _ => false,
+        }
+    }
+
+    /// Whether the target asked the operator to slow down.
+    pub fn is_throttled(&self) -> bool {
+        match self {
+            Self::Cloud { failure, .. } => matches!(failure, Failure::Throttled { .. }),
+            Self::Kubernetes {
+                source: kube::Error::Api(status),
+                ..
+            } => status.code == 429,
+            _ => false,
+        }
+    }
+
+    /// How long the target asked the operator to wait, when it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Cloud {
+                failure: Failure::Throttled { retry_after },
+                ..
+            } => *retry_after,
             _ => None,
         }
     }
@@ -219,7 +292,9 @@ impl Error {
             | Self::Invalid { .. }
             | Self::Template(_) => false,
             Self::Ledger(error) => error.is_retryable(),
-            Self::Cloud { retryable, .. } => *retryable,
+            Self::Cloud { failure, .. } => {
+                matches!(failure, Failure::Throttled { .. } | Failure::Transient)
+            }
             Self::StillPresent { .. } => true,
             Self::Kubernetes { source, .. } => match source {
                 kube::Error::Api(status) => !matches!(status.code, 400 | 403 | 404 | 422),
@@ -229,14 +304,16 @@ impl Error {
     }
 }
 
+/// A `Retry-After` header in seconds (the form clouds send); an HTTP date is not used.
+pub(crate) fn retry_after_seconds(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
 /// A place roles can be granted.
 #[async_trait]
 pub trait Provider: Send + Sync {
-    /// The provider's name, as `status.grant.provider` shows it.
-    fn name(&self) -> &'static str;
-
-    /// Whether the target itself ends access at the expiry, with the operator down.
-    fn enforces_expiry(&self) -> bool;
+    /// The target it grants in, as `status.grant.provider` shows it.
+    fn target(&self) -> Target;
 
     /// Makes the grant, or adopts it when it exists already. Idempotent.
     async fn grant(&self, grant: &GrantSpec<'_>) -> Result<GrantRecord, Error>;
@@ -255,71 +332,5 @@ pub trait Provider: Send + Sync {
     /// general answer lists everything managed; providers with a ledger read the one entry.
     async fn holds(&self, request: &RequestRef) -> Result<bool, Error> {
         Ok(self.list_managed().await?.contains(&request.uid))
-    }
-}
-
-/// The providers the operator runs with.
-#[derive(Clone)]
-pub struct Providers {
-    /// Kubernetes RBAC.
-    pub kubernetes: Arc<dyn Provider>,
-    /// AWS IAM and Identity Center, when enabled.
-    pub aws: Option<Arc<dyn Provider>>,
-    /// Google Cloud IAM, when enabled.
-    pub gcp: Option<Arc<dyn Provider>>,
-    /// Azure RBAC and PIM, when enabled.
-    pub azure: Option<Arc<dyn Provider>>,
-}
-
-/// The name of the target a role grants in, as providers name themselves.
-pub fn target_name(role: &PolicyRole) -> &'static str {
-    if role.kubernetes.is_some() {
-        "kubernetes"
-    } else if role.aws.is_some() {
-        "aws"
-    } else if role.gcp.is_some() {
-        "gcp"
-    } else if role.azure.is_some() {
-        "azure"
-    } else {
-        "none"
-    }
-}
-
-impl Providers {
-    /// The provider that grants this role: the one place the choice is made.
-    pub fn for_role(&self, role: &PolicyRole) -> Result<Arc<dyn Provider>, Error> {
-        if role.kubernetes.is_some() {
-            return Ok(self.kubernetes.clone());
-        }
-        let (enabled, provider) = if role.aws.is_some() {
-            (&self.aws, "aws")
-        } else if role.gcp.is_some() {
-            (&self.gcp, "gcp")
-        } else if role.azure.is_some() {
-            (&self.azure, "azure")
-        } else {
-            return Err(Error::NoTarget {
-                role: role.name.clone(),
-            });
-        };
-        enabled.clone().ok_or_else(|| Error::Disabled {
-            role: role.name.clone(),
-            provider,
-        })
-    }
-
-    /// Whether the provider of this name runs here.
-    pub fn runs(&self, name: &str) -> bool {
-        self.all().iter().any(|provider| provider.name() == name)
-    }
-
-    /// Every provider, for revoking a request whose role can no longer be looked up.
-    pub fn all(&self) -> Vec<Arc<dyn Provider>> {
-        std::iter::once(self.kubernetes.clone())
-            .chain(self.aws.clone())
-            .chain(self.gcp.clone())
-            .chain(self.azure.clone())
-            .collect()
     }
 }

@@ -120,37 +120,30 @@ pub async fn effect(
             let request_ref = request_ref(request)?;
             // What was recorded at grant time, not the policy: a grant held in a provider the
             // operator no longer runs cannot be removed, and that is loud, not silent.
-            if let Some(recorded) = request
-                .status
-                .as_ref()
-                .and_then(|status| status.grant.as_ref())
-                .filter(|grant| !providers.runs(&grant.provider))
-            {
-                return Err(Error::Revoke(provider::Error::NotRunning {
-                    provider: recorded.provider.clone(),
-                }));
-            }
-            // A cloud grant leaves a ledger entry until it is revoked: none left means someone
-            // removed it, and the operator can no longer find what it granted. Not silence.
             let recorded = request
                 .status
                 .as_ref()
-                .and_then(|status| status.grant.as_ref())
-                .filter(|grant| grant.provider != "kubernetes");
+                .and_then(|status| status.grant.as_ref());
             let mut unaccounted = None;
-            if let Some(grant) = recorded
-                && let Some(provider) = providers
-                    .all()
-                    .into_iter()
-                    .find(|provider| provider.name() == grant.provider)
-                && !provider.holds(&request_ref).await.map_err(Error::Revoke)?
-            {
-                unaccounted = Some(format!(
-                    "the operator has no record of what it granted in {} ({}): its grant ledger \
-                     entry was removed outside the operator, so it cannot find that access to \
-                     revoke it; remove it by hand",
-                    grant.provider, grant.reference
-                ));
+            if let Some(grant) = recorded {
+                let Some(provider) = providers.named(&grant.provider) else {
+                    return Err(Error::Revoke(provider::Error::NotRunning {
+                        target: grant.provider.clone(),
+                    }));
+                };
+                // A cloud grant leaves a ledger entry until it is revoked: none left means
+                // someone removed it, and the operator can no longer find what it granted.
+                // Not silence.
+                if provider.target().keeps_ledger()
+                    && !provider.holds(&request_ref).await.map_err(Error::Revoke)?
+                {
+                    unaccounted = Some(format!(
+                        "the operator has no record of what it granted in {} ({}): its grant \
+                         ledger entry was removed outside the operator, so it cannot find that \
+                         access to revoke it; remove it by hand",
+                        grant.provider, grant.reference
+                    ));
+                }
             }
             // The policy may be gone: ask every provider; each treats nothing held as done.
             for provider in providers.all() {

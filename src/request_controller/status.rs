@@ -74,7 +74,7 @@ pub fn clear_condition(conditions: &mut Vec<Condition>, kind: &str) {
 pub fn after_success(mut status: AccessRequestStatus, applied: &Applied) -> AccessRequestStatus {
     if let Some(record) = &applied.grant {
         status.grant = Some(Grant {
-            provider: record.provider.to_owned(),
+            provider: record.target.as_str().to_owned(),
             reference: record.reference.clone(),
             cloud_enforced_expiry: record.cloud_enforced_expiry,
         });
