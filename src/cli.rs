@@ -2,30 +2,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 
-use crate::target::Target;
-
-/// How log lines are written.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One human-readable line per event.
-    #[default]
-    Text,
-    /// One JSON object per event, for log pipelines.
-    Json,
-}
-
-/// How the Google Cloud provider authenticates.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum GcpCredentials {
-    /// Application Default Credentials: workload identity, GOOGLE_APPLICATION_CREDENTIALS,
-    /// gcloud.
-    #[default]
-    Adc,
-    /// No credentials. For emulators only: Google refuses every anonymous call.
-    Anonymous,
-}
+use crate::{provider::gcp::Credentials as GcpCredentials, target::Target, telemetry::LogFormat};
 
 /// jit-operator: grants one role for a bounded time when a policy allows it, and takes it away.
 #[derive(Clone, Debug, Parser)]
@@ -95,7 +74,7 @@ pub struct Args {
     pub gcp_endpoint: Option<String>,
 
     /// How to authenticate to Google Cloud: adc, or anonymous (emulators only).
-    #[arg(long, env = "JIT_GCP_CREDENTIALS", value_enum, default_value_t = GcpCredentials::Adc)]
+    #[arg(long, env = "JIT_GCP_CREDENTIALS", value_enum, default_value_t = GcpCredentials::ApplicationDefault)]
     pub gcp_credentials: GcpCredentials,
 
     /// Where Azure Resource Manager is (a private endpoint, a sovereign cloud, an emulator).

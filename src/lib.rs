@@ -5,16 +5,18 @@
 #![deny(missing_docs)]
 
 pub mod admission;
+pub mod certificate;
 pub mod cli;
 pub mod crd;
+pub mod health_metrics;
 pub mod leader;
 pub mod metrics;
 pub mod operator;
+pub mod permissions;
 pub mod policy;
 pub mod provider;
 pub mod request_controller;
 pub mod seal;
-pub mod server;
 pub mod subject;
 pub mod sweep;
 pub mod target;

@@ -1,13 +1,10 @@
-//! Start-up and shutdown: connect, learn the operator's own identity, check the CRDs, serve
-//! the admission webhooks and health endpoints, run the controller, and stop cleanly on
-//! SIGINT or SIGTERM.
+//! Start-up and shutdown: connect, learn the operator's own identity, check its permissions
+//! and the CRDs, serve the admission webhooks and the health and metrics endpoints, lead (or
+//! wait to), run the controller and the sweep, and stop cleanly on SIGINT or SIGTERM.
 
 use std::sync::Arc;
 
-use k8s_openapi::api::{
-    authentication::v1::SelfSubjectReview,
-    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
-};
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::{
     Api, Client,
     api::{ListParams, PostParams},
@@ -16,15 +13,17 @@ use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::{
-    admission::{self, certs, register, server::WebhookServer, tls},
+    admission::{self, register, server::WebhookServer},
+    certificate,
     cli::Args,
     crd::v1alpha1::{AccessPolicy, AccessRequest},
-    leader,
+    health_metrics, leader,
     metrics::Metrics,
-    provider::Providers,
+    permissions,
+    provider::{self, Providers},
     request_controller,
     seal::Sealer,
-    server, sweep,
+    sweep,
 };
 
 /// Why the operator could not start or stopped.
@@ -48,33 +47,18 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
-    /// The operator lacks a permission it needs.
-    #[error("the operator may not {permission}")]
-    Forbidden {
-        /// The verb and resource, e.g. `patch accessrequests/status`.
-        permission: String,
-    },
-    /// The operator lacks a permission it needs in its own namespace.
-    #[error("the operator may not {permission}")]
-    ForbiddenIn {
-        /// The verb, resource and namespace.
-        permission: String,
-    },
+    /// The operator lacks a permission, or could not ask.
+    #[error(transparent)]
+    Permissions(#[from] permissions::Error),
     /// A cloud provider could not be set up.
     #[error("failed to set up a provider")]
-    Provider(#[source] crate::provider::Error),
-    /// Asking the API server about permissions failed.
-    #[error("failed to check the operator's permissions")]
-    PermissionCheck(#[source] kube::Error),
-    /// The health server failed.
+    Provider(#[source] provider::Error),
+    /// The health and metrics server failed.
     #[error("health server failed")]
-    Server(#[from] server::Error),
-    /// The webhook certificate could not be made.
+    Server(#[from] health_metrics::Error),
+    /// The webhook certificate could not be made, read, kept or installed.
     #[error("webhook certificate failed")]
-    Certificate(#[from] certs::Error),
-    /// The webhook certificate could not be read, kept or installed.
-    #[error("webhook certificate failed")]
-    ServingCertificate(#[from] tls::Error),
+    Certificate(#[from] certificate::Error),
     /// The webhook server could not start.
     #[error("webhook server failed")]
     Webhook(#[from] admission::server::Error),
@@ -106,15 +90,9 @@ impl Error {
             Self::CrdMissing { .. } => {
                 "install the CRDs (kubectl apply --server-side -f crds/) and check the operator's RBAC (config/rbac/)"
             }
-            Self::ForbiddenIn { .. } => {
-                "create the namespace given by --namespace and bind the operator to the chart's Role there (config/rbac/: seal.yaml, ledger.yaml, operator-leader-election.yaml, webhook-certificate.yaml)"
-            }
-            Self::Forbidden { .. } | Self::PermissionCheck(_) => {
-                "bind the operator's identity to the chart's ClusterRole (config/rbac/operator.yaml, and webhook-certificate.yaml with --webhook-secret)"
-            }
+            Self::Permissions(error) => error.hint(),
             Self::Server(_) | Self::Webhook(_) => "choose another --health-addr or --webhook-addr",
-            Self::Certificate(_) => "",
-            Self::ServingCertificate(_) => {
+            Self::Certificate(_) => {
                 "check --webhook-cert-dir, or that the operator may create and update its --webhook-secret and patch its webhook configurations (the chart's Role and ClusterRole)"
             }
             Self::Register(_) => {
@@ -134,105 +112,54 @@ impl Error {
     }
 }
 
+/// Tells every task to stop, and hands each a future that completes when it should.
+struct Stop {
+    sender: watch::Sender<bool>,
+}
+
+impl Stop {
+    fn new() -> Self {
+        Self {
+            sender: watch::channel(false).0,
+        }
+    }
+
+    /// A future that completes once `stop` is called (or the sender is gone).
+    fn stopped(&self) -> impl Future<Output = ()> + Send + Sync + 'static {
+        let mut receiver = self.sender.subscribe();
+        async move {
+            let _ = receiver.wait_for(|stop| *stop).await;
+        }
+    }
+
+    fn stop(&self) {
+        let _ = self.sender.send(true);
+    }
+}
+
 /// Runs the operator until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> Result<(), Error> {
     let client = Client::try_default().await.map_err(Error::Configure)?;
     let identity = own_username(&client).await?;
     // Permissions first: without `list`, the CRD check could not tell a missing CRD from a
     // missing right.
-    check_permissions(&client, &args).await?;
+    permissions::check(&client, &args).await?;
     check_crds(&client).await?;
     let sealer = Sealer::load_or_create(&client, &args.namespace, &args.seal_secret).await?;
-    let providers = Providers::from_args(&client, &args, &sealer)
+    let providers = Providers::from_settings(&client, &provider_settings(&args), &sealer)
         .await
         .map_err(Error::Provider)?;
-
-    let (stop_sender, stop_receiver) = watch::channel(false);
-    let stopped = move || {
-        let mut receiver = stop_receiver.clone();
-        async move {
-            // An error means the sender is gone, which is also a reason to stop.
-            let _ = receiver.wait_for(|stop| *stop).await;
-        }
-    };
-
+    let stop = Stop::new();
     let metrics = Metrics::shared();
-    // The webhook's certificate: kept in a Secret by the operator, read from cert-manager's
-    // files, or (local control planes) made now and registered with the API server.
-    let secret_settings = args
-        .webhook_secret
-        .as_ref()
-        .map(|secret| tls::SecretSettings {
-            namespace: args.namespace.clone(),
-            secret: secret.clone(),
-            service: args.webhook_service.clone(),
-            configuration: args.webhook_configuration.clone(),
-        });
-    let serving = match (&secret_settings, &args.webhook_cert_dir) {
-        (Some(settings), _) => {
-            let identity = tls::ensure_secret(&client, settings, jiff::Timestamp::now()).await?;
-            tls::install_ca_bundle(&client, settings, &identity.ca_pem).await?;
-            identity
-        }
-        (None, Some(directory)) => tls::read_directory(directory)?,
-        (None, None) => certs::generate(args.webhook_addr.ip())?,
-    };
-    let ca_pem = serving.ca_pem.clone();
-    let presented = serving
-        .chain
-        .first()
-        .map(|der| der.to_vec())
-        .unwrap_or_default();
-    let certificate = tls::Reloadable::new(serving)?;
-    if let Some(settings) = secret_settings {
-        tokio::spawn(tls::follow_secret(
-            client.clone(),
-            settings,
-            certificate.clone(),
-            presented,
-            args.resync_interval,
-            stopped(),
-        ));
-    } else if let Some(directory) = &args.webhook_cert_dir {
-        tokio::spawn(tls::follow_directory(
-            directory.clone(),
-            certificate.clone(),
-            args.resync_interval,
-            stopped(),
-        ));
-    }
-    let webhook = WebhookServer::bind(
-        args.webhook_addr,
-        certificate,
-        client.clone(),
-        &identity,
-        metrics.clone(),
-        crate::admission::Administrators {
-            users: args.admin_users.clone(),
-            groups: args.admin_groups.clone(),
-        },
-        sealer.clone(),
-    )
-    .await?;
-    let webhook_addr = webhook.local_addr()?;
-    let webhook_task = tokio::spawn(webhook.serve(stopped()));
-    if args.register_webhooks {
-        register::register(
-            &client,
-            &format!("https://{webhook_addr}"),
-            &ca_pem,
-            &identity,
-        )
-        .await?;
-        info!(url = %format!("https://{webhook_addr}"), "registered admission webhooks");
-    }
-
-    let readiness = server::Readiness::default();
+    let (webhook_addr, webhook_task) =
+        serve_webhook(&client, &args, &identity, &metrics, &sealer, &stop).await?;
+    let readiness = health_metrics::Readiness::default();
     readiness.set_webhook_serving();
     let health =
-        server::HealthServer::bind(args.health_addr, readiness.clone(), metrics.clone()).await?;
+        health_metrics::HealthServer::bind(args.health_addr, readiness.clone(), metrics.clone())
+            .await?;
     let health_addr = health.local_addr()?;
-    let server = tokio::spawn(health.serve(stopped()));
+    let server = tokio::spawn(health.serve(stop.stopped()));
 
     let instance = std::env::var("POD_NAME")
         .ok()
@@ -243,21 +170,12 @@ pub async fn run(args: Args) -> Result<(), Error> {
     if args.leader_elect {
         readiness.set_following(true);
         info!(health_addr = %health_addr, webhook_addr = %webhook_addr, identity = %identity, instance = %instance, "operator ready; waiting to lead");
-        let settings = leader::Settings {
-            namespace: args
-                .leader_election_namespace
-                .clone()
-                .unwrap_or_else(|| args.namespace.clone()),
-            name: LEASE_NAME.to_owned(),
-            identity: instance.clone(),
-            duration: args.leader_election_lease_duration,
-        };
-        let mut joined = leader::Election::join(client.clone(), settings).await?;
+        let mut joined = leader::Election::join(client.clone(), lease(&args, &instance)).await?;
         tokio::select! {
             () = joined.acquired() => {}
             result = &mut signal => {
                 info!("shutting down before leading");
-                return stop_serving(stop_sender, joined, server, webhook_task, result).await;
+                return stop_serving(stop, joined, server, webhook_task, result).await;
             }
         }
         readiness.set_following(false);
@@ -277,15 +195,17 @@ pub async fn run(args: Args) -> Result<(), Error> {
         context.providers.clone(),
         args.resync_interval,
         metrics,
-        stopped(),
+        stop.stopped(),
     ));
     let synced = readiness.clone();
-    let announce = (identity.clone(), instance.clone());
-    let controller = tokio::spawn(request_controller::run(context, stopped(), move || {
-        synced.set_caches_synced();
-        let (identity, instance) = announce;
-        info!(health_addr = %health_addr, webhook_addr = %webhook_addr, identity = %identity, instance = %instance, "operator ready");
-    }));
+    let controller = tokio::spawn(request_controller::run(
+        context,
+        stop.stopped(),
+        move || {
+            synced.set_caches_synced();
+            info!(health_addr = %health_addr, webhook_addr = %webhook_addr, identity = %identity, instance = %instance, "operator ready");
+        },
+    ));
 
     let lost = async {
         match election.as_mut() {
@@ -313,7 +233,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         debug!(delay = ?args.shutdown_delay, "draining before stopping");
         tokio::time::sleep(args.shutdown_delay).await;
     }
-    let _ = stop_sender.send(true);
+    stop.stop();
     let stopping = async {
         let _ = controller.await;
         debug!("controller stopped");
@@ -332,18 +252,76 @@ pub async fn run(args: Args) -> Result<(), Error> {
     outcome
 }
 
+/// Serves the admission webhooks with their certificate (kept in a Secret by the operator,
+/// read from cert-manager's files, or made now and registered with a local API server).
+async fn serve_webhook(
+    client: &Client,
+    args: &Args,
+    identity: &str,
+    metrics: &Arc<Metrics>,
+    sealer: &Sealer,
+    stop: &Stop,
+) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), Error> {
+    let source = match (&args.webhook_secret, &args.webhook_cert_dir) {
+        (Some(secret), _) => certificate::Source::Secret(certificate::SecretSettings {
+            namespace: args.namespace.clone(),
+            secret: secret.clone(),
+            service: args.webhook_service.clone(),
+            configuration: args.webhook_configuration.clone(),
+        }),
+        (None, Some(directory)) => certificate::Source::Directory(directory.clone()),
+        (None, None) => certificate::Source::Ephemeral(args.webhook_addr.ip()),
+    };
+    let (serving, ca_pem) =
+        certificate::serve(client, source, args.resync_interval, || stop.stopped()).await?;
+    let webhook = WebhookServer::bind(
+        args.webhook_addr,
+        serving,
+        client.clone(),
+        identity,
+        metrics.clone(),
+        admission::Administrators {
+            users: args.admin_users.clone(),
+            groups: args.admin_groups.clone(),
+        },
+        sealer.clone(),
+    )
+    .await?;
+    let address = webhook.local_addr()?;
+    let task = tokio::spawn(webhook.serve(stop.stopped()));
+    if args.register_webhooks {
+        let url = format!("https://{address}");
+        register::register(client, &url, &ca_pem, identity).await?;
+        info!(%url, "registered admission webhooks");
+    }
+    Ok((address, task))
+}
+
+/// The leader election settings `args` ask for.
+fn lease(args: &Args, instance: &str) -> leader::Settings {
+    leader::Settings {
+        namespace: args
+            .leader_election_namespace
+            .clone()
+            .unwrap_or_else(|| args.namespace.clone()),
+        name: LEASE_NAME.to_owned(),
+        identity: instance.to_owned(),
+        duration: args.leader_election_lease_duration,
+    }
+}
+
 /// The Lease replicas elect their leader with.
 const LEASE_NAME: &str = "jit-operator";
 
 /// Stops a replica that never led: its servers, and its place in the election.
 async fn stop_serving(
-    stop: watch::Sender<bool>,
+    stop: Stop,
     election: leader::Election,
-    server: tokio::task::JoinHandle<Result<(), server::Error>>,
+    server: tokio::task::JoinHandle<Result<(), health_metrics::Error>>,
     webhook: tokio::task::JoinHandle<()>,
     outcome: Result<(), Error>,
 ) -> Result<(), Error> {
-    let _ = stop.send(true);
+    stop.stop();
     election.leave().await;
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _ = webhook.await;
@@ -388,203 +366,20 @@ async fn check_crds(client: &Client) -> Result<(), Error> {
     Ok(())
 }
 
-/// What the operator uses everywhere: (API group, resource with its subresource, verbs). The
-/// chart's ClusterRole and config/rbac/operator.yaml grant exactly these (a test keeps them
-/// equal), and start-up refuses to run without any one of them. Bindings are written with
-/// server-side apply, which needs `create` when the object is new, `patch` otherwise.
-pub const CLUSTER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
-    ("jit.dev", "accesspolicies", &["get", "list", "watch"]),
-    (
-        "jit.dev",
-        "accessrequests",
-        &["get", "list", "watch", "patch"],
-    ),
-    ("jit.dev", "accessrequests/status", &["patch"]),
-    ("jit.dev", "accessrequests/finalizers", &["update"]),
-    (
-        "rbac.authorization.k8s.io",
-        "rolebindings",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "rbac.authorization.k8s.io",
-        "clusterrolebindings",
-        &["get", "list", "watch", "create", "patch", "delete"],
-    ),
-    (
-        "rbac.authorization.k8s.io",
-        "clusterroles",
-        &["bind", "get"],
-    ),
-    ("authorization.k8s.io", "subjectaccessreviews", &["create"]),
-    ("events.k8s.io", "events", &["create", "patch"]),
-];
-
-/// One permission to check.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Needed {
-    /// The API group.
-    pub group: &'static str,
-    /// The resource, with `/subresource` when there is one.
-    pub resource: &'static str,
-    /// The verb.
-    pub verb: &'static str,
-    /// The namespace, for namespaced grants.
-    pub namespace: Option<String>,
-    /// The object's name, for grants limited to one.
-    pub name: Option<String>,
-}
-
-impl std::fmt::Display for Needed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.verb, self.resource)?;
-        if let Some(name) = &self.name {
-            write!(f, " {name}")?;
-        }
-        if let Some(namespace) = &self.namespace {
-            write!(f, " in namespace {namespace}")?;
-        }
-        Ok(())
-    }
-}
-
-/// Everything the operator run with `args` will do, in the order start-up reports the first
-/// missing one.
-pub fn needed(args: &Args) -> Vec<Needed> {
-    let mut all: Vec<Needed> = CLUSTER_PERMISSIONS
-        .iter()
-        .flat_map(|(group, resource, verbs)| {
-            // `bind` is left out: administrators narrow it with resourceNames to the
-            // ClusterRoles their policies name, which no check without a name could see. A
-            // grant without it fails its request, saying so.
-            verbs
-                .iter()
-                .filter(|verb| **verb != "bind")
-                .map(|verb| Needed {
-                    group,
-                    resource,
-                    verb,
-                    namespace: None,
-                    name: None,
-                })
-        })
-        .collect();
-    let mut add =
-        |group, resource, verbs: &[&'static str], namespace: Option<&str>, name: Option<&str>| {
-            all.extend(verbs.iter().map(|verb| Needed {
-                group,
-                resource,
-                verb,
-                namespace: namespace.map(str::to_owned),
-                name: name.map(str::to_owned),
-            }));
-        };
-    if args.leader_elect {
-        let namespace = args
-            .leader_election_namespace
-            .as_deref()
-            .unwrap_or(&args.namespace);
-        add(
-            "coordination.k8s.io",
-            "leases",
-            &["get", "create", "patch"],
-            Some(namespace),
-            None,
-        );
-    }
-    // The sealing key: made once, read by every replica.
-    add("", "secrets", &["create"], Some(&args.namespace), None);
-    add(
-        "",
-        "secrets",
-        &["get"],
-        Some(&args.namespace),
-        Some(&args.seal_secret),
-    );
-    let cloud = args.providers.iter().any(|target| target.keeps_ledger());
-    if cloud {
-        add("", "configmaps", LEDGER_VERBS, Some(&args.namespace), None);
-    }
-    if let Some(secret) = &args.webhook_secret {
-        add(
-            "",
-            "secrets",
-            &["get", "update"],
-            Some(&args.namespace),
-            Some(secret),
-        );
-        for kind in [
-            "mutatingwebhookconfigurations",
-            "validatingwebhookconfigurations",
-        ] {
-            add(
-                "admissionregistration.k8s.io",
-                kind,
-                &["get", "patch"],
-                None,
-                Some(&args.webhook_configuration),
-            );
-        }
-    }
-    all
-}
-
-/// Refuses to run without any permission the operator will use, naming the first missing.
-async fn check_permissions(client: &Client, args: &Args) -> Result<(), Error> {
-    let needed = needed(args);
-    // Asked all at once (start-up latency); the first missing one in the list is reported.
-    let answers = futures::future::try_join_all(needed.iter().map(|permission| {
-        let (resource, subresource) = match permission.resource.split_once('/') {
-            Some((resource, subresource)) => (resource, Some(subresource.to_owned())),
-            None => (permission.resource, None),
-        };
-        allowed(
-            client,
-            ResourceAttributes {
-                group: Some(permission.group.to_owned()),
-                resource: Some(resource.to_owned()),
-                subresource,
-                verb: Some(permission.verb.to_owned()),
-                namespace: permission.namespace.clone(),
-                name: permission.name.clone(),
-                ..ResourceAttributes::default()
-            },
-        )
-    }))
-    .await?;
-    match answers
-        .into_iter()
-        .zip(needed)
-        .find(|(allowed, _)| !allowed)
-    {
-        Some((_, missing)) if missing.namespace.is_some() => Err(Error::ForbiddenIn {
-            permission: missing.to_string(),
-        }),
-        Some((_, missing)) => Err(Error::Forbidden {
-            permission: missing.to_string(),
-        }),
-        None => Ok(()),
-    }
-}
-
-/// Whether the operator's own identity may do what `attributes` describe.
-async fn allowed(client: &Client, attributes: ResourceAttributes) -> Result<bool, Error> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(attributes),
-            ..SelfSubjectAccessReviewSpec::default()
+/// What `--providers` and the cloud flags set up.
+fn provider_settings(args: &Args) -> provider::Settings {
+    provider::Settings {
+        enabled: args.providers.clone(),
+        namespace: args.namespace.clone(),
+        gcp_endpoint: args.gcp_endpoint.clone(),
+        gcp_credentials: args.gcp_credentials,
+        azure: provider::azure::Settings {
+            endpoint: args.azure_endpoint.clone(),
+            audience: args.azure_audience.clone(),
+            ca_file: args.azure_ca_file.clone(),
         },
-        ..SelfSubjectAccessReview::default()
-    };
-    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .map_err(Error::PermissionCheck)?;
-    Ok(answer.status.is_some_and(|status| status.allowed))
+    }
 }
-
-/// What the cloud grant ledger needs on ConfigMaps in the operator's namespace.
-const LEDGER_VERBS: &[&str] = &["get", "list", "create", "update", "delete"];
 
 async fn wait_for_signal() -> Result<(), Error> {
     use tokio::signal::unix::{SignalKind, signal};

@@ -2,9 +2,13 @@
 //! apply (finalizer and provider effect), then write the status and publish Events.
 
 pub mod apply;
+pub mod conditions;
 pub mod decide;
+mod failures;
+pub mod notice;
 pub mod observe;
-pub mod status;
+pub mod outcome;
+pub mod retry;
 
 use std::{
     collections::HashMap,
@@ -14,10 +18,7 @@ use std::{
 
 use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::{
-    api::rbac::v1::{ClusterRoleBinding, RoleBinding},
-    apimachinery::pkg::apis::meta::v1::Time,
-};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -33,14 +34,14 @@ use kube::{
 use serde_json::json;
 use tracing::{debug, error, info, instrument, warn};
 
-use self::decide::{FinalizerChange, Notice, Severity};
+use self::{
+    decide::{Effect, FinalizerChange},
+    notice::{Notice, Reason, Severity, TimelineEvent},
+};
 use crate::{
-    crd::v1alpha1::{
-        AccessPolicy, AccessRequest, AccessRequestStatus, GrantIntent, IntentAction, Phase,
-        TimelineEntry,
-    },
+    crd::v1alpha1::{AccessPolicy, AccessRequest, AccessRequestStatus, IntentAction, Phase},
     metrics::Metrics,
-    provider::{GrantKey, MANAGED_BY, MANAGED_BY_LABEL, Providers, REQUEST_ANNOTATION},
+    provider::{MANAGED_BY, MANAGED_BY_LABEL, Providers, REQUEST_ANNOTATION},
     seal::Sealer,
     telemetry::error_chain,
 };
@@ -53,9 +54,6 @@ const FIELD_MANAGER: &str = "jit-operator";
 
 /// Most reconciles running at once.
 const RECONCILE_CONCURRENCY: u16 = 16;
-
-/// Longest wait between retries of a failing step.
-const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Why reconciling one request failed; each variant is the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +267,7 @@ async fn reconcile(
     result
 }
 
+/// Drives one reconcile: observe, decide, apply, then write what `outcome` says.
 async fn reconcile_steps(
     guarded: Arc<DeserializeGuard<AccessRequest>>,
     context: Arc<Context>,
@@ -295,6 +294,78 @@ async fn reconcile_steps(
             .track(&format!("{namespace}/{name}"), None, None);
         return Ok(Action::await_change());
     };
+    report_observed(&context, &observed);
+    let now = Timestamp::now();
+
+    // Decide: no client. On a blocking thread, because the policy's autoApprove CEL runs
+    // there: its cost is bounded (auto_approve::check), and however long it takes, the
+    // runtime's workers stay free for the webhook, health checks and other grants.
+    let (observed, plan) = tokio::task::spawn_blocking(move || {
+        let plan = decide::decide(&observed, now);
+        (observed, plan)
+    })
+    .await
+    .map_err(|_| Error::Decide)?;
+    let request = &observed.request;
+    let uid = request.uid().unwrap_or_default();
+    let phase = request.status.as_ref().and_then(|status| status.phase);
+    if phase != plan.status.phase || plan.effect != Effect::None {
+        info!(?phase, next = ?plan.status.phase, effect = ?plan.effect, "observed access request");
+    } else {
+        debug!(?phase, "observed access request; nothing to do");
+    }
+
+    // Apply: client required.
+    let api = Api::<AccessRequest>::namespaced(context.client.clone(), &namespace);
+    if plan.finalizer == FinalizerChange::Add {
+        apply::set_finalizer(&api, request, true).await?;
+    }
+    let current = request.status.clone().unwrap_or_default();
+    let action = match &plan.effect {
+        Effect::None => None,
+        Effect::Grant { .. } => Some(IntentAction::Grant),
+        Effect::Revoke => Some(IntentAction::Revoke),
+    };
+    let written = match action {
+        // Intent before action: status says what is about to happen before the provider is
+        // called, so a crash in between is visible and resolved on restart.
+        Some(action) => {
+            let intent = outcome::with_intent(&current, &plan, action, &uid, now);
+            let written = write_status(&api, &context.sealer, request, &current, &intent).await?;
+            crash_point(action, "before-effect");
+            written
+        }
+        None => current,
+    };
+    let applied = apply::effect(&context.providers, request, &plan.effect).await;
+    if let (Some(action), Ok(_)) = (action, &applied) {
+        crash_point(action, "after-effect");
+    }
+    count_effect(&context.metrics, request, &plan, applied.as_ref());
+
+    // Status: from what was applied.
+    let outcome = outcome::outcome(plan, &written, applied.as_ref(), &uid, now);
+    report_failure(&context, outcome.failed.as_ref());
+    let status = write_status(&api, &context.sealer, request, &written, &outcome.status).await?;
+    measure(&context.metrics, request, phase, &status, now);
+    if let Some(action) = action {
+        crash_point(action, "after-status");
+    }
+    publish(&context, request, &outcome.notices).await;
+    if outcome.release {
+        apply::set_finalizer(&api, request, false).await?;
+        if let Some(action) = action {
+            crash_point(action, "after-finalizer");
+        }
+    }
+    Ok(match outcome.requeue {
+        Some(after) => Action::requeue(after.min(context.resync)),
+        None => Action::await_change(),
+    })
+}
+
+/// Logs and counts what observing found wrong.
+fn report_observed(context: &Context, observed: &decide::Observed) {
     let request = &observed.request;
     if let Some(subject) = request.spec.subject.as_deref().or_else(|| {
         request
@@ -315,7 +386,7 @@ async fn reconcile_steps(
     }
     if let Some(why) = &observed.unverified {
         // Loud, but not in the way: expiry, revoke and deny go ahead without it.
-        warn!(error = %why, "could not verify the active grant; drift is not checked until it can be");
+        warn!(error = %why.message, retry_after = ?why.retry_after, "could not verify the active grant; drift is not checked until it can be");
         let provider = request
             .status
             .as_ref()
@@ -323,96 +394,23 @@ async fn reconcile_steps(
             .map_or("unknown", |grant| grant.provider.as_str());
         context.metrics.provider_error(provider, "verify");
     }
-    let now = Timestamp::now();
+}
 
-    // Decide: no client. On a blocking thread, because the policy's autoApprove CEL runs
-    // there: its cost is bounded (auto_approve::check), and however long it takes, the
-    // runtime's workers stay free for the webhook, health checks and other grants.
-    let (observed, plan) = tokio::task::spawn_blocking(move || {
-        let plan = decide::decide(&observed, now);
-        (observed, plan)
-    })
-    .await
-    .map_err(|_| Error::Decide)?;
-    let request = &observed.request;
-    let phase = request.status.as_ref().and_then(|status| status.phase);
-    if phase != plan.status.phase || plan.effect != decide::Effect::None {
-        info!(?phase, next = ?plan.status.phase, effect = ?plan.effect, "observed access request");
-    } else {
-        debug!(?phase, "observed access request; nothing to do");
-    }
-
-    // Apply: client required.
-    let api = Api::<AccessRequest>::namespaced(context.client.clone(), &namespace);
-    if plan.finalizer == FinalizerChange::Add {
-        apply::set_finalizer(&api, request, true).await?;
-    }
-    let mut written = request.status.clone().unwrap_or_default();
-    let kind = match &plan.effect {
-        decide::Effect::None => None,
-        decide::Effect::Grant { .. } => Some(IntentAction::Grant),
-        decide::Effect::Revoke => Some(IntentAction::Revoke),
-    };
-    if let Some(action) = kind {
-        // Intent before action: status says what is about to happen before the provider
-        // is called, so a crash in between is visible and resolved on restart.
-        let mut intent = written.clone();
-        if action == IntentAction::Grant {
-            // The window is fixed here, before the first attempt: whatever later write fails,
-            // a retry keeps it and the grant ends at its time.
-            intent.granted_at.clone_from(&plan.status.granted_at);
-            intent.expires_at.clone_from(&plan.status.expires_at);
+/// Logs a failed step and counts a failing revocation.
+fn report_failure(context: &Context, failed: Option<&outcome::FailedStep>) {
+    match failed {
+        None => {}
+        Some(outcome::FailedStep::GrantRefused(message)) => {
+            warn!(error = %message, "grant refused; failing the request");
         }
-        intent.intent = Some(GrantIntent {
-            action,
-            key: GrantKey::for_request(&request.uid().unwrap_or_default())
-                .as_str()
-                .to_owned(),
-            time: Time(now),
-        });
-        written = write_status(&api, &context.sealer, request, &written, &intent).await?;
-        crash_point(action, "before-effect");
-    }
-    let applied = match apply::effect(&context.providers, request, &plan.effect).await {
-        Ok(applied) => applied,
-        Err(error) => {
-            return record_failure(&context, &api, request, &written, &plan, error, now).await;
+        Some(outcome::FailedStep::Grant(message)) => {
+            warn!(error = %message, "grant failed; retrying");
         }
-    };
-    if let Some(action) = kind {
-        crash_point(action, "after-effect");
-    }
-    if let Some(what) = &applied.unaccounted {
-        error!(problem = %what, "a cloud grant may outlive its request");
-        let notice = Notice {
-            severity: Severity::Warning,
-            reason: "GrantRecordMissing".into(),
-            note: what.clone(),
-        };
-        publish(&context, request, &[notice]).await;
-    }
-    count_success(&context.metrics, request, &plan);
-
-    // Status: from what was applied.
-    let status = status::after_success(plan.status, &applied);
-    let status = write_status(&api, &context.sealer, request, &written, &status).await?;
-    measure(&context.metrics, request, phase, &status, now);
-    if let Some(action) = kind {
-        crash_point(action, "after-status");
-    }
-    publish(&context, request, &plan.notices).await;
-    if plan.finalizer == FinalizerChange::Remove {
-        apply::set_finalizer(&api, request, false).await?;
-        if let Some(action) = kind {
-            crash_point(action, "after-finalizer");
+        Some(outcome::FailedStep::Revoke(message)) => {
+            error!(error = %message, "revocation failed; retrying");
+            context.metrics.revocation_failures.inc();
         }
     }
-    if status.phase.is_some_and(Phase::is_final) {
-        // Ended, revoked and released: nothing to look at until someone changes it (a
-        // leftover grant would be the orphan sweep's).
-        return Ok(Action::await_change());
-    }
-    Ok(Action::requeue(plan.requeue_after.min(context.resync)))
 }
 
 /// Updates the gauges and, on a change of phase, the latency histograms.
@@ -433,8 +431,7 @@ fn measure(
         .as_ref()
         .filter(|_| status.phase == Some(Phase::Active))
         .map(|grant| grant.provider.as_str());
-    let phase = status.phase.map(|phase| format!("{phase:?}"));
-    metrics.track(&key, phase.as_deref(), provider);
+    metrics.track(&key, status.phase.map(Phase::as_str), provider);
     if status.phase == before {
         return;
     }
@@ -452,7 +449,7 @@ fn measure(
                 .timeline
                 .iter()
                 .rev()
-                .find(|entry| entry.event == decide::APPROVED)
+                .find(|entry| entry.event == TimelineEvent::Approved.as_str())
                 .map(|entry| entry.time.0);
             if let Some(approved) = approved {
                 metrics.grant_seconds.observe(seconds(approved));
@@ -467,25 +464,48 @@ fn measure(
     }
 }
 
-fn count_success(metrics: &Metrics, request: &AccessRequest, plan: &decide::Plan) {
-    match plan.effect {
-        decide::Effect::None => {}
-        decide::Effect::Grant { .. } => {
+/// Counts what the effect came to.
+fn count_effect(
+    metrics: &Metrics,
+    request: &AccessRequest,
+    plan: &decide::Plan,
+    applied: Result<&apply::Applied, &apply::Error>,
+) {
+    let uid = request.uid().unwrap_or_default();
+    let error = applied.err();
+    if let Some(cause) = error.and_then(apply::Error::provider_error) {
+        let target = cause.target().or(match &plan.effect {
+            Effect::Grant { role, .. } => role.target(),
+            Effect::None | Effect::Revoke => None,
+        });
+        let provider = target.map_or("unknown", crate::target::Target::as_str);
+        metrics.provider_error(provider, cause.category());
+    }
+    match (&plan.effect, error) {
+        (Effect::None, _) => {}
+        (Effect::Grant { .. }, None) => {
             metrics.grants.inc();
             if plan
                 .notices
                 .iter()
-                .any(|notice| notice.reason == "GrantRepaired")
+                .any(|notice| notice.reason == Reason::GrantRepaired)
             {
                 metrics.drift_repairs.inc();
             }
         }
-        decide::Effect::Revoke => {
+        (Effect::Revoke, None) => {
             metrics.revocations.inc();
-            metrics.revocation_failing(&request.uid().unwrap_or_default(), false);
+            metrics.revocation_failing(&uid, false);
         }
+        // A refused grant is revoked by apply: a failure there is a failing revocation.
+        (Effect::Grant { .. }, Some(apply::Error::Revoke(_))) | (Effect::Revoke, Some(_)) => {
+            metrics.revocation_failing(&uid, true);
+        }
+        (Effect::Grant { .. }, Some(_)) => {}
     }
-    metrics.reconciled("ok");
+    if error.is_none() {
+        metrics.reconciled("ok");
+    }
 }
 
 /// Crashes the process here when the test failpoint `<grant|revoke>-<step>` is on (feature
@@ -523,7 +543,7 @@ async fn write_status(
         }
         _ => None,
     };
-    if !status::differs(current, &status) {
+    if !outcome::differs(current, &status) {
         return Ok(status);
     }
     let patch = json!({
@@ -541,153 +561,29 @@ async fn write_status(
     .map_err(Error::Status)
 }
 
-/// Shows a failed grant or revoke on the request and schedules the retry. A grant refused for
-/// good (no permission, no such namespace) fails the request instead.
-async fn record_failure(
-    context: &Context,
-    api: &Api<AccessRequest>,
-    request: &AccessRequest,
-    written: &AccessRequestStatus,
-    plan: &decide::Plan,
-    error: apply::Error,
-    now: Timestamp,
-) -> Result<Action, Error> {
-    let generation = request.metadata.generation;
-    if let apply::Error::Grant(cause) | apply::Error::Revoke(cause) = &error {
-        let target = cause.target().or(match &plan.effect {
-            decide::Effect::Grant { role, .. } => crate::target::Target::of(role),
-            _ => None,
-        });
-        let provider = target.map_or("unknown", crate::target::Target::as_str);
-        context.metrics.provider_error(provider, cause.category());
-    }
-    // A refused grant ends the request, and ending always revokes: a refused drift repair
-    // leaves the grant it replaced, and a refused multi-step grant may have landed in part.
-    let error = match &error {
-        apply::Error::Grant(cause) if !cause.is_retryable() => {
-            match apply::effect(&context.providers, request, &decide::Effect::Revoke).await {
-                Ok(_) => error,
-                Err(revoke) => revoke,
-            }
-        }
-        _ => error,
-    };
-    let message = error_chain(&error);
-    let (status, notice) = match &error {
-        apply::Error::Grant(cause) if !cause.is_retryable() => {
-            warn!(error = %message, "grant refused; failing the request");
-            let status = refused_grant(plan.status.clone(), &message, now);
-            let notice = Notice {
-                severity: Severity::Warning,
-                reason: "Failed".into(),
-                note: format!("could not grant: {message}"),
-            };
-            write_status(api, &context.sealer, request, written, &status).await?;
-            let before = request.status.as_ref().and_then(|status| status.phase);
-            measure(&context.metrics, request, before, &status, now);
-            publish(context, request, &[notice]).await;
-            return Ok(Action::requeue(decide::RESYNC));
-        }
-        apply::Error::Grant(_) => (
-            status::after_failure(
-                Some(written),
-                status::GRANT_FAILING,
-                "GrantFailed",
-                &message,
-                now,
-                generation,
-            ),
-            Notice {
-                severity: Severity::Warning,
-                reason: "GrantFailing".into(),
-                note: format!("grant failed, will retry: {message}"),
-            },
-        ),
-        _ => {
-            error!(error = %message, "revocation failed; retrying");
-            context.metrics.revocation_failures.inc();
-            context
-                .metrics
-                .revocation_failing(&request.uid().unwrap_or_default(), true);
-            (
-                status::after_failure(
-                    Some(written),
-                    status::REVOCATION_FAILING,
-                    "RevokeFailed",
-                    &message,
-                    now,
-                    generation,
-                ),
-                Notice {
-                    severity: Severity::Warning,
-                    reason: "RevocationFailing".into(),
-                    note: format!("revocation failed, will retry until it succeeds: {message}"),
-                },
-            )
-        }
-    };
-    let backoff = backoff(status.failures);
-    write_status(api, &context.sealer, request, written, &status).await?;
-    publish(context, request, &[notice]).await;
-    Ok(Action::requeue(backoff))
-}
-
-/// The status of a request whose approved grant was refused for good.
-fn refused_grant(
-    mut status: AccessRequestStatus,
-    message: &str,
-    now: Timestamp,
-) -> AccessRequestStatus {
-    status.phase = Some(Phase::Failed);
-    status.granted_at = None;
-    status.expires_at = None;
-    status.grant = None;
-    status.message = Some(format!("could not grant: {message}"));
-    status.timeline.retain(|entry| entry.event != "Granted");
-    status.timeline.push(TimelineEntry {
-        time: Time(now),
-        event: "Failed".into(),
-        actor: None,
-        message: Some(message.to_owned()),
-    });
-    status::set_condition(
-        &mut status.conditions,
-        decide::GRANTED,
-        status::ConditionStatus::False,
-        "GrantFailed",
-        message,
-        now,
-        status.observed_generation,
-    );
-    status
-}
-
-/// Exponential backoff from the failure count: 0.5s, 1s, 2s, ... up to five minutes.
-fn backoff(failures: i32) -> Duration {
-    let exponent = failures.saturating_sub(1).clamp(0, 16).unsigned_abs();
-    Duration::from_millis(500u64.saturating_mul(1u64 << exponent)).min(MAX_BACKOFF)
-}
-
 async fn publish(context: &Context, request: &AccessRequest, notices: &[Notice]) {
     let reference = request.object_ref(&());
     for notice in notices {
         let event = Event {
-            type_: match notice.severity {
+            type_: match notice.reason.severity() {
                 Severity::Normal => EventType::Normal,
                 Severity::Warning => EventType::Warning,
             },
-            reason: notice.reason.clone(),
+            reason: notice.reason.as_str().to_owned(),
             // The API server refuses Event notes over 1024 characters.
             note: Some(crate::telemetry::truncate(&notice.note, 1024)),
-            action: notice.reason.clone(),
+            action: notice.reason.as_str().to_owned(),
             secondary: None,
         };
         if let Err(error) = context.recorder.publish(&event, &reference).await {
-            warn!(error = %error_chain(&error), reason = %notice.reason, "failed to publish event");
+            warn!(error = %error_chain(&error), reason = notice.reason.as_str(), "failed to publish event");
         }
     }
 }
 
+/// A reconcile that failed before its outcome could be written (the API server refusing or
+/// failing): retried with a backoff counted in memory, since the status is what could not be
+/// written. Nothing gives up: a revoke is retried from its status.
 fn error_policy(
     request: Arc<DeserializeGuard<AccessRequest>>,
     error: &Error,
@@ -695,11 +591,9 @@ fn error_policy(
 ) -> Action {
     context.metrics.reconciled(error.category());
     context.metrics.reconcile_error(error.category());
-    // Conflicts and API hiccups: the next reconcile reads everything fresh. Backing off per
-    // request, with jitter, keeps a struggling API server from being hammered by every
-    // request at once; nothing gives up (a revoke that fails is retried from its status).
-    let failures = context.failed_once(&key_of(&request));
-    let delay = jittered(backoff(failures), random_fraction());
+    let key = key_of(&request);
+    let failures = context.failed_once(&key);
+    let delay = retry::delay(&key, failures, None);
     warn!(error = %error_chain(error), category = error.category(), failures, retry_in = ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }
@@ -711,70 +605,4 @@ fn key_of(request: &DeserializeGuard<AccessRequest>) -> String {
         request.namespace().unwrap_or_default(),
         request.name_any()
     )
-}
-
-/// A delay spread over 75% to 125% of `delay`, never above the longest backoff, so that
-/// requests failing together do not retry together.
-fn jittered(delay: Duration, fraction: f64) -> Duration {
-    delay
-        .mul_f64(0.75 + 0.5 * fraction.clamp(0.0, 1.0))
-        .min(MAX_BACKOFF)
-}
-
-/// A number in [0, 1) from the system's random source (0.5 if it fails: no jitter).
-fn random_fraction() -> f64 {
-    let mut bytes = [0u8; 4];
-    match ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes) {
-        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0),
-        Err(_) => 0.5,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_are_spread_around_the_backoff_and_capped() {
-        let base = Duration::from_secs(8);
-        assert_eq!(jittered(base, 0.0), Duration::from_secs(6));
-        assert_eq!(jittered(base, 1.0), Duration::from_secs(10));
-        assert_eq!(jittered(base, 0.5), base);
-        assert_eq!(jittered(MAX_BACKOFF, 1.0), MAX_BACKOFF);
-        for _ in 0..100 {
-            let fraction = random_fraction();
-            assert!((0.0..1.0).contains(&fraction), "{fraction}");
-        }
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_five_minutes() {
-        assert_eq!(backoff(1), Duration::from_millis(500));
-        assert_eq!(backoff(2), Duration::from_secs(1));
-        assert_eq!(backoff(5), Duration::from_secs(8));
-        assert_eq!(backoff(40), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn a_refused_grant_fails_the_request_and_clears_the_grant() {
-        let now = crate::fixtures::at("2026-01-01T00:00:00Z");
-        let status = AccessRequestStatus {
-            phase: Some(Phase::Active),
-            granted_at: Some(Time(now)),
-            expires_at: Some(Time(now)),
-            timeline: vec![TimelineEntry {
-                time: Time(now),
-                event: "Granted".into(),
-                actor: None,
-                message: None,
-            }],
-            ..AccessRequestStatus::default()
-        };
-        let failed = refused_grant(status, "forbidden", now);
-        assert_eq!(failed.phase, Some(Phase::Failed));
-        assert_eq!(failed.expires_at, None);
-        assert_eq!(failed.timeline.len(), 1);
-        assert_eq!(failed.timeline[0].event, "Failed");
-        assert_eq!(failed.conditions[0].reason, "GrantFailed");
-    }
 }

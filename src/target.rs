@@ -1,12 +1,10 @@
-//! The places a role can grant in. The CRD's "exactly one target" rule, the `--providers` flag,
+//! The places a role can grant in (a leaf: it imports nothing of the crate). The CRD's "exactly one target" rule, the `--providers` flag,
 //! the metrics labels, the provider set, the ledger and the start-up checks all read this one
 //! enum: a new target is one more variant here and one module in `provider/`.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-use crate::crd::v1alpha1::PolicyRole;
 
 /// A place roles are granted in.
 #[derive(
@@ -54,28 +52,6 @@ impl Target {
     /// The target of this name.
     pub fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|target| target.as_str() == name)
-    }
-
-    /// The target a role grants in: the one block it carries (admission refuses a role with
-    /// none or several).
-    pub fn of(role: &PolicyRole) -> Option<Self> {
-        let PolicyRole {
-            name: _,
-            kubernetes,
-            aws,
-            gcp,
-            azure,
-            max_duration: _,
-            approvals_required: _,
-        } = role;
-        [
-            (kubernetes.is_some(), Self::Kubernetes),
-            (aws.is_some(), Self::Aws),
-            (gcp.is_some(), Self::Gcp),
-            (azure.is_some(), Self::Azure),
-        ]
-        .into_iter()
-        .find_map(|(present, target)| present.then_some(target))
     }
 
     /// Whether grants here are recorded in the grant ledger before they are made: a cloud

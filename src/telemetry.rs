@@ -4,10 +4,18 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::cli::LogFormat;
-
 /// The filter used when `RUST_LOG` is unset: our own info, only warnings from libraries.
 const DEFAULT_FILTER: &str = "info,kube=warn,tower=warn,hyper=warn";
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event, for log pipelines.
+    Json,
+}
 
 /// Installs the global subscriber. Call once, first thing in `main`.
 pub fn init(format: LogFormat) {

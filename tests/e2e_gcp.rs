@@ -305,3 +305,55 @@ async fn a_binding_removed_by_hand_is_restored() {
     .await
     .expect("the drift check restores the binding as it was");
 }
+
+#[tokio::test]
+async fn a_cloud_throttling_every_look_for_a_minute_is_asked_a_handful_of_times() {
+    let env = TestEnv::new().await;
+    let _ = gcp_operator();
+    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
+    // Two active grants, each on its own project so that each one's looks are counted.
+    let mut granted = Vec::new();
+    for _ in 0..2 {
+        let resource = project();
+        let policy = gcp_policy(&env, &resource, "user:{{mapping.email}}", 0).await;
+        let created = request(&env, &policy, "90s").await;
+        wait_for_request(&requests, &created.name_any(), "active", |r| {
+            phase(r) == Some(Phase::Active)
+        })
+        .await;
+        granted.push((resource, created.name_any(), created.uid().unwrap()));
+    }
+    let minute = Duration::from_secs(60);
+    let before: Vec<usize> = granted
+        .iter()
+        .map(|(resource, ..)| {
+            gcp_fake().throttle_reads(resource, minute, 1);
+            gcp_fake().reads(resource)
+        })
+        .collect();
+    // The drift check runs every 2 s here: without backoff that is 30 looks each, more with
+    // the reconciles each status write starts.
+    tokio::time::sleep(minute).await;
+    for ((resource, name, _), before) in granted.iter().zip(before) {
+        let looks = gcp_fake().reads(resource) - before;
+        assert!(
+            (2..=10).contains(&looks),
+            "{name}: {looks} looks at a throttled grant in a minute; a handful expected"
+        );
+        let current = requests.get(name).await.unwrap();
+        assert_eq!(phase(&current), Some(Phase::Active));
+        assert!(
+            support::condition_true(&current, "VerifyFailing"),
+            "{name}: the failing look shows: {:?}",
+            current.status.map(|status| status.conditions)
+        );
+    }
+    // Backing off never delays the end: both expire on time and their bindings go.
+    for (resource, name, uid) in &granted {
+        wait_for_request(&requests, name, "expired", |r| {
+            phase(r) == Some(Phase::Expired)
+        })
+        .await;
+        assert!(ours(resource, uid).is_empty(), "{name}: binding removed");
+    }
+}

@@ -225,7 +225,7 @@ async fn the_operator_serves_cert_managers_files_and_their_renewals() {
     // A CA and a certificate as cert-manager would write them.
     let issue = || {
         let (data, _) =
-            jit_operator::admission::tls::make_secret_data(None, &names, jiff::Timestamp::now())
+            jit_operator::certificate::make_secret_data(None, &names, jiff::Timestamp::now())
                 .unwrap();
         let get = |key: &str| data[key].0.clone();
         (get("ca.crt"), get("tls.crt"), get("tls.key"))

@@ -3,10 +3,8 @@
 //! records; `validate` refuses everything a user may not do. Both are pure; the server in
 //! `server` feeds them. Requests by the operator itself never reach here (matchConditions).
 
-pub mod certs;
 pub mod register;
 pub mod server;
-pub mod tls;
 
 use std::collections::BTreeMap;
 

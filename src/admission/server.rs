@@ -25,9 +25,10 @@ use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use crate::certificate::Reloadable;
+
 use super::{
-    Administrators, Denial, Review, mutate, register, tls::Reloadable, validate, validate_delete,
-    validate_policy,
+    Administrators, Denial, Review, mutate, register, validate, validate_delete, validate_policy,
 };
 use crate::{
     crd::v1alpha1::{AccessPolicy, AccessRequest},

@@ -45,6 +45,30 @@ const NAME_MAX_LENGTH: u32 = 253;
 /// Most roles one policy may list; bounds the cost of the uniqueness rule.
 const ROLES_MAX_ITEMS: u32 = 64;
 
+impl PolicyRole {
+    /// The target the role grants in: the one block it carries (admission refuses a role
+    /// with none or several).
+    pub fn target(&self) -> Option<Target> {
+        let Self {
+            name: _,
+            kubernetes,
+            aws,
+            gcp,
+            azure,
+            max_duration: _,
+            approvals_required: _,
+        } = self;
+        [
+            (kubernetes.is_some(), Target::Kubernetes),
+            (aws.is_some(), Target::Aws),
+            (gcp.is_some(), Target::Gcp),
+            (azure.is_some(), Target::Azure),
+        ]
+        .into_iter()
+        .find_map(|(present, target)| present.then_some(target))
+    }
+}
+
 /// The rule that a role carries exactly one target block.
 fn exactly_one_target_rule() -> kube::core::Rule {
     let present = Target::ALL
@@ -531,6 +555,18 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// The phase as status shows it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Active => "Active",
+            Self::Expired => "Expired",
+            Self::Revoked => "Revoked",
+            Self::Denied => "Denied",
+            Self::Failed => "Failed",
+        }
+    }
+
     /// Whether the phase is final.
     pub fn is_final(self) -> bool {
         matches!(
@@ -672,10 +708,15 @@ pub struct AccessRequestStatus {
     /// A human-readable summary of the current phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
-    /// Consecutive failed attempts at the current step; sets the retry backoff.
+    /// Consecutive failed attempts at the current step (a grant, a revoke, or a look at the
+    /// grant); sets the retry backoff.
     #[serde(default, skip_serializing_if = "is_zero")]
     #[schemars(range(min = 0))]
     pub failures: i32,
+    /// When the failing step is tried next: the backoff from `failures`, or the target's own
+    /// Retry-After when that is later. Never later than the grant's end: expiry does not wait.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_retry_time: Option<Time>,
     /// The operator's seal over `grantedAt` and `expiresAt`: a window it did not write (no
     /// valid seal) is never granted from and ends the grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -36,12 +36,15 @@ const MEMBER_PREFIXES: &[&str] = &[
     "principalSet://",
 ];
 
-/// How the provider authenticates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// How the provider authenticates (`--gcp-credentials`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Credentials {
-    /// Application Default Credentials: workload identity in GKE, a key file, gcloud.
+    /// Application Default Credentials: workload identity in GKE, GOOGLE_APPLICATION_CREDENTIALS,
+    /// gcloud.
+    #[default]
+    #[value(name = "adc")]
     ApplicationDefault,
-    /// No credentials at all: for emulators only.
+    /// No credentials. For emulators only: Google refuses every anonymous call.
     Anonymous,
 }
 

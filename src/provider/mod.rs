@@ -17,7 +17,7 @@ use jiff::Timestamp;
 
 use kube::ResourceExt;
 
-pub use self::set::Providers;
+pub use self::set::{Providers, Settings};
 use crate::{
     crd::v1alpha1::{AccessRequest, PolicyRole},
     provider::identity::Identity,

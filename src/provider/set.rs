@@ -15,12 +15,22 @@ use super::{
     kubernetes::KubernetesProvider,
     ledger::Ledger,
 };
-use crate::{
-    cli::{Args, GcpCredentials},
-    crd::v1alpha1::PolicyRole,
-    seal::Sealer,
-    target::Target,
-};
+use crate::{crd::v1alpha1::PolicyRole, seal::Sealer, target::Target};
+
+/// How to set up the providers (from the command line).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The targets to grant in besides Kubernetes (`--providers`).
+    pub enabled: Vec<Target>,
+    /// Where the grant ledger lives (`--namespace`).
+    pub namespace: String,
+    /// Google's Resource Manager endpoint, when not the public one.
+    pub gcp_endpoint: Option<String>,
+    /// How to authenticate to Google.
+    pub gcp_credentials: gcp::Credentials,
+    /// Where Azure is and how to reach it.
+    pub azure: azure::Settings,
+}
 
 /// The providers the operator runs with, one per enabled target.
 #[derive(Clone)]
@@ -39,14 +49,19 @@ impl Providers {
         }
     }
 
-    /// The providers `--providers` enables (Kubernetes always), cloud ones recording their
-    /// grants in a ledger in `--namespace` sealed by `sealer`.
-    pub async fn from_args(client: &Client, args: &Args, sealer: &Sealer) -> Result<Self, Error> {
+    /// The providers `settings` enables (Kubernetes always), cloud ones recording their
+    /// grants in a ledger sealed by `sealer`.
+    pub async fn from_settings(
+        client: &Client,
+        settings: &Settings,
+        sealer: &Sealer,
+    ) -> Result<Self, Error> {
         let mut providers: Vec<Arc<dyn Provider>> =
             vec![Arc::new(KubernetesProvider::new(client.clone()))];
-        let ledger = |target| Ledger::new(client.clone(), &args.namespace, target, sealer.clone());
+        let ledger =
+            |target| Ledger::new(client.clone(), &settings.namespace, target, sealer.clone());
         for target in Target::ALL {
-            if !args.providers.contains(&target) {
+            if !settings.enabled.contains(&target) {
                 continue;
             }
             let provider: Arc<dyn Provider> = match target {
@@ -57,26 +72,20 @@ impl Providers {
                     ledger(target),
                 )),
                 Target::Gcp => {
-                    let credentials = match args.gcp_credentials {
-                        GcpCredentials::Adc => gcp::Credentials::ApplicationDefault,
-                        GcpCredentials::Anonymous => {
-                            warn!("gcp: anonymous credentials; only an emulator accepts them");
-                            gcp::Credentials::Anonymous
-                        }
-                    };
-                    let cloud = Gcp::new(args.gcp_endpoint.as_deref(), credentials).await?;
+                    if settings.gcp_credentials == gcp::Credentials::Anonymous {
+                        warn!("gcp: anonymous credentials; only an emulator accepts them");
+                    }
+                    let cloud =
+                        Gcp::new(settings.gcp_endpoint.as_deref(), settings.gcp_credentials)
+                            .await?;
                     Arc::new(CloudProvider::new(cloud, ledger(target)))
                 }
-                Target::Azure => {
-                    let settings = azure::Settings {
-                        endpoint: args.azure_endpoint.clone(),
-                        audience: args.azure_audience.clone(),
-                        ca_file: args.azure_ca_file.clone(),
-                    };
-                    Arc::new(CloudProvider::new(Azure::new(&settings)?, ledger(target)))
-                }
+                Target::Azure => Arc::new(CloudProvider::new(
+                    Azure::new(&settings.azure)?,
+                    ledger(target),
+                )),
             };
-            info!(provider = %target, namespace = %args.namespace, "provider enabled");
+            info!(provider = %target, namespace = %settings.namespace, "provider enabled");
             providers.push(provider);
         }
         Ok(Self::new(providers))
@@ -84,7 +93,7 @@ impl Providers {
 
     /// The provider that grants this role.
     pub fn for_role(&self, role: &PolicyRole) -> Result<Arc<dyn Provider>, Error> {
-        let target = Target::of(role).ok_or_else(|| Error::NoTarget {
+        let target = role.target().ok_or_else(|| Error::NoTarget {
             role: role.name.clone(),
         })?;
         self.enabled

@@ -30,6 +30,21 @@ pub enum Error {
     Unidentified,
 }
 
+impl Error {
+    /// The provider's error, when a provider failed.
+    pub fn provider_error(&self) -> Option<&provider::Error> {
+        match self {
+            Self::Grant(cause) | Self::Revoke(cause) => Some(cause),
+            Self::Finalizer(_) | Self::Unidentified => None,
+        }
+    }
+
+    /// How long the target asked the operator to wait, when it said.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        self.provider_error().and_then(provider::Error::retry_after)
+    }
+}
+
 /// What `apply` did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -99,62 +114,78 @@ pub async fn effect(
             approval,
         } => {
             let request_ref = request_ref(request)?;
-            let provider = providers.for_role(role).map_err(Error::Grant)?;
-            let record = provider
-                .grant(&GrantSpec {
-                    request: &request_ref,
-                    identity,
-                    role,
-                    description: &description(&request_ref, approval, request),
-                    reason: request.spec.reason.as_deref().unwrap_or_default(),
-                    expires_at: *expires_at,
-                })
-                .await
-                .map_err(Error::Grant)?;
-            Ok(Applied {
-                grant: Some(record),
-                unaccounted: None,
-            })
-        }
-        Effect::Revoke => {
-            let request_ref = request_ref(request)?;
-            // What was recorded at grant time, not the policy: a grant held in a provider the
-            // operator no longer runs cannot be removed, and that is loud, not silent.
-            let recorded = request
-                .status
-                .as_ref()
-                .and_then(|status| status.grant.as_ref());
-            let mut unaccounted = None;
-            if let Some(grant) = recorded {
-                let Some(provider) = providers.named(&grant.provider) else {
-                    return Err(Error::Revoke(provider::Error::NotRunning {
-                        target: grant.provider.clone(),
-                    }));
-                };
-                // A cloud grant leaves a ledger entry until it is revoked: none left means
-                // someone removed it, and the operator can no longer find what it granted.
-                // Not silence.
-                if provider.target().keeps_ledger()
-                    && !provider.holds(&request_ref).await.map_err(Error::Revoke)?
-                {
-                    unaccounted = Some(format!(
-                        "the operator has no record of what it granted in {} ({}): its grant \
-                         ledger entry was removed outside the operator, so it cannot find that \
-                         access to revoke it; remove it by hand",
-                        grant.provider, grant.reference
-                    ));
+            let granted = match providers.for_role(role) {
+                Ok(provider) => {
+                    provider
+                        .grant(&GrantSpec {
+                            request: &request_ref,
+                            identity,
+                            role,
+                            description: &description(&request_ref, approval, request),
+                            reason: request.spec.reason.as_deref().unwrap_or_default(),
+                            expires_at: *expires_at,
+                        })
+                        .await
                 }
+                Err(error) => Err(error),
+            };
+            match granted {
+                Ok(record) => Ok(Applied {
+                    grant: Some(record),
+                    unaccounted: None,
+                }),
+                // A refused grant ends the request, and ending always revokes: a refused
+                // drift repair leaves the grant it replaced, and a refused multi-step grant
+                // may have landed in part. A revoke that fails is what the request shows.
+                Err(cause) if !cause.is_retryable() => {
+                    revoke(providers, request).await?;
+                    Err(Error::Grant(cause))
+                }
+                Err(cause) => Err(Error::Grant(cause)),
             }
-            // The policy may be gone: ask every provider; each treats nothing held as done.
-            for provider in providers.all() {
-                provider.revoke(&request_ref).await.map_err(Error::Revoke)?;
-            }
-            Ok(Applied {
-                grant: None,
-                unaccounted,
-            })
+        }
+        Effect::Revoke => revoke(providers, request).await,
+    }
+}
+
+/// Removes whatever every provider holds for the request.
+async fn revoke(providers: &Providers, request: &AccessRequest) -> Result<Applied, Error> {
+    let request_ref = request_ref(request)?;
+    // What was recorded at grant time, not the policy: a grant held in a provider the
+    // operator no longer runs cannot be removed, and that is loud, not silent.
+    let recorded = request
+        .status
+        .as_ref()
+        .and_then(|status| status.grant.as_ref());
+    let mut unaccounted = None;
+    if let Some(grant) = recorded {
+        let Some(provider) = providers.named(&grant.provider) else {
+            return Err(Error::Revoke(provider::Error::NotRunning {
+                target: grant.provider.clone(),
+            }));
+        };
+        // A cloud grant leaves a ledger entry until it is revoked: none left means
+        // someone removed it, and the operator can no longer find what it granted.
+        // Not silence.
+        if provider.target().keeps_ledger()
+            && !provider.holds(&request_ref).await.map_err(Error::Revoke)?
+        {
+            unaccounted = Some(format!(
+                "the operator has no record of what it granted in {} ({}): its grant \
+                 ledger entry was removed outside the operator, so it cannot find that \
+                 access to revoke it; remove it by hand",
+                grant.provider, grant.reference
+            ));
         }
     }
+    // The policy may be gone: ask every provider; each treats nothing held as done.
+    for provider in providers.all() {
+        provider.revoke(&request_ref).await.map_err(Error::Revoke)?;
+    }
+    Ok(Applied {
+        grant: None,
+        unaccounted,
+    })
 }
 
 /// What the target records about a grant, for people who find it there:

@@ -16,7 +16,15 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 
-use super::status::{ConditionStatus, set_condition};
+use super::{
+    conditions::{
+        self, APPROVED, AUTO_APPROVE, ConditionStatus, GRANT_FAILING, GRANTED, REVOCATION_FAILING,
+        VERIFY_FAILING, is_true, set_condition,
+    },
+    failures::{Failure, after_failure, clear_failures},
+    notice::{Notice, Reason, TimelineEvent},
+    retry::until,
+};
 use crate::{
     crd::v1alpha1::{
         AccessPolicy, AccessRequest, AccessRequestStatus, Approval, Decision, FINALIZER, Phase,
@@ -25,13 +33,6 @@ use crate::{
     policy::{self, Refusal, auto_approve},
     provider::{GrantState, identity::Identity},
 };
-
-/// The condition that a request was approved.
-pub const APPROVED: &str = "Approved";
-/// The condition that the role is granted (`kubectl wait --for=condition=Granted`).
-pub const GRANTED: &str = "Granted";
-/// The condition that the auto-approve expression failed.
-pub const AUTO_APPROVE: &str = "AutoApprove";
 
 /// When to look again at a request whose policy could not be read.
 pub const POLICY_RETRY: Duration = Duration::from_secs(10);
@@ -51,7 +52,7 @@ pub struct Observed {
     pub grant: Option<GrantState>,
     /// Why the active grant could not be looked at, when it could not: drift is then not
     /// repaired, but nothing else waits for it.
-    pub unverified: Option<String>,
+    pub unverified: Option<Unverified>,
     /// The decision records that carry admission's seal, oldest first: the only ones counted.
     pub decisions: Vec<Approval>,
     /// Who the records without a valid seal claim to be (written around admission).
@@ -97,24 +98,13 @@ pub enum Effect {
     Revoke,
 }
 
-/// Whether an Event reports something normal or something a person should look at.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Severity {
-    /// A normal transition.
-    Normal,
-    /// A refusal or failure.
-    Warning,
-}
-
-/// A Kubernetes Event to publish.
+/// Why the active grant could not be looked at.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Notice {
-    /// Normal or Warning.
-    pub severity: Severity,
-    /// CamelCase, e.g. `Granted`.
-    pub reason: String,
-    /// For people.
-    pub note: String,
+pub struct Unverified {
+    /// What went wrong.
+    pub message: String,
+    /// How long the target asked the operator to wait, when it said.
+    pub retry_after: Option<Duration>,
 }
 
 /// What to do.
@@ -156,7 +146,11 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Plan {
             if !has_finalizer {
                 builder.plan.finalizer = FinalizerChange::Add;
             }
-            builder.active(observed.policy.as_ref(), observed.grant.as_ref());
+            builder.active(
+                observed.policy.as_ref(),
+                observed.grant.as_ref(),
+                observed.unverified.as_ref(),
+            );
         }
         None | Some(Phase::Pending) => {
             if !has_finalizer {
@@ -227,7 +221,48 @@ impl<'a> Builder<'a> {
         self.plan.status.observed_generation = self.generation;
         // The plan's status is the state once its effect is done: no intent is left open.
         self.plan.status.intent = None;
+        if let Some(waiting) = self.backing_off() {
+            return waiting;
+        }
+        if self.plan.effect == Effect::None {
+            // Nothing to grant or revoke any more: no such step is failing. A look at the
+            // grant that keeps failing keeps its count.
+            let status = &mut self.plan.status;
+            if is_true(&status.conditions, VERIFY_FAILING) {
+                conditions::clear_condition(&mut status.conditions, GRANT_FAILING);
+                conditions::clear_condition(&mut status.conditions, REVOCATION_FAILING);
+            } else {
+                clear_failures(status);
+            }
+        }
         self.plan
+    }
+
+    /// The plan while the step it would take again is backing off: nothing happens and
+    /// nothing is written before the next attempt is due. A different step (a revoke while a
+    /// grant fails) is not held back.
+    fn backing_off(&self) -> Option<Plan> {
+        let current = self.request.status.as_ref()?;
+        let due = current.next_retry_time.as_ref()?.0;
+        let failing = match self.plan.effect {
+            Effect::Grant { .. } => GRANT_FAILING,
+            Effect::Revoke => REVOCATION_FAILING,
+            Effect::None => return None,
+        };
+        if self.now >= due || !is_true(&current.conditions, failing) {
+            return None;
+        }
+        Some(Plan {
+            finalizer: match self.plan.finalizer {
+                FinalizerChange::Add => FinalizerChange::Add,
+                // Released only once the revoke went through.
+                FinalizerChange::Keep | FinalizerChange::Remove => FinalizerChange::Keep,
+            },
+            effect: Effect::None,
+            status: current.clone(),
+            notices: Vec::new(),
+            requeue_after: until(self.now, due).min(self.plan.requeue_after),
+        })
     }
 
     fn requester(&self) -> Option<&str> {
@@ -238,21 +273,17 @@ impl<'a> Builder<'a> {
             .map(|requester| requester.username.as_str())
     }
 
-    fn record(&mut self, event: &str, actor: Option<&str>, message: &str) {
+    fn record(&mut self, event: TimelineEvent, actor: Option<&str>, message: &str) {
         self.plan.status.timeline.push(TimelineEntry {
             time: Time(self.now),
-            event: event.to_owned(),
+            event: event.as_str().to_owned(),
             actor: actor.map(str::to_owned),
             message: Some(message.to_owned()).filter(|message| !message.is_empty()),
         });
     }
 
-    fn notice(&mut self, severity: Severity, reason: &str, note: String) {
-        self.plan.notices.push(Notice {
-            severity,
-            reason: reason.to_owned(),
-            note,
-        });
+    fn notice(&mut self, reason: Reason, note: String) {
+        self.plan.notices.push(Notice::new(reason, note));
     }
 
     fn condition(&mut self, kind: &str, status: ConditionStatus, reason: &str, message: &str) {
@@ -281,16 +312,12 @@ impl<'a> Builder<'a> {
         }
         let granted_reason = if was_active { reason } else { "NotGranted" };
         self.condition(GRANTED, ConditionStatus::False, granted_reason, message);
-        let event = format!("{phase:?}");
-        self.record(&event, actor, message);
-        let severity = match phase {
-            Phase::Failed => Severity::Warning,
-            _ => Severity::Normal,
-        };
+        self.record(TimelineEvent::Ended(phase), actor, message);
         let by = actor
             .map(|actor| format!(" by {actor}"))
             .unwrap_or_default();
-        self.notice(severity, &event, format!("{event}{by}: {message}"));
+        let event = phase.as_str();
+        self.notice(Reason::ended(phase), format!("{event}{by}: {message}"));
         self.plan.requeue_after = RESYNC;
     }
 
@@ -321,9 +348,9 @@ impl<'a> Builder<'a> {
             if self.plan.status.approvals.contains(record) {
                 continue;
             }
-            let (event, verb) = match record.decision {
-                Decision::Approved => ("Approval", "approved"),
-                Decision::Denied => ("Denial", "denied"),
+            let (event, reason, verb) = match record.decision {
+                Decision::Approved => (TimelineEvent::Approval, Reason::Approval, "approved"),
+                Decision::Denied => (TimelineEvent::Denial, Reason::Denial, "denied"),
             };
             let comment = record.comment.clone().unwrap_or_default();
             self.record(event, Some(&record.user), &comment);
@@ -332,7 +359,7 @@ impl<'a> Builder<'a> {
             } else {
                 format!("{} {verb}: {comment}", record.user)
             };
-            self.notice(Severity::Normal, event, note);
+            self.notice(reason, note);
             self.plan.status.approvals.push(record.clone());
         }
     }
@@ -347,12 +374,8 @@ impl<'a> Builder<'a> {
                 self.request.spec.policy,
                 self.request.spec.subject.as_deref().unwrap_or(&requester)
             );
-            self.record("Requested", Some(&requester), &what);
-            self.notice(
-                Severity::Normal,
-                "Requested",
-                format!("{requester} requested {what}"),
-            );
+            self.record(TimelineEvent::Requested, Some(&requester), &what);
+            self.notice(Reason::Requested, format!("{requester} requested {what}"));
         }
         self.sync_decisions();
 
@@ -536,8 +559,8 @@ impl<'a> Builder<'a> {
             approval: message.to_owned(),
         };
         self.condition(APPROVED, ConditionStatus::True, reason, message);
-        self.record("Approved", None, message);
-        self.notice(Severity::Normal, "Approved", message.to_owned());
+        self.record(TimelineEvent::Approved, None, message);
+        self.notice(Reason::Approved, message.to_owned());
 
         let status = &mut self.plan.status;
         status.phase = Some(Phase::Active);
@@ -549,8 +572,8 @@ impl<'a> Builder<'a> {
         );
         status.message = Some(granted.clone());
         self.condition(GRANTED, ConditionStatus::True, "Granted", &granted);
-        self.record("Granted", None, &granted);
-        self.notice(Severity::Normal, "Granted", granted);
+        self.record(TimelineEvent::Granted, None, &granted);
+        self.notice(Reason::Granted, granted);
         self.plan.requeue_after = until(self.now, expires_at).min(RESYNC);
     }
 
@@ -608,7 +631,12 @@ impl<'a> Builder<'a> {
         self.plan.status.message = Some(format!("waiting for approval: {message}"));
     }
 
-    fn active(&mut self, policy: Option<&AccessPolicy>, grant: Option<&GrantState>) {
+    fn active(
+        &mut self,
+        policy: Option<&AccessPolicy>,
+        grant: Option<&GrantState>,
+        unverified: Option<&Unverified>,
+    ) {
         self.sync_decisions();
         if !self.window_sealed {
             // Active with a window the operator did not write: a status written around
@@ -665,6 +693,33 @@ impl<'a> Builder<'a> {
             self.repair(policy, state, expires_at);
         }
         self.plan.requeue_after = until(self.now, expires_at).min(RESYNC);
+        if let Some(failure) = unverified {
+            self.verify_failed(failure);
+        } else if grant.is_some() {
+            conditions::clear_condition(&mut self.plan.status.conditions, VERIFY_FAILING);
+        }
+        if is_true(&self.plan.status.conditions, VERIFY_FAILING)
+            && let Some(due) = &self.plan.status.next_retry_time
+        {
+            self.plan.requeue_after = self.plan.requeue_after.min(until(self.now, due.0));
+        }
+    }
+
+    /// Counts a look at the grant that failed and sets when the next one is due: a cloud
+    /// that throttles is asked less and less often, never more than it asked for.
+    fn verify_failed(&mut self, failure: &Unverified) {
+        let uid = self.request.metadata.uid.clone().unwrap_or_default();
+        let failed = Failure {
+            kind: VERIFY_FAILING,
+            reason: "VerifyFailed",
+            message: &format!(
+                "could not look at the grant (drift is not checked until it can): {}",
+                failure.message
+            ),
+            retry_after: failure.retry_after,
+        };
+        self.plan.status =
+            after_failure(&self.plan.status, &failed, &uid, self.now, self.generation);
     }
 
     /// Restores a grant that was removed or changed by hand while the request is active, with
@@ -694,19 +749,14 @@ impl<'a> Builder<'a> {
                 ),
         };
         let message = format!("{what}; restored as granted until {expires_at}");
-        self.record("Repaired", None, &message);
-        self.notice(Severity::Warning, "GrantRepaired", message);
+        self.record(TimelineEvent::Repaired, None, &message);
+        self.notice(Reason::GrantRepaired, message);
     }
 }
 
 fn add(time: Timestamp, duration: Duration) -> Option<Timestamp> {
     let duration = SignedDuration::try_from(duration).ok()?;
     time.checked_add(duration).ok()
-}
-
-/// Time from `now` to `deadline`, zero when it has passed.
-fn until(now: Timestamp, deadline: Timestamp) -> Duration {
-    Duration::try_from(deadline.duration_since(now)).unwrap_or(Duration::ZERO)
 }
 
 #[cfg(test)]

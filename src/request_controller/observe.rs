@@ -4,7 +4,10 @@
 
 use kube::{Api, Client, ResourceExt};
 
-use super::decide::Observed;
+use super::{
+    conditions::{VERIFY_FAILING, is_true},
+    decide::{Observed, Unverified},
+};
 use crate::provider::identity::Identity;
 use crate::{
     crd::v1alpha1::{AccessPolicy, AccessRequest, Approval, Phase},
@@ -70,7 +73,17 @@ pub async fn observe(
     // handed to `decide`, which ends the request regardless when it is time.
     let (grant, unverified) = match verify_active(providers, &request, policy.as_ref()).await {
         Ok(grant) => (grant, None),
-        Err(error) => (None, Some(error)),
+        Err(error) => {
+            let retry_after = match &error {
+                Error::Verify(cause) => cause.retry_after(),
+                _ => None,
+            };
+            let unverified = Unverified {
+                message: crate::telemetry::error_chain(&error),
+                retry_after,
+            };
+            (None, Some(unverified))
+        }
     };
     let (decisions, forged) = sealed_decisions(sealer, &request);
     let window_sealed = window_sealed(sealer, &request);
@@ -78,7 +91,7 @@ pub async fn observe(
         request,
         policy,
         grant,
-        unverified: unverified.map(|error| crate::telemetry::error_chain(&error)),
+        unverified,
         decisions,
         forged,
         window_sealed,
@@ -123,6 +136,17 @@ async fn verify_active(
     let status = request.status.as_ref();
     let active = status.and_then(|status| status.phase) == Some(Phase::Active);
     if !active || request.metadata.deletion_timestamp.is_some() {
+        return Ok(None);
+    }
+    // A look that keeps failing waits for its backoff: a throttled cloud is not asked again
+    // on every reconcile (each status write is one).
+    if let Some(status) = status
+        && is_true(&status.conditions, VERIFY_FAILING)
+        && status
+            .next_retry_time
+            .as_ref()
+            .is_some_and(|due| jiff::Timestamp::now() < due.0)
+    {
         return Ok(None);
     }
     let (Some(policy), Some(expires_at), Some(request_ref)) = (

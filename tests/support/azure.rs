@@ -116,8 +116,9 @@ static FAKE: OnceLock<AzureFake> = OnceLock::new();
 /// The fake of this test binary, started on first use.
 pub fn azure_fake() -> &'static AzureFake {
     FAKE.get_or_init(|| {
-        let identity = jit_operator::admission::certs::generate(IpAddr::V4(Ipv4Addr::LOCALHOST))
-            .expect("certificates");
+        let identity =
+            jit_operator::certificate::ephemeral::generate(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                .expect("certificates");
         let dir = std::env::temp_dir().join(format!(
             "jit-azure-fake-{}-{}",
             std::process::id(),

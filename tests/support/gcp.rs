@@ -38,6 +38,10 @@ struct Resource {
     generation: u64,
     faults: VecDeque<Fault>,
     sets: usize,
+    /// getIamPolicy calls answered, throttled or not.
+    reads: usize,
+    /// Until then, every getIamPolicy answers 429 with `Retry-After` of these seconds.
+    reads_throttled: Option<(std::time::Instant, u64)>,
 }
 
 type State = Arc<Mutex<HashMap<String, Resource>>>;
@@ -213,6 +217,20 @@ async fn handle(
         ));
     };
     let setting = method == "setIamPolicy";
+    if !setting {
+        resource.reads += 1;
+        if let Some((until, seconds)) = resource.reads_throttled
+            && std::time::Instant::now() < until
+        {
+            let mut response = error(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Quota exceeded for quota metric 'Read requests'.",
+            );
+            response.headers_mut().insert("retry-after", seconds.into());
+            return Ok(response);
+        }
+    }
     match resource.faults.front().cloned() {
         Some(Fault::Conflict) => {
             resource.faults.pop_front();
@@ -377,6 +395,22 @@ impl GcpFake {
     /// The faults not yet used.
     pub fn pending_faults(&self, resource: &str) -> usize {
         self.state.lock().unwrap()[resource].faults.len()
+    }
+
+    /// Answers every getIamPolicy of a resource with 429 and `Retry-After: SECONDS` for
+    /// `period` from now.
+    pub fn throttle_reads(&self, resource: &str, period: std::time::Duration, seconds: u64) {
+        self.state
+            .lock()
+            .unwrap()
+            .get_mut(resource)
+            .unwrap()
+            .reads_throttled = Some((std::time::Instant::now() + period, seconds));
+    }
+
+    /// How many getIamPolicy calls reached the resource.
+    pub fn reads(&self, resource: &str) -> usize {
+        self.state.lock().unwrap()[resource].reads
     }
 
     /// How many setIamPolicy calls took effect.

@@ -13,6 +13,10 @@ use proptest_state_machine::{ReferenceStateMachine, StateMachineTest, prop_state
 
 use super::*;
 use crate::{
+    crd::v1alpha1::IntentAction,
+    request_controller::{apply, outcome},
+};
+use crate::{
     crd::{ApiDuration, v1alpha1::annotations},
     fixtures::{self, at},
     provider::GrantState,
@@ -46,6 +50,17 @@ enum PolicyEdit {
     DropBob,
 }
 
+/// How the provider answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ProviderMode {
+    /// Everything works.
+    Works,
+    /// Grants and revokes fail, and may pass later (throttled, 5xx).
+    Fails,
+    /// Grants are refused for good (no permission); revokes work.
+    RefusesGrants,
+}
+
 #[derive(Clone, Debug)]
 enum Step {
     Approve(usize),
@@ -55,7 +70,7 @@ enum Step {
     Edit(PolicyEdit),
     /// Seconds forward.
     Clock(u32),
-    ProviderFails(bool),
+    Provider(ProviderMode),
     Reconcile,
 }
 
@@ -87,7 +102,12 @@ impl ReferenceStateMachine for Model {
             1 => Just(Step::Delete),
             1 => edit.prop_map(Step::Edit),
             2 => prop_oneof![0..120u32, 0..8000u32].prop_map(Step::Clock),
-            1 => any::<bool>().prop_map(Step::ProviderFails),
+            1 => prop_oneof![
+                Just(ProviderMode::Works),
+                Just(ProviderMode::Fails),
+                Just(ProviderMode::RefusesGrants),
+            ]
+            .prop_map(Step::Provider),
             6 => Just(Step::Reconcile),
         ]
         .boxed()
@@ -105,7 +125,7 @@ struct World {
     now: Timestamp,
     grant_exists: bool,
     gone: bool,
-    provider_fails: bool,
+    provider: ProviderMode,
     first_final: Option<Phase>,
     expires_at: Option<Timestamp>,
 }
@@ -125,7 +145,7 @@ impl World {
             now: at("2026-01-01T00:00:10Z"),
             grant_exists: false,
             gone: false,
-            provider_fails: false,
+            provider: ProviderMode::Works,
             first_final: None,
             expires_at: None,
         }
@@ -200,19 +220,73 @@ impl World {
         if plan.finalizer == FinalizerChange::Add {
             self.request.metadata.finalizers = Some(vec![FINALIZER.into()]);
         }
-        match &plan.effect {
-            Effect::None => {}
-            _ if self.provider_fails => return,
-            Effect::Grant { .. } => self.grant_exists = true,
-            Effect::Revoke => self.grant_exists = false,
-        }
-        self.check_transition(&before, &plan.status);
-        self.request.status = Some(plan.status.clone());
-        if plan.finalizer == FinalizerChange::Remove {
+        // As the driver: the intent written, the effect applied, then `outcome`.
+        let uid = self.request.metadata.uid.clone().unwrap_or_default();
+        let written = match &plan.effect {
+            Effect::None => before.clone(),
+            Effect::Grant { .. } => {
+                outcome::with_intent(&before, &plan, IntentAction::Grant, &uid, self.now)
+            }
+            Effect::Revoke => {
+                outcome::with_intent(&before, &plan, IntentAction::Revoke, &uid, self.now)
+            }
+        };
+        let failed = |grant: bool| {
+            let cause = crate::provider::Error::cloud(
+                crate::target::Target::Aws,
+                "act",
+                "throttled",
+                crate::provider::Failure::Throttled { retry_after: None },
+            );
+            if grant {
+                apply::Error::Grant(cause)
+            } else {
+                apply::Error::Revoke(cause)
+            }
+        };
+        let result: Result<apply::Applied, apply::Error> = match (&plan.effect, self.provider) {
+            (Effect::None, _) => Ok(apply::Applied::default()),
+            (Effect::Grant { .. }, ProviderMode::Fails) => Err(failed(true)),
+            (Effect::Revoke, ProviderMode::Fails) => Err(failed(false)),
+            (Effect::Grant { .. }, ProviderMode::RefusesGrants) => {
+                // apply revokes what a refused grant may have left.
+                self.grant_exists = false;
+                Err(apply::Error::Grant(crate::provider::Error::Invalid {
+                    message: "forbidden".into(),
+                }))
+            }
+            (Effect::Grant { .. }, ProviderMode::Works) => {
+                self.grant_exists = true;
+                Ok(apply::Applied {
+                    grant: Some(crate::provider::GrantRecord {
+                        target: crate::target::Target::Kubernetes,
+                        reference: "RoleBinding team/jit".into(),
+                        cloud_enforced_expiry: false,
+                    }),
+                    unaccounted: None,
+                })
+            }
+            (Effect::Revoke, ProviderMode::Works | ProviderMode::RefusesGrants) => {
+                self.grant_exists = false;
+                Ok(apply::Applied::default())
+            }
+        };
+        let done = outcome::outcome(plan, &written, result.as_ref(), &uid, self.now);
+        self.check_transition(&before, &done.status);
+        self.request.status = Some(done.status.clone());
+        if done.release {
             self.request.metadata.finalizers = None;
             if self.request.metadata.deletion_timestamp.is_some() {
                 self.gone = true;
             }
+        }
+        let revoke_failing = crate::request_controller::conditions::is_true(
+            &done.status.conditions,
+            crate::request_controller::conditions::REVOCATION_FAILING,
+        );
+        if revoke_failing {
+            // Loud, and retried by its backoff: the grant may outlive its time meanwhile.
+            return;
         }
         // After a reconcile that went through, a grant exists only for an active request
         // whose time is not up.
@@ -339,7 +413,7 @@ impl StateMachineTest for DecideUnderTest {
                     .checked_add(SignedDuration::from_secs(i64::from(seconds)))
                     .unwrap_or(world.now);
             }
-            Step::ProviderFails(fails) => world.provider_fails = fails,
+            Step::Provider(mode) => world.provider = mode,
             Step::Reconcile => world.reconcile(),
         }
         world
@@ -355,14 +429,17 @@ impl StateMachineTest for DecideUnderTest {
     fn teardown(mut world: World, _: ()) {
         // With the provider back, the operator settles everything: time runs out, and what
         // holds a grant gives it up by its expiry.
-        world.provider_fails = false;
+        world.provider = ProviderMode::Works;
         for _ in 0..4 {
             world.reconcile();
         }
+        // Past the expiry, and past any backoff a failing revoke is waiting out.
+        let settled = |time: Timestamp| {
+            time.checked_add(crate::request_controller::retry::MAX_BACKOFF + Duration::from_secs(1))
+                .unwrap_or(time)
+        };
         if let Some(expires_at) = world.expires_at {
-            world.now = expires_at
-                .checked_add(Duration::from_secs(1))
-                .unwrap_or(world.now);
+            world.now = settled(expires_at.max(world.now));
         } else {
             world.now = world
                 .now

@@ -589,7 +589,10 @@ fn a_grant_never_confirmed_is_revoked_once_its_window_ends() {
 fn a_grant_that_cannot_be_verified_still_expires_and_can_still_be_ended() {
     let mut observed = active("2026-01-01T00:02:00Z");
     observed.grant = None;
-    observed.unverified = Some("identity mapping for alice is gone".into());
+    observed.unverified = Some(Unverified {
+        message: "identity mapping for alice is gone".into(),
+        retry_after: None,
+    });
     let plan = decide(&observed, at("2026-01-01T00:10:00Z"));
     assert_eq!(plan.effect, Effect::None, "nothing to repair from");
     assert_eq!(plan.status.phase, Some(Phase::Active));
@@ -700,4 +703,108 @@ fn a_policy_that_cannot_be_read_holds_up_nothing_that_ends_access() {
     assert_eq!(plan.effect, Effect::None);
     assert_ne!(plan.status.phase, Some(Phase::Failed));
     assert_ne!(plan.status.phase, Some(Phase::Active));
+}
+
+#[test]
+fn a_look_at_the_grant_that_fails_backs_off_and_never_past_the_expiry() {
+    let mut observed = active("2026-01-01T00:02:00Z");
+    observed.grant = None;
+    observed.unverified = Some(Unverified {
+        message: "gcp: failed to read the IAM policy: ResourceExhausted".into(),
+        retry_after: Some(Duration::from_secs(30)),
+    });
+    let now = at("2026-01-01T00:10:00Z");
+    let plan = decide(&observed, now);
+    assert_eq!(plan.effect, Effect::None);
+    assert_eq!(condition(&plan, VERIFY_FAILING).status, "True");
+    assert_eq!(plan.status.failures, 1);
+    // The cloud asked for 30 s: not sooner.
+    let due = plan.status.next_retry_time.clone().map(|time| time.0);
+    assert_eq!(due, Some(at("2026-01-01T00:10:30Z")));
+    assert_eq!(plan.requeue_after, Duration::from_secs(30));
+    // Failing again: counted, and the wait grows.
+    let again = advance(observed.clone(), &plan);
+    let mut again_observed = again;
+    again_observed.unverified = observed.unverified.clone();
+    let second = decide(&again_observed, at("2026-01-01T00:10:31Z"));
+    assert_eq!(second.status.failures, 2);
+    // Many failures later, the next look is still due by the expiry.
+    let mut late = again_observed.clone();
+    late.request.status.as_mut().unwrap().failures = 30;
+    let plan = decide(&late, at("2026-01-01T01:01:00Z"));
+    assert_eq!(
+        plan.status.next_retry_time.as_ref().map(|time| time.0),
+        Some(at("2026-01-01T01:02:00Z"))
+    );
+    // A look that works again clears it all.
+    let mut recovered = advance(late, &plan);
+    recovered.unverified = None;
+    recovered.grant = Some(GrantState::Present);
+    let plan = decide(&recovered, at("2026-01-01T01:01:30Z"));
+    assert!(
+        plan.status
+            .conditions
+            .iter()
+            .all(|condition| condition.type_ != VERIFY_FAILING)
+    );
+    assert_eq!(plan.status.failures, 0);
+    assert_eq!(plan.status.next_retry_time, None);
+}
+
+/// A status whose `kind` step failed `failures` times, next due at `due`.
+fn failing(mut observed: Observed, kind: &str, failures: i32, due: &str) -> Observed {
+    let status = observed.request.status.get_or_insert_with(Default::default);
+    status.failures = failures;
+    status.next_retry_time = Some(Time(at(due)));
+    crate::request_controller::conditions::set_condition(
+        &mut status.conditions,
+        kind,
+        crate::request_controller::conditions::ConditionStatus::True,
+        "Failed",
+        "boom",
+        at("2026-01-01T00:00:00Z"),
+        None,
+    );
+    observed
+}
+
+#[test]
+fn a_failing_grant_waits_for_its_backoff_but_a_revoke_does_not() {
+    let observed = failing(
+        approved_by_bob("2026-01-01T00:01:00Z"),
+        GRANT_FAILING,
+        3,
+        "2026-01-01T00:03:00Z",
+    );
+    let before = observed.request.status.clone().unwrap();
+    let plan = decide(&observed, at("2026-01-01T00:02:00Z"));
+    assert_eq!(plan.effect, Effect::None, "backing off");
+    assert_eq!(plan.status, before, "nothing is written while waiting");
+    assert!(plan.notices.is_empty());
+    assert_eq!(plan.requeue_after, Duration::from_secs(60));
+    // Due: tried again.
+    let plan = decide(&observed, at("2026-01-01T00:03:00Z"));
+    assert!(matches!(plan.effect, Effect::Grant { .. }));
+    // Withdrawn meanwhile: the revoke goes ahead at once.
+    let withdrawn = with_revocation(observed, "alice");
+    let plan = decide(&withdrawn, at("2026-01-01T00:02:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.status.phase, Some(Phase::Revoked));
+}
+
+#[test]
+fn a_failing_revoke_of_a_deleted_request_keeps_its_finalizer_while_it_waits() {
+    let mut observed = failing(
+        active("2026-01-01T00:02:00Z"),
+        REVOCATION_FAILING,
+        2,
+        "2026-01-01T00:05:00Z",
+    );
+    observed.request.metadata.deletion_timestamp = Some(Time(at("2026-01-01T00:03:00Z")));
+    let plan = decide(&observed, at("2026-01-01T00:04:00Z"));
+    assert_eq!(plan.effect, Effect::None);
+    assert_eq!(plan.finalizer, FinalizerChange::Keep);
+    let plan = decide(&observed, at("2026-01-01T00:05:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.finalizer, FinalizerChange::Remove);
 }

@@ -11,12 +11,7 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 /// Why the certificates could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// rcgen failed.
-    #[error("failed to generate the webhook certificate")]
-    Generate(#[from] rcgen::Error),
-}
+pub type Error = rcgen::Error;
 
 /// A serving certificate and the CA that signed it.
 pub struct ServingIdentity {

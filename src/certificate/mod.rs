@@ -1,7 +1,10 @@
-//! The webhook's serving certificate in a cluster, swapped in place when it changes: read from
-//! files cert-manager keeps (`--webhook-cert-dir`), or made and rotated by the operator itself
-//! in a Secret whose CA it writes into its webhook configurations' caBundle
-//! (`--webhook-secret`).
+//! The webhook's serving certificate, swapped in place when it changes, from one of three
+//! sources: files cert-manager keeps (`--webhook-cert-dir`); a Secret the operator makes and
+//! rotates itself, writing its CA into the webhook configurations' caBundle
+//! (`--webhook-secret`); or, for local control planes, one made at start-up and never stored
+//! ([`ephemeral`]).
+
+pub mod ephemeral;
 
 use std::{
     collections::BTreeMap,
@@ -34,7 +37,7 @@ use rustls::{
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::certs::ServingIdentity;
+pub use self::ephemeral::ServingIdentity;
 
 /// How long a serving certificate the operator makes is valid.
 const LEAF_VALIDITY: SignedDuration = SignedDuration::from_hours(365 * 24);
@@ -84,6 +87,69 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+}
+
+/// Where the webhook's serving certificate comes from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A Secret the operator keeps.
+    Secret(SecretSettings),
+    /// Files another party keeps (cert-manager, mounted).
+    Directory(PathBuf),
+    /// Made now for this address, for local control planes.
+    Ephemeral(std::net::IpAddr),
+}
+
+/// The certificate to serve from `source`, followed for changes every `resync` until
+/// `stopped`; and the CA (PEM) that signed it, for registering the webhooks.
+pub async fn serve<F, S>(
+    client: &Client,
+    source: Source,
+    resync: Duration,
+    stopped: S,
+) -> Result<(Arc<Reloadable>, String), Error>
+where
+    S: Fn() -> F,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let serving = match &source {
+        Source::Secret(settings) => {
+            let identity = ensure_secret(client, settings, Timestamp::now()).await?;
+            install_ca_bundle(client, settings, &identity.ca_pem).await?;
+            identity
+        }
+        Source::Directory(directory) => read_directory(directory)?,
+        Source::Ephemeral(ip) => ephemeral::generate(*ip)?,
+    };
+    let ca_pem = serving.ca_pem.clone();
+    let presented = serving
+        .chain
+        .first()
+        .map(|der| der.to_vec())
+        .unwrap_or_default();
+    let certificate = Reloadable::new(serving)?;
+    match source {
+        Source::Secret(settings) => {
+            tokio::spawn(follow_secret(
+                client.clone(),
+                settings,
+                certificate.clone(),
+                presented,
+                resync,
+                stopped(),
+            ));
+        }
+        Source::Directory(directory) => {
+            tokio::spawn(follow_directory(
+                directory,
+                certificate.clone(),
+                resync,
+                stopped(),
+            ));
+        }
+        Source::Ephemeral(_) => {}
+    }
+    Ok((certificate, ca_pem))
 }
 
 /// The certificate the webhook server presents, replaceable while it serves.

@@ -1,0 +1,287 @@
+//! Step 4, no client: from the plan and what applying it came to, the status to write, the
+//! Events to publish and when to look again. The driver only carries this out; the property
+//! test of `decide` calls the same function, failures included.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::{
+    apply::{Applied, Error as ApplyError},
+    conditions::{ConditionStatus, GRANT_FAILING, GRANTED, REVOCATION_FAILING, set_condition},
+    decide::{Effect, Plan, RESYNC},
+    failures::{Failure, after_failure, clear_failures},
+    notice::{Notice, Reason, TimelineEvent},
+    retry,
+};
+use crate::{
+    crd::v1alpha1::{AccessRequestStatus, Grant, GrantIntent, IntentAction, Phase, TimelineEntry},
+    provider::GrantKey,
+    telemetry::error_chain,
+};
+
+/// What the reconcile ends with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The status to write.
+    pub status: AccessRequestStatus,
+    /// The Events to publish once it is written.
+    pub notices: Vec<Notice>,
+    /// When to look again; `None`: only when something changes.
+    pub requeue: Option<Duration>,
+    /// Whether the plan's finalizer removal may go ahead (only once its effect is done).
+    pub release: bool,
+    /// The step that failed, when one did.
+    pub failed: Option<FailedStep>,
+}
+
+/// A step that failed, for logs and metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FailedStep {
+    /// A grant refused for good: the request failed (and what it held was revoked).
+    GrantRefused(String),
+    /// A grant that failed and is retried.
+    Grant(String),
+    /// A revoke that failed and is retried until it succeeds.
+    Revoke(String),
+}
+
+/// The outcome of `plan`, applied over `written` (the status as the API server has it now,
+/// with the intent) with `result`, for the request with `uid`.
+pub fn outcome(
+    plan: Plan,
+    written: &AccessRequestStatus,
+    result: Result<&Applied, &ApplyError>,
+    uid: &str,
+    now: Timestamp,
+) -> Outcome {
+    let Plan {
+        finalizer,
+        effect,
+        status,
+        notices,
+        requeue_after,
+    } = plan;
+    let generation = status.observed_generation;
+    match result {
+        Ok(applied) => {
+            let status = after_success(status, &effect, applied);
+            let mut notices = notices;
+            if let Some(what) = &applied.unaccounted {
+                notices.push(Notice::new(Reason::GrantRecordMissing, what.clone()));
+            }
+            let ended = status.phase.is_some_and(Phase::is_final);
+            Outcome {
+                status,
+                notices,
+                // Ended, revoked and released: nothing to look at until someone changes it
+                // (a leftover grant would be the orphan sweep's).
+                requeue: (!ended).then_some(requeue_after),
+                release: finalizer == super::decide::FinalizerChange::Remove,
+                failed: None,
+            }
+        }
+        Err(error) => {
+            let message = error_chain(error);
+            let refused = matches!(error, ApplyError::Grant(cause) if !cause.is_retryable());
+            if refused {
+                // apply revoked whatever the attempt may have left: the request fails.
+                return Outcome {
+                    status: refused_grant(status, &message, now),
+                    notices: vec![Notice::new(
+                        Reason::Failed,
+                        format!("could not grant: {message}"),
+                    )],
+                    requeue: Some(RESYNC),
+                    release: false,
+                    failed: Some(FailedStep::GrantRefused(message)),
+                };
+            }
+            // A refused grant's revoke that failed is a failing revocation.
+            let granting = match error {
+                ApplyError::Grant(_) => true,
+                ApplyError::Revoke(_) => false,
+                ApplyError::Finalizer(_) | ApplyError::Unidentified => {
+                    matches!(effect, Effect::Grant { .. })
+                }
+            };
+            let (kind, reason, notice, failed) = if granting {
+                (
+                    GRANT_FAILING,
+                    "GrantFailed",
+                    Notice::new(
+                        Reason::GrantFailing,
+                        format!("grant failed, will retry: {message}"),
+                    ),
+                    FailedStep::Grant(message.clone()),
+                )
+            } else {
+                (
+                    REVOCATION_FAILING,
+                    "RevokeFailed",
+                    Notice::new(
+                        Reason::RevocationFailing,
+                        format!("revocation failed, will retry until it succeeds: {message}"),
+                    ),
+                    FailedStep::Revoke(message.clone()),
+                )
+            };
+            let failure = Failure {
+                kind,
+                reason,
+                message: &message,
+                retry_after: error.retry_after(),
+            };
+            let status = after_failure(written, &failure, uid, now, generation);
+            let requeue = status
+                .next_retry_time
+                .as_ref()
+                .map_or(retry::MAX_BACKOFF, |at| retry::until(now, at.0));
+            Outcome {
+                status,
+                notices: vec![notice],
+                requeue: Some(requeue),
+                release: false,
+                failed: Some(failed),
+            }
+        }
+    }
+}
+
+/// The status to write before the provider is called: the current one with the intent and,
+/// for a grant, the window, fixed here before the first attempt so that whatever later write
+/// fails, a retry keeps it and the grant ends at its time.
+pub fn with_intent(
+    current: &AccessRequestStatus,
+    plan: &Plan,
+    action: IntentAction,
+    uid: &str,
+    now: Timestamp,
+) -> AccessRequestStatus {
+    let mut intent = current.clone();
+    if action == IntentAction::Grant {
+        intent.granted_at.clone_from(&plan.status.granted_at);
+        intent.expires_at.clone_from(&plan.status.expires_at);
+    }
+    intent.intent = Some(GrantIntent {
+        action,
+        key: GrantKey::for_request(uid).as_str().to_owned(),
+        time: Time(now),
+    });
+    intent
+}
+
+/// The status after a successful apply: the plan's, with what the provider reported about
+/// the grant. A grant or revoke that went through ends every failing step; a plan with no
+/// effect keeps the bookkeeping `decide` left (a look at the grant that keeps failing).
+pub fn after_success(
+    mut status: AccessRequestStatus,
+    effect: &Effect,
+    applied: &Applied,
+) -> AccessRequestStatus {
+    if let Some(record) = &applied.grant {
+        status.grant = Some(Grant {
+            provider: record.target.as_str().to_owned(),
+            reference: record.reference.clone(),
+            cloud_enforced_expiry: record.cloud_enforced_expiry,
+        });
+    }
+    if *effect != Effect::None {
+        clear_failures(&mut status);
+    }
+    status
+}
+
+/// The status of a request whose approved grant was refused for good.
+fn refused_grant(
+    mut status: AccessRequestStatus,
+    message: &str,
+    now: Timestamp,
+) -> AccessRequestStatus {
+    status.phase = Some(Phase::Failed);
+    status.granted_at = None;
+    status.expires_at = None;
+    status.grant = None;
+    status.message = Some(format!("could not grant: {message}"));
+    status
+        .timeline
+        .retain(|entry| entry.event != TimelineEvent::Granted.as_str());
+    status.timeline.push(TimelineEntry {
+        time: Time(now),
+        event: TimelineEvent::Ended(Phase::Failed).as_str().to_owned(),
+        actor: None,
+        message: Some(message.to_owned()),
+    });
+    clear_failures(&mut status);
+    set_condition(
+        &mut status.conditions,
+        GRANTED,
+        ConditionStatus::False,
+        "GrantFailed",
+        message,
+        now,
+        status.observed_generation,
+    );
+    status
+}
+
+/// Whether two statuses differ in anything but condition transition times.
+pub fn differs(left: &AccessRequestStatus, right: &AccessRequestStatus) -> bool {
+    let strip = |status: &AccessRequestStatus| {
+        let mut status = status.clone();
+        for condition in &mut status.conditions {
+            condition.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+        }
+        status
+    };
+    strip(left) != strip(right)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::at;
+
+    #[test]
+    fn a_refused_grant_fails_the_request_and_clears_the_grant() {
+        let now = at("2026-01-01T00:00:00Z");
+        let status = AccessRequestStatus {
+            phase: Some(Phase::Active),
+            granted_at: Some(Time(now)),
+            expires_at: Some(Time(now)),
+            timeline: vec![TimelineEntry {
+                time: Time(now),
+                event: "Granted".into(),
+                actor: None,
+                message: None,
+            }],
+            ..AccessRequestStatus::default()
+        };
+        let failed = refused_grant(status, "forbidden", now);
+        assert_eq!(failed.phase, Some(Phase::Failed));
+        assert_eq!(failed.expires_at, None);
+        assert_eq!(failed.timeline.len(), 1);
+        assert_eq!(failed.timeline[0].event, "Failed");
+        assert_eq!(failed.conditions[0].reason, "GrantFailed");
+    }
+
+    #[test]
+    fn differs_ignores_only_transition_times() {
+        let mut left = AccessRequestStatus::default();
+        set_condition(
+            &mut left.conditions,
+            "Granted",
+            ConditionStatus::True,
+            "Granted",
+            "",
+            at("2026-01-01T00:00:00Z"),
+            None,
+        );
+        let mut right = left.clone();
+        right.conditions[0].last_transition_time = Time(at("2026-01-02T00:00:00Z"));
+        assert!(!differs(&left, &right));
+        right.conditions[0].message = "changed".into();
+        assert!(differs(&left, &right));
+    }
+}
