@@ -4,6 +4,8 @@
 pub mod apply;
 pub mod conditions;
 pub mod decide;
+#[cfg(test)]
+mod driver_tests;
 mod failures;
 pub mod notice;
 pub mod observe;

@@ -1,0 +1,412 @@
+//! The driver's order of effects, in milliseconds: one reconcile against a mocked API server
+//! (tower-test, as kube-rs controller-rs does) and an in-memory provider, both writing into
+//! one log. Each test is one scenario and checks the sequence a crash must be able to stop
+//! anywhere in: intent before the provider call, the finalizer released after the status.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use hyper::{Request, Response};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{Client, client::Body, core::DeserializeGuard, runtime::controller::Action};
+use serde_json::{Value, json};
+
+use super::{Context, reconcile_steps};
+use crate::{
+    crd::v1alpha1::{AccessRequest, Decision, FINALIZER, Grant, Phase, annotations},
+    fixtures,
+    metrics::Metrics,
+    provider::{self, GrantRecord, GrantSpec, GrantState, Provider, Providers, RequestRef},
+    seal::Sealer,
+    target::Target,
+};
+
+/// What happened, in order: API calls as `VERB what`, provider calls by name.
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn entries(log: &Log) -> Vec<String> {
+    log.lock().map(|log| log.clone()).unwrap_or_default()
+}
+
+/// Where `entry` first stands in the log; panics (a failed test) when it is not there.
+fn position(log: &[String], entry: &str) -> usize {
+    log.iter()
+        .position(|logged| logged == entry)
+        .unwrap_or_else(|| panic!("{entry:?} not in {log:#?}"))
+}
+
+/// A provider that keeps its grants in memory.
+struct InMemory {
+    log: Log,
+    held: Mutex<HashSet<String>>,
+    /// The grant answers this error (`retryable`) instead of granting.
+    refuse: Option<bool>,
+}
+
+#[async_trait]
+impl Provider for InMemory {
+    fn target(&self) -> Target {
+        Target::Kubernetes
+    }
+
+    async fn grant(&self, grant: &GrantSpec<'_>) -> Result<GrantRecord, provider::Error> {
+        self.log.lock().unwrap().push("grant".into());
+        if let Some(retryable) = self.refuse {
+            let failure = if retryable {
+                provider::Failure::Throttled {
+                    retry_after: Some(Duration::from_secs(30)),
+                }
+            } else {
+                provider::Failure::Refused
+            };
+            return Err(provider::Error::cloud(
+                Target::Kubernetes,
+                "grant",
+                "no",
+                failure,
+            ));
+        }
+        self.held.lock().unwrap().insert(grant.request.uid.clone());
+        Ok(GrantRecord {
+            target: Target::Kubernetes,
+            reference: "RoleBinding prod/jit".into(),
+            cloud_enforced_expiry: false,
+        })
+    }
+
+    async fn revoke(&self, request: &RequestRef) -> Result<(), provider::Error> {
+        self.log.lock().unwrap().push("revoke".into());
+        self.held.lock().unwrap().remove(&request.uid);
+        Ok(())
+    }
+
+    async fn verify(&self, grant: &GrantSpec<'_>) -> Result<GrantState, provider::Error> {
+        self.log.lock().unwrap().push("verify".into());
+        Ok(if self.held.lock().unwrap().contains(&grant.request.uid) {
+            GrantState::Present
+        } else {
+            GrantState::Missing
+        })
+    }
+
+    async fn list_managed(&self) -> Result<Vec<String>, provider::Error> {
+        Ok(self.held.lock().unwrap().iter().cloned().collect())
+    }
+}
+
+/// The API server as far as one reconcile needs it: the request and its policy, status and
+/// finalizer patches applied to the stored request, Events accepted.
+struct ApiServer {
+    log: Log,
+    request: Arc<Mutex<Value>>,
+    policy: Value,
+    /// The statuses written, in order.
+    statuses: Arc<Mutex<Vec<Value>>>,
+}
+
+impl ApiServer {
+    fn start(self) -> Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let response = self.answer(request).await;
+                respond.send_response(response);
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    async fn answer(&self, request: Request<Body>) -> Response<Body> {
+        let method = request.method().as_str().to_owned();
+        let path = request.uri().path().to_owned();
+        let body = request
+            .into_body()
+            .collect_bytes()
+            .await
+            .unwrap_or_default();
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let (what, reply) = if path.contains("/accesspolicies/") {
+            ("policy".to_owned(), self.policy.clone())
+        } else if path.ends_with("/status") {
+            let mut stored = self.request.lock().unwrap();
+            stored["status"] = body["status"].clone();
+            self.statuses.lock().unwrap().push(body["status"].clone());
+            ("status".to_owned(), stored.clone())
+        } else if path.contains("/accessrequests/") && method == "PATCH" {
+            // The JSON patch: test the finalizers, then set them.
+            let mut stored = self.request.lock().unwrap();
+            stored["metadata"]["finalizers"] = body[1]["value"].clone();
+            ("finalizers".to_owned(), stored.clone())
+        } else if path.contains("/accessrequests/") {
+            ("request".to_owned(), self.request.lock().unwrap().clone())
+        } else if path.contains("/events") {
+            (
+                format!("event {}", body["reason"].as_str().unwrap_or("")),
+                body,
+            )
+        } else {
+            (path.clone(), json!({}))
+        };
+        self.log.lock().unwrap().push(format!("{method} {what}"));
+        Response::builder()
+            .status(if method == "POST" { 201 } else { 200 })
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap()
+    }
+}
+
+/// One scenario: the stored request, what the provider holds, and how it answers.
+struct Scenario {
+    log: Log,
+    request: Arc<Mutex<Value>>,
+    statuses: Arc<Mutex<Vec<Value>>>,
+    provider: Arc<InMemory>,
+    context: Arc<Context>,
+}
+
+impl Scenario {
+    fn new(request: AccessRequest, holds: bool, refuse: Option<bool>) -> Self {
+        let log = Log::default();
+        let stored = Arc::new(Mutex::new(serde_json::to_value(&request).unwrap()));
+        let statuses = Arc::new(Mutex::new(Vec::new()));
+        let client = ApiServer {
+            log: log.clone(),
+            request: stored.clone(),
+            policy: serde_json::to_value(fixtures::policy()).unwrap(),
+            statuses: statuses.clone(),
+        }
+        .start();
+        let uid = request.metadata.uid.clone().unwrap_or_default();
+        let provider = Arc::new(InMemory {
+            log: log.clone(),
+            held: Mutex::new(if holds {
+                HashSet::from([uid])
+            } else {
+                HashSet::new()
+            }),
+            refuse,
+        });
+        let context = Arc::new(Context::new(
+            client,
+            Providers::new([provider.clone() as Arc<dyn Provider>]),
+            Some("test".into()),
+            Duration::from_secs(300),
+            Metrics::shared(),
+            sealer(),
+        ));
+        Self {
+            log,
+            request: stored,
+            statuses,
+            provider,
+            context,
+        }
+    }
+
+    async fn reconcile(&self) -> Action {
+        let request: AccessRequest =
+            serde_json::from_value(self.request.lock().unwrap().clone()).unwrap();
+        reconcile_steps(
+            Arc::new(DeserializeGuard(Ok(request))),
+            self.context.clone(),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn stored(&self) -> AccessRequest {
+        serde_json::from_value(self.request.lock().unwrap().clone()).unwrap()
+    }
+
+    fn held(&self) -> bool {
+        !self.provider.held.lock().unwrap().is_empty()
+    }
+}
+
+fn sealer() -> Sealer {
+    Sealer::new(b"driver tests key, thirty-two bytes")
+}
+
+/// alice's request made a minute ago and approved by bob (sealed, as admission does).
+fn approved() -> AccessRequest {
+    let mut request = fixtures::request();
+    let now = Timestamp::now();
+    request.metadata.creation_timestamp = Some(Time(now - jiff::SignedDuration::from_secs(60)));
+    let mut record = fixtures::decision("bob", &[], Decision::Approved, "2026-01-01T00:00:00Z");
+    record.time = Time(now);
+    let uid = request.metadata.uid.clone().unwrap_or_default();
+    record.seal = Some(sealer().seal_decision(&uid, &record));
+    request.metadata.annotations = Some(
+        [(
+            annotations::DECISIONS.to_owned(),
+            serde_json::to_string(&[record]).unwrap(),
+        )]
+        .into(),
+    );
+    request.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    request
+}
+
+/// An approved request granted until `expires_at` (sealed window), with the finalizer.
+fn active(expires_at: Timestamp) -> AccessRequest {
+    let mut request = approved();
+    let uid = request.metadata.uid.clone().unwrap_or_default();
+    let granted_at = Time(expires_at - jiff::SignedDuration::from_secs(3600));
+    let expires = Time(expires_at);
+    let status = request.status.get_or_insert_with(Default::default);
+    status.phase = Some(Phase::Active);
+    status.seal = Some(sealer().seal_window(&uid, &granted_at, &expires));
+    status.granted_at = Some(granted_at);
+    status.expires_at = Some(expires);
+    status.grant = Some(Grant {
+        provider: "kubernetes".into(),
+        reference: "RoleBinding prod/jit".into(),
+        cloud_enforced_expiry: false,
+    });
+    request
+}
+
+fn phase(status: &Value) -> &str {
+    status["phase"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_grant_writes_its_intent_before_the_provider_call_and_the_status_after() {
+    let scenario = Scenario::new(approved(), false, None);
+    let action = scenario.reconcile().await;
+    let log = entries(&scenario.log);
+    let statuses = scenario.statuses.lock().unwrap().clone();
+    assert_eq!(
+        &log[..6],
+        [
+            "GET request",
+            "GET policy",
+            "PATCH status",
+            "grant",
+            "PATCH status",
+            "POST event Requested",
+        ],
+        "{log:#?}"
+    );
+    // The first write is the intent, with the window fixed and sealed; the second the result.
+    assert_eq!(statuses[0]["intent"]["action"], "Grant");
+    assert!(statuses[0]["expiresAt"].is_string() && statuses[0]["seal"].is_string());
+    assert_eq!(phase(&statuses[1]), "Active");
+    assert!(statuses[1]["intent"].is_null());
+    assert_eq!(statuses[1]["expiresAt"], statuses[0]["expiresAt"]);
+    assert!(log.contains(&"POST event Granted".to_owned()));
+    assert!(scenario.held());
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
+#[tokio::test]
+async fn an_expiry_revokes_before_it_writes_the_status() {
+    let expired = active(Timestamp::now() - jiff::SignedDuration::from_secs(1));
+    let scenario = Scenario::new(expired, true, None);
+    let action = scenario.reconcile().await;
+    let log = entries(&scenario.log);
+    let intent = position(&log, "PATCH status");
+    let revoke = position(&log, "revoke");
+    let result = intent + 1 + position(&log[intent + 1..], "PATCH status");
+    assert!(intent < revoke && revoke < result, "{log:#?}");
+    assert!(result < position(&log, "POST event Expired"));
+    assert!(!scenario.held());
+    let status = scenario.stored().status.unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Expired));
+    assert!(status.intent.is_none());
+    // Ended: looked at again only when something changes (its finalizer then goes).
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_deletion_revokes_then_writes_the_status_then_releases_the_finalizer() {
+    let mut deleted = active(Timestamp::now() + jiff::SignedDuration::from_secs(600));
+    deleted.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    let scenario = Scenario::new(deleted, true, None);
+    let action = scenario.reconcile().await;
+    let log = entries(&scenario.log);
+    let intent = position(&log, "PATCH status");
+    let revoke = position(&log, "revoke");
+    let released = position(&log, "PATCH finalizers");
+    assert!(intent < revoke, "intent before the revoke: {log:#?}");
+    let result = intent + 1 + position(&log[intent + 1..], "PATCH status");
+    assert!(revoke < result && result < released, "{log:#?}");
+    assert!(position(&log, "POST event Revoked") < released);
+    assert!(!scenario.held());
+    let stored = scenario.stored();
+    assert_eq!(
+        stored.status.and_then(|status| status.phase),
+        Some(Phase::Revoked)
+    );
+    assert_eq!(stored.metadata.finalizers, Some(Vec::new()));
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_grant_resumed_after_a_crash_keeps_the_window_its_intent_recorded() {
+    // The operator wrote its intent, granted, and crashed before the status said so.
+    let first = Scenario::new(approved(), false, None);
+    first.reconcile().await;
+    let intent = first.statuses.lock().unwrap()[0].clone();
+    let mut interrupted = approved();
+    interrupted.status = serde_json::from_value(intent.clone()).ok();
+    let restarted = Scenario::new(interrupted, true, None);
+    restarted.reconcile().await;
+    let log = entries(&restarted.log);
+    assert_eq!(
+        log.iter().filter(|entry| *entry == "grant").count(),
+        1,
+        "granted (adopted) once: {log:#?}"
+    );
+    assert!(position(&log, "grant") < position(&log, "POST event Granted"));
+    let status = restarted.stored().status.unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Active));
+    assert!(status.intent.is_none());
+    assert_eq!(
+        serde_json::to_value(&status.expires_at).unwrap(),
+        intent["expiresAt"],
+        "the window recorded with the intent is kept, not moved"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_grant_is_shown_and_backed_off_and_a_refused_one_is_revoked() {
+    let throttled = Scenario::new(approved(), false, Some(true));
+    let action = throttled.reconcile().await;
+    let log = entries(&throttled.log);
+    assert_eq!(
+        log.iter()
+            .filter(|entry| *entry == "PATCH finalizers")
+            .count(),
+        0
+    );
+    assert!(!log.contains(&"revoke".to_owned()), "{log:#?}");
+    let status = throttled.stored().status.unwrap_or_default();
+    assert_eq!(status.phase, None, "still pending: the grant is retried");
+    assert_eq!(status.failures, 1);
+    assert!(
+        status
+            .conditions
+            .iter()
+            .any(|condition| condition.type_ == "GrantFailing" && condition.status == "True")
+    );
+    // The provider asked for 30 s: the retry comes no sooner.
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+    assert!(log.contains(&"POST event GrantFailing".to_owned()));
+
+    let refused = Scenario::new(approved(), false, Some(false));
+    refused.reconcile().await;
+    let log = entries(&refused.log);
+    assert!(
+        position(&log, "grant") < position(&log, "revoke"),
+        "a refused grant is revoked: {log:#?}"
+    );
+    let status = refused.stored().status.unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert!(log.contains(&"POST event Failed".to_owned()));
+}
