@@ -4,21 +4,21 @@
 
 #![deny(missing_docs)]
 
-pub mod admission;
+pub(crate) mod admission;
 pub mod certificate;
 pub mod cli;
 pub mod crd;
-pub mod health_metrics;
-pub mod leader;
-pub mod metrics;
+pub(crate) mod health_metrics;
+pub(crate) mod leader;
+pub(crate) mod metrics;
 pub mod operator;
-pub mod permissions;
-pub mod policy;
+pub(crate) mod permissions;
+pub(crate) mod policy;
 pub mod provider;
-pub mod request_controller;
-pub mod seal;
-pub mod subject;
-pub mod sweep;
+pub(crate) mod request_controller;
+pub(crate) mod seal;
+pub(crate) mod subject;
+pub(crate) mod sweep;
 pub mod target;
 pub mod telemetry;
 

@@ -1,16 +1,16 @@
 //! The AccessRequest controller driver: for each request, observe (fresh reads), decide (pure),
 //! apply (finalizer and provider effect), then write the status and publish Events.
 
-pub mod apply;
-pub mod conditions;
-pub mod decide;
+mod apply;
+mod conditions;
+mod decide;
 #[cfg(test)]
 mod driver_tests;
 mod failures;
-pub mod notice;
-pub mod observe;
-pub mod outcome;
-pub mod retry;
+mod notice;
+mod observe;
+mod outcome;
+mod retry;
 
 use std::{
     collections::HashMap,
