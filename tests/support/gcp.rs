@@ -104,6 +104,17 @@ fn error(code: u16, status: &str, message: &str) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
+/// 429 RESOURCE_EXHAUSTED with `Retry-After: SECONDS`, for this quota metric.
+fn too_many(seconds: u64, metric: &str) -> Response<Full<Bytes>> {
+    let mut response = error(
+        429,
+        "RESOURCE_EXHAUSTED",
+        &format!("Quota exceeded for quota metric '{metric}'."),
+    );
+    response.headers_mut().insert("retry-after", seconds.into());
+    response
+}
+
 fn ok(body: &Value) -> Response<Full<Bytes>> {
     Response::builder()
         .status(StatusCode::OK)
@@ -222,13 +233,7 @@ async fn handle(
         if let Some((until, seconds)) = resource.reads_throttled
             && std::time::Instant::now() < until
         {
-            let mut response = error(
-                429,
-                "RESOURCE_EXHAUSTED",
-                "Quota exceeded for quota metric 'Read requests'.",
-            );
-            response.headers_mut().insert("retry-after", seconds.into());
-            return Ok(response);
+            return Ok(too_many(seconds, "Read requests"));
         }
     }
     match resource.faults.front().cloned() {
@@ -242,13 +247,7 @@ async fn handle(
         }
         Some(Fault::TooManyRequests(seconds)) => {
             resource.faults.pop_front();
-            let mut response = error(
-                429,
-                "RESOURCE_EXHAUSTED",
-                "Quota exceeded for quota metric 'Write requests'.",
-            );
-            response.headers_mut().insert("retry-after", seconds.into());
-            return Ok(response);
+            return Ok(too_many(seconds, "Write requests"));
         }
         Some(Fault::ServerError) => {
             resource.faults.pop_front();
