@@ -595,7 +595,21 @@ fn error_policy(
     context.metrics.reconcile_error(error.category());
     let key = key_of(&request);
     let failures = context.failed_once(&key);
-    let delay = retry::delay(&key, failures, None);
+    // Never past the grant's end: a status write that keeps failing must not hold up the
+    // revoke its expiry calls for.
+    let now = Timestamp::now();
+    let expires_at = request
+        .0
+        .as_ref()
+        .ok()
+        .and_then(|request| request.status.as_ref())
+        .and_then(|status| status.expires_at.as_ref())
+        .map(|time| time.0)
+        .filter(|expires_at| *expires_at > now);
+    let mut delay = retry::delay(&key, failures, None);
+    if let Some(expires_at) = expires_at {
+        delay = delay.min(retry::until(now, expires_at));
+    }
     warn!(error = %error_chain(error), category = error.category(), failures, retry_in = ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
 }

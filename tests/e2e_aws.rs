@@ -261,13 +261,12 @@ async fn a_role_changed_while_active_does_not_leave_the_old_grant_behind() {
         )
         .await
         .unwrap();
-    tokio::time::timeout(ACT_LIMIT, async {
-        while attached(&fixture).await != [narrower] {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .expect("the role's new policy replaces the old one within the limit");
+    let (fixture_ref, narrower_ref) = (&fixture, narrower);
+    support::eventually(
+        "the role's new policy replaces the old one",
+        || async move { (attached(fixture_ref).await == [narrower_ref]).then_some(()) },
+    )
+    .await;
     end_request(&env, &created.name_any(), Ending::Revoke).await;
     assert!(attached(&fixture).await.is_empty());
 }
@@ -323,13 +322,12 @@ async fn an_inline_policy_removed_or_widened_by_hand_is_restored() {
                 .await
                 .unwrap();
         }
-        tokio::time::timeout(ACT_LIMIT, async {
-            while inline_document(&fixture, &name).await.as_ref() != Some(&granted) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        let (fixture_ref, name_ref, granted_ref) = (&fixture, &name, &granted);
+        support::eventually(&format!("restored after {tamper:?}"), || async move {
+            (inline_document(fixture_ref, name_ref).await.as_ref() == Some(granted_ref))
+                .then_some(())
         })
-        .await
-        .unwrap_or_else(|_| panic!("not restored after {tamper:?}"));
+        .await;
     }
     let repaired = requests.get(&created.name_any()).await.unwrap();
     assert!(
@@ -372,13 +370,12 @@ async fn a_refused_regrant_does_not_strand_the_earlier_grant() {
         .unwrap();
     let message = failure_message(&env, &created.name_any()).await;
     assert!(message.contains("NoSuchEntity"), "{message}");
-    tokio::time::timeout(ACT_LIMIT, async {
-        while !attached(&fixture).await.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .expect("the earlier attachment is revoked (by the orphan sweep of the failed request)");
+    let fixture_ref = &fixture;
+    support::eventually(
+        "the earlier attachment is revoked (by the orphan sweep of the failed request)",
+        || async move { attached(fixture_ref).await.is_empty().then_some(()) },
+    )
+    .await;
 }
 
 /// Finding 9 of the security review: the grant ledger is ConfigMaps in the operator's

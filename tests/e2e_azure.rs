@@ -19,7 +19,7 @@ use jit_operator::crd::v1alpha1::{AccessRequest, Phase, annotations};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::{
-    ACT_LIMIT, Ending, TestEnv, annotate,
+    Ending, TestEnv, annotate,
     azure::{Fault, READER, azure_fake, azure_policy, held, request, start_operator},
     end_request, failure_message,
     operator::Operator,
@@ -291,13 +291,11 @@ async fn an_assignment_deleted_by_hand_is_restored() {
     let scope = granted_with_faults(&env, "direct", &[]).await;
     let before = azure_fake().assignments(&scope);
     azure_fake().delete_assignments(&scope);
-    tokio::time::timeout(ACT_LIMIT, async {
-        while azure_fake().assignments(&scope).len() != 1 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    let scope_ref = &scope;
+    support::eventually("the drift check restores the assignment", || async move {
+        (azure_fake().assignments(scope_ref).len() == 1).then_some(())
     })
-    .await
-    .expect("the drift check restores the assignment");
+    .await;
     let after = azure_fake().assignments(&scope);
     assert_eq!(after[0]["name"], before[0]["name"], "under the same name");
 }

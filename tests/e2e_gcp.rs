@@ -18,8 +18,7 @@ use jit_operator::crd::v1alpha1::{AccessRequest, Phase, annotations};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::{
-    ACT_LIMIT, Ending, TestEnv, alice_requests, annotate, create_policy, end_request,
-    failure_message,
+    Ending, TestEnv, alice_requests, annotate, create_policy, end_request, failure_message,
     gcp::{Fault, gcp_fake},
     operator::Operator,
     phase, random_suffix, wait_for_request,
@@ -297,13 +296,12 @@ async fn a_binding_removed_by_hand_is_restored() {
     let before = ours(&resource, &uid);
     // An administrator puts the original policy back, dropping our binding.
     gcp_fake().create(&resource, original_policy());
-    tokio::time::timeout(ACT_LIMIT, async {
-        while ours(&resource, &uid) != before {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
-    .await
-    .expect("the drift check restores the binding as it was");
+    let (resource_ref, uid_ref, before_ref) = (&resource, &uid, &before);
+    support::eventually(
+        "the drift check restores the binding as it was",
+        || async move { (ours(resource_ref, uid_ref) == *before_ref).then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test]

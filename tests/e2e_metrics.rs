@@ -37,18 +37,12 @@ fn sample(text: &str, name: &str) -> Option<f64> {
 
 /// Waits until the metrics satisfy `ready`, and returns them.
 async fn metrics_when(health: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
-    let deadline = tokio::time::Instant::now() + ACT_LIMIT;
-    loop {
+    let ready = &ready;
+    support::eventually(&format!("metrics showing {what}"), || async move {
         let (_, text) = get(health, "/metrics").await;
-        if ready(&text) {
-            return text;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metrics never showed {what}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ready(&text).then_some(text)
+    })
+    .await
 }
 
 fn health_of(operator: &Operator) -> String {

@@ -195,26 +195,19 @@ async fn the_operator_keeps_its_own_certificate_in_a_secret_and_the_ca_bundle_in
         )
         .await
         .unwrap();
-    let renewed = tokio::time::timeout(ACT_LIMIT, async {
-        loop {
-            let current = secrets.get(&secret_name).await.unwrap();
-            if leaf_der(&data(&current, "tls.crt")) != first {
-                return current;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    let (secrets_ref, name_ref, first_ref) = (&secrets, &secret_name, &first);
+    let renewed = support::eventually("the certificate is renewed", || async move {
+        let current = secrets_ref.get(name_ref).await.unwrap();
+        (leaf_der(&data(&current, "tls.crt")) != *first_ref).then_some(current)
     })
-    .await
-    .expect("the certificate is renewed");
+    .await;
     assert_eq!(data(&renewed, "ca.crt"), ca, "the CA stays");
     let wanted = leaf_der(&data(&renewed, "tls.crt"));
-    tokio::time::timeout(ACT_LIMIT, async {
-        while presented(&address, &ca, SERVICE_NAME).await != wanted {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    let (address_ref, ca_ref, wanted_ref) = (&address, &ca, &wanted);
+    support::eventually("the renewed certificate is served", || async move {
+        (presented(address_ref, ca_ref, SERVICE_NAME).await == *wanted_ref).then_some(())
     })
-    .await
-    .expect("the renewed certificate is served");
+    .await;
 }
 
 #[tokio::test]
@@ -248,21 +241,16 @@ async fn the_operator_serves_cert_managers_files_and_their_renewals() {
     );
     let second = issue();
     write(&second);
-    tokio::time::timeout(ACT_LIMIT, async {
-        loop {
-            let served = tokio::time::timeout(
-                Duration::from_secs(5),
-                presented_any(&address, &second.0, SERVICE_NAME),
-            )
-            .await;
-            if matches!(served, Ok(Some(leaf)) if leaf == leaf_der(&second.1)) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+    let (address_ref, second_ref) = (&address, &second);
+    support::eventually("the renewed files are served", || async move {
+        let served = tokio::time::timeout(
+            Duration::from_secs(5),
+            presented_any(address_ref, &second_ref.0, SERVICE_NAME),
+        )
+        .await;
+        matches!(served, Ok(Some(leaf)) if leaf == leaf_der(&second_ref.1)).then_some(())
     })
-    .await
-    .expect("the renewed files are served");
+    .await;
     drop(operator);
     let _ = std::fs::remove_dir_all(&directory);
 }

@@ -261,6 +261,25 @@ pub mod operator;
 /// How long a test waits for the operator to act; only stops a hung test.
 pub const ACT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Looks every 200 ms until `attempt` gives a value, and returns it; fails the test, saying
+/// `what` did not happen, after [`ACT_LIMIT`]. Replaces hand-written poll loops.
+pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let polled = tokio::time::timeout(ACT_LIMIT, async {
+        loop {
+            if let Some(value) = attempt().await {
+                return value;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    polled.unwrap_or_else(|_| panic!("not within {ACT_LIMIT:?}: {what}"))
+}
+
 /// Waits until the request satisfies `check`, and returns it as it is then.
 pub async fn wait_for_request(
     api: &Api<AccessRequest>,
@@ -434,13 +453,16 @@ pub async fn end_request(env: &TestEnv, name: &str, ending: Ending) {
                 .delete(name, &kube::api::DeleteParams::default())
                 .await
                 .unwrap();
-            tokio::time::timeout(ACT_LIMIT, async {
-                while requests.get_opt(name).await.unwrap().is_some() {
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
+            let requests = &requests;
+            eventually(&format!("request {name} deleted"), || async move {
+                requests
+                    .get_opt(name)
+                    .await
+                    .unwrap()
+                    .is_none()
+                    .then_some(())
             })
-            .await
-            .unwrap_or_else(|_| panic!("request {name} not deleted within {ACT_LIMIT:?}"));
+            .await;
         }
     }
 }
