@@ -133,7 +133,8 @@ impl Stop {
     }
 
     fn stop(&self) {
-        let _ = self.sender.send(true);
+        // Stored even with no receiver left, so a task that subscribes later sees it.
+        self.sender.send_replace(true);
     }
 }
 

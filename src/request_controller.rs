@@ -343,11 +343,21 @@ async fn reconcile_steps(
     if let (Some(action), Ok(_)) = (action, &applied) {
         crash_point(action, "after-effect");
     }
-    count_effect(&context.metrics, request, &plan, applied.as_ref());
 
     // Status: from what was applied.
+    let granting = match &plan.effect {
+        Effect::Grant { role, .. } => role.target(),
+        Effect::None | Effect::Revoke => None,
+    };
     let outcome = outcome::outcome(plan, &written, applied.as_ref(), &uid, now);
-    report_failure(&context, outcome.failed.as_ref());
+    report(
+        &context,
+        request,
+        action,
+        granting,
+        applied.as_ref().err(),
+        &outcome,
+    );
     let status = write_status(&api, &context.sealer, request, &written, &outcome.status).await?;
     measure(&context.metrics, request, phase, &status, now);
     if let Some(action) = action {
@@ -395,23 +405,6 @@ fn report_observed(context: &Context, observed: &decide::Observed) {
             .and_then(|status| status.grant.as_ref())
             .map_or("unknown", |grant| grant.provider.as_str());
         context.metrics.provider_error(provider, "verify");
-    }
-}
-
-/// Logs a failed step and counts a failing revocation.
-fn report_failure(context: &Context, failed: Option<&outcome::FailedStep>) {
-    match failed {
-        None => {}
-        Some(outcome::FailedStep::GrantRefused(message)) => {
-            warn!(error = %message, "grant refused; failing the request");
-        }
-        Some(outcome::FailedStep::Grant(message)) => {
-            warn!(error = %message, "grant failed; retrying");
-        }
-        Some(outcome::FailedStep::Revoke(message)) => {
-            error!(error = %message, "revocation failed; retrying");
-            context.metrics.revocation_failures.inc();
-        }
     }
 }
 
@@ -466,47 +459,56 @@ fn measure(
     }
 }
 
-/// Counts what the effect came to.
-fn count_effect(
-    metrics: &Metrics,
+/// Logs and counts what the effect came to, as `outcome` classified it.
+fn report(
+    context: &Context,
     request: &AccessRequest,
-    plan: &decide::Plan,
-    applied: Result<&apply::Applied, &apply::Error>,
+    action: Option<IntentAction>,
+    granting: Option<crate::target::Target>,
+    error: Option<&apply::Error>,
+    outcome: &outcome::Outcome,
 ) {
+    let metrics = &context.metrics;
     let uid = request.uid().unwrap_or_default();
-    let error = applied.err();
     if let Some(cause) = error.and_then(apply::Error::provider_error) {
-        let target = cause.target().or(match &plan.effect {
-            Effect::Grant { role, .. } => role.target(),
-            Effect::None | Effect::Revoke => None,
-        });
-        let provider = target.map_or("unknown", crate::target::Target::as_str);
+        let provider = cause
+            .target()
+            .or(granting)
+            .map_or("unknown", crate::target::Target::as_str);
         metrics.provider_error(provider, cause.category());
     }
-    match (&plan.effect, error) {
-        (Effect::None, _) => {}
-        (Effect::Grant { .. }, None) => {
-            metrics.grants.inc();
-            if plan
-                .notices
-                .iter()
-                .any(|notice| notice.reason == Reason::GrantRepaired)
-            {
-                metrics.drift_repairs.inc();
+    match &outcome.failed {
+        None => {
+            match action {
+                Some(IntentAction::Grant) => {
+                    metrics.grants.inc();
+                    if outcome
+                        .notices
+                        .iter()
+                        .any(|notice| notice.reason == Reason::GrantRepaired)
+                    {
+                        metrics.drift_repairs.inc();
+                    }
+                }
+                Some(IntentAction::Revoke) => {
+                    metrics.revocations.inc();
+                    metrics.revocation_failing(&uid, false);
+                }
+                None => {}
             }
+            metrics.reconciled("ok");
         }
-        (Effect::Revoke, None) => {
-            metrics.revocations.inc();
-            metrics.revocation_failing(&uid, false);
+        Some(outcome::FailedStep::GrantRefused(message)) => {
+            warn!(error = %message, "grant refused; failing the request");
         }
-        // A refused grant is revoked by apply: a failure there is a failing revocation.
-        (Effect::Grant { .. }, Some(apply::Error::Revoke(_))) | (Effect::Revoke, Some(_)) => {
+        Some(outcome::FailedStep::Grant(message)) => {
+            warn!(error = %message, "grant failed; retrying");
+        }
+        Some(outcome::FailedStep::Revoke(message)) => {
+            error!(error = %message, "revocation failed; retrying");
+            metrics.revocation_failures.inc();
             metrics.revocation_failing(&uid, true);
         }
-        (Effect::Grant { .. }, Some(_)) => {}
-    }
-    if error.is_none() {
-        metrics.reconciled("ok");
     }
 }
 

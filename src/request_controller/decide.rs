@@ -21,7 +21,7 @@ use super::{
         self, APPROVED, AUTO_APPROVE, ConditionStatus, GRANT_FAILING, GRANTED, REVOCATION_FAILING,
         VERIFY_FAILING, is_true, set_condition,
     },
-    failures::{Failure, after_failure, clear_failures},
+    failures::{StepFailure, after_failure, clear_failures},
     notice::{Notice, Reason, TimelineEvent},
     retry::until,
 };
@@ -709,7 +709,7 @@ impl<'a> Builder<'a> {
     /// that throttles is asked less and less often, never more than it asked for.
     fn verify_failed(&mut self, failure: &Unverified) {
         let uid = self.request.metadata.uid.clone().unwrap_or_default();
-        let failed = Failure {
+        let failed = StepFailure {
             kind: VERIFY_FAILING,
             reason: "VerifyFailed",
             message: &format!(

@@ -25,7 +25,7 @@ pub fn clear_failures(status: &mut AccessRequestStatus) {
 }
 
 /// A step that failed, as the status shows it.
-pub struct Failure<'a> {
+pub struct StepFailure<'a> {
     /// The condition that says so.
     pub kind: &'static str,
     /// Its reason.
@@ -41,7 +41,7 @@ pub struct Failure<'a> {
 /// or the target's Retry-After, never past the grant's end (expiry does not wait).
 pub fn after_failure(
     current: &AccessRequestStatus,
-    failure: &Failure<'_>,
+    failure: &StepFailure<'_>,
     uid: &str,
     now: Timestamp,
     generation: Option<i64>,
@@ -81,8 +81,8 @@ mod tests {
     use super::*;
     use crate::fixtures::at;
 
-    fn failing<'a>(kind: &'static str) -> Failure<'a> {
-        Failure {
+    fn failing<'a>(kind: &'static str) -> StepFailure<'a> {
+        StepFailure {
             kind,
             reason: "RevokeFailed",
             message: "boom",
@@ -136,7 +136,7 @@ mod tests {
         let failed = after_failure(&status, &failing(GRANT_FAILING), "u", now, None);
         assert_eq!(failed.failures, 13);
         assert_eq!(failed.next_retry_time, Some(Time(expires_at)));
-        let asked = Failure {
+        let asked = StepFailure {
             retry_after: Some(Duration::from_secs(60)),
             ..failing(REVOCATION_FAILING)
         };

@@ -11,7 +11,7 @@ use super::{
     apply::{Applied, Error as ApplyError},
     conditions::{ConditionStatus, GRANT_FAILING, GRANTED, REVOCATION_FAILING, set_condition},
     decide::{Effect, Plan, RESYNC},
-    failures::{Failure, after_failure, clear_failures},
+    failures::{StepFailure, after_failure, clear_failures},
     notice::{Notice, Reason, TimelineEvent},
     retry,
 };
@@ -127,7 +127,7 @@ pub fn outcome(
                     FailedStep::Revoke(message.clone()),
                 )
             };
-            let failure = Failure {
+            let failure = StepFailure {
                 kind,
                 reason,
                 message: &message,
