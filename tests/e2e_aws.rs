@@ -1,9 +1,11 @@
 //! The AWS provider end to end: the operator (a separate process, `--providers aws`) against a
-//! real moto server through its real SDK clients. Every kind of grant is made on approval and
-//! gone after expiry, an early revoke and deletion; the inline policy and trust statement
-//! expire at `status.expiresAt` on AWS's side; other trust statements survive; a missing
-//! principal, an unmapped subject and access held outside the operator fail cleanly. Crash
-//! safety is in e2e_aws_crash.rs.
+//! real moto server through its real SDK clients. The shared cloud scenarios
+//! (tests/support/clouds.rs) run over its five kinds: made on approval and gone after expiry,
+//! an early revoke and deletion, with the inline policy and trust statement expiring at
+//! `status.expiresAt` on AWS's side and other trust statements surviving; an inline policy
+//! removed by hand is restored; a missing principal and access held outside the operator fail
+//! cleanly. Here besides: an unmapped subject, a role changed or refused while active, a
+//! widened inline policy, and a ledger tampered with. Crash safety is in e2e_aws_crash.rs.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,120 +18,137 @@ use jit_operator::{
     provider::aws::documents,
 };
 use kube::{Api, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 use support::{
     ACT_LIMIT, Ending, TestEnv, annotate,
     aws::{
-        Kind, assignments, aws_block, aws_operator, aws_policy, fixture, held, inline_document,
-        ledger_entry, original_trust, request, trust,
+        Fixture, Kind, assignments, aws_block, aws_operator, aws_policy, fixture, held,
+        inline_document, original_trust, request, trust,
     },
-    create_policy, end_request, failure_message,
+    clouds::{CloudUnderTest, Standing, cloud_scenarios},
+    create_policy, end_request, failure_message, ledger_entry,
     moto::{ACCOUNT, moto},
     phase, random_suffix, wait_for_request,
 };
 
-/// One kind of grant, approved by bob, then ended one way; checks AWS at each step.
-async fn lifecycle(env: &TestEnv, kind: Kind, ending: Ending) {
-    let fixture = fixture().await;
-    let policy = aws_policy(env, kind, &fixture, 1).await;
-    let duration = if ending == Ending::Expiry {
-        "8s"
-    } else {
-        "30m"
-    };
-    let created = request(env, &policy, duration).await;
-    let name = created.name_any();
-    let uid = created.uid().unwrap();
-    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
-    let what = format!("{kind:?}/{ending:?}");
+/// AWS under the shared scenarios, in moto: five kinds of grant.
+struct Aws;
 
-    assert_eq!(
-        held(kind, &fixture, &uid).await,
-        0,
-        "{what}: nothing before approval"
-    );
-    annotate(&env.bob, &env.namespace, &name, annotations::APPROVE, "ok")
-        .await
-        .unwrap();
-    let active = wait_for_request(&requests, &name, "active", |r| {
-        phase(r) == Some(Phase::Active)
-    })
-    .await;
-    assert_eq!(held(kind, &fixture, &uid).await, 1, "{what}: granted once");
-    let status = active.status.as_ref().unwrap();
-    let grant = status.grant.as_ref().unwrap();
-    assert_eq!(grant.provider, "aws", "{what}");
-    assert_eq!(
-        grant.cloud_enforced_expiry,
-        matches!(kind, Kind::Inline | Kind::AssumeRole),
-        "{what}"
-    );
-    assert!(
-        ledger_entry(env, &uid).await.is_some(),
-        "{what}: recorded in the ledger"
-    );
-    let expires_at = status.expires_at.as_ref().unwrap().0;
-    let iam_expiry = documents::iam_time(expires_at);
-    match kind {
-        Kind::Inline => {
-            let document = inline_document(&fixture, &format!("jit-{uid}"))
-                .await
-                .unwrap();
-            let statements = document["Statement"].as_array().unwrap();
-            assert_eq!(statements.len(), 2);
-            for statement in statements {
-                assert_eq!(
-                    statement["Condition"]["DateLessThan"]["aws:CurrentTime"],
-                    iam_expiry.as_str(),
-                    "{what}: AWS stops honouring it at status.expiresAt"
-                );
-            }
-            assert_eq!(
-                statements[1]["Condition"]["Bool"]["aws:SecureTransport"],
-                "true"
-            );
-        }
-        Kind::AssumeRole => {
-            let trust = trust(&fixture).await;
-            let statements = trust["Statement"].as_array().unwrap();
-            assert_eq!(statements.len(), 2, "{what}: {trust}");
-            assert_eq!(
-                statements[0],
-                original_trust()["Statement"][0],
-                "{what}: theirs kept"
-            );
-            let ours = &statements[1];
-            assert_eq!(
-                ours["Principal"]["AWS"],
-                format!("arn:aws:iam::{ACCOUNT}:user/{}", fixture.user)
-            );
-            assert_eq!(
-                ours["Condition"]["DateLessThan"]["aws:CurrentTime"],
-                iam_expiry.as_str()
-            );
-            assert_eq!(
-                ours["Condition"]["StringEquals"]["sts:SourceIdentity"],
-                "alice"
-            );
-        }
-        _ => {}
+/// An IAM user, group and role (and Identity Center names) for one kind of grant.
+struct Place {
+    kind: Kind,
+    fixture: Fixture,
+}
+
+impl CloudUnderTest for Aws {
+    type Kind = Kind;
+    type Place = Place;
+    const PROVIDER: &'static str = "aws";
+    const SHORT: &'static str = "8s";
+
+    fn start_operator(&self) {
+        let _ = aws_operator();
     }
 
-    end_request(env, &name, ending).await;
-    assert_eq!(
-        held(kind, &fixture, &uid).await,
-        0,
-        "{what}: gone after the end"
-    );
-    assert!(
-        ledger_entry(env, &uid).await.is_none(),
-        "{what}: ledger entry removed"
-    );
-    if kind == Kind::AssumeRole {
+    fn kinds(&self) -> Vec<Kind> {
+        vec![
+            Kind::Inline,
+            Kind::Managed,
+            Kind::Group,
+            Kind::AssumeRole,
+            Kind::IdentityCenter,
+        ]
+    }
+
+    fn cloud_enforced(&self, kind: Kind) -> bool {
+        matches!(kind, Kind::Inline | Kind::AssumeRole)
+    }
+
+    async fn place(&self, kind: Kind) -> Place {
+        Place {
+            kind,
+            fixture: fixture().await,
+        }
+    }
+
+    async fn policy(&self, env: &TestEnv, place: &Place, approvals: u32) -> String {
+        aws_policy(env, place.kind, &place.fixture, approvals).await
+    }
+
+    async fn request(&self, env: &TestEnv, policy: &str, duration: &str) -> AccessRequest {
+        request(env, policy, duration).await
+    }
+
+    async fn held(&self, place: &Place, uid: &str) -> usize {
+        held(place.kind, &place.fixture, uid).await
+    }
+
+    async fn check_granted(&self, _env: &TestEnv, place: &Place, active: &AccessRequest) {
+        let (fixture, uid) = (&place.fixture, active.uid().unwrap());
+        let expires_at = active
+            .status
+            .as_ref()
+            .unwrap()
+            .expires_at
+            .as_ref()
+            .unwrap()
+            .0;
+        let iam_expiry = documents::iam_time(expires_at);
+        match place.kind {
+            Kind::Inline => {
+                let document = inline_document(fixture, &format!("jit-{uid}"))
+                    .await
+                    .unwrap();
+                let statements = document["Statement"].as_array().unwrap();
+                assert_eq!(statements.len(), 2);
+                for statement in statements {
+                    assert_eq!(
+                        statement["Condition"]["DateLessThan"]["aws:CurrentTime"],
+                        iam_expiry.as_str(),
+                        "AWS stops honouring it at status.expiresAt"
+                    );
+                }
+                assert_eq!(
+                    statements[1]["Condition"]["Bool"]["aws:SecureTransport"],
+                    "true"
+                );
+            }
+            Kind::AssumeRole => {
+                let trust = trust(fixture).await;
+                let statements = trust["Statement"].as_array().unwrap();
+                assert_eq!(statements.len(), 2, "{trust}");
+                assert_eq!(
+                    statements[0],
+                    original_trust()["Statement"][0],
+                    "theirs kept"
+                );
+                let ours = &statements[1];
+                assert_eq!(
+                    ours["Principal"]["AWS"],
+                    format!("arn:aws:iam::{ACCOUNT}:user/{}", fixture.user)
+                );
+                assert_eq!(
+                    ours["Condition"]["DateLessThan"]["aws:CurrentTime"],
+                    iam_expiry.as_str()
+                );
+                assert_eq!(
+                    ours["Condition"]["StringEquals"]["sts:SourceIdentity"],
+                    "alice"
+                );
+            }
+            Kind::Managed | Kind::Group | Kind::IdentityCenter => {}
+        }
+    }
+
+    async fn check_ended(&self, place: &Place, ending: Ending) {
+        if place.kind != Kind::AssumeRole {
+            return;
+        }
+        let fixture = &place.fixture;
         assert_eq!(
-            trust(&fixture).await,
+            trust(fixture).await,
             original_trust(),
-            "{what}: trust policy as it was"
+            "{ending:?}: trust policy as it was"
         );
         let deny = moto()
             .iam()
@@ -139,46 +158,81 @@ async fn lifecycle(env: &TestEnv, kind: Kind, ending: Ending) {
             .policy_name("jit-revoked-alice")
             .send()
             .await
-            .unwrap_or_else(|error| panic!("{what}: no session revocation policy: {error:?}"));
+            .unwrap_or_else(|error| panic!("{ending:?}: no session revocation policy: {error:?}"));
         let deny = documents::decode(&deny.policy_document).unwrap();
         let condition = &deny["Statement"][0]["Condition"];
         assert_eq!(condition["StringEquals"]["aws:SourceIdentity"], "alice");
         assert!(condition["DateLessThan"]["aws:TokenIssueTime"].is_string());
     }
-}
 
-#[tokio::test]
-async fn every_kind_is_granted_on_approval_and_gone_after_expiry_revoke_and_delete() {
-    let env = TestEnv::new().await;
-    let _ = aws_operator();
-    let mut scenarios = Vec::new();
-    for kind in [
-        Kind::Inline,
-        Kind::Managed,
-        Kind::Group,
-        Kind::AssumeRole,
-        Kind::IdentityCenter,
-    ] {
-        for ending in [Ending::Expiry, Ending::Revoke, Ending::Delete] {
-            scenarios.push(lifecycle(&env, kind, ending));
-        }
+    fn repairable(&self) -> Kind {
+        Kind::Inline
     }
-    futures::future::join_all(scenarios).await;
+
+    async fn snapshot(&self, place: &Place, uid: &str) -> Value {
+        json!(inline_document(&place.fixture, &format!("jit-{uid}")).await)
+    }
+
+    async fn remove_by_hand(&self, place: &Place, uid: &str) {
+        moto()
+            .iam()
+            .await
+            .delete_user_policy()
+            .user_name(&place.fixture.user)
+            .policy_name(format!("jit-{uid}"))
+            .send()
+            .await
+            .unwrap();
+    }
+
+    fn standing_kinds(&self) -> Vec<Kind> {
+        vec![Kind::Group]
+    }
+
+    async fn hold_by_hand(&self, place: &Place) -> Standing {
+        moto()
+            .iam()
+            .await
+            .add_user_to_group()
+            .user_name(&place.fixture.user)
+            .group_name(&place.fixture.group)
+            .send()
+            .await
+            .unwrap();
+        Standing::Refused(vec!["exists already".to_owned()])
+    }
+
+    async fn held_by_hand(&self, place: &Place) -> bool {
+        // The standing membership is someone else's to end.
+        held(place.kind, &place.fixture, "").await == 1
+    }
+
+    async fn stranger(&self, env: &TestEnv) -> (Place, String, Vec<String>) {
+        let mut place = self.place(Kind::Managed).await;
+        place.fixture.user = format!("nobody-{}", random_suffix(6));
+        let policy = self.policy(env, &place, 0).await;
+        let words = vec!["NoSuchEntity".to_owned(), "attach a policy".to_owned()];
+        (place, policy, words)
+    }
+
+    async fn check_untouched(&self, place: &Place) {
+        let lookup = moto()
+            .iam()
+            .await
+            .get_user()
+            .user_name(&place.fixture.user)
+            .send()
+            .await;
+        assert!(lookup.is_err(), "the operator made no IAM user: {lookup:?}");
+    }
 }
 
-#[tokio::test]
-async fn a_missing_principal_fails_the_request_with_aws_words_and_leaves_nothing() {
-    let env = TestEnv::new().await;
-    let _ = aws_operator();
-    let mut fixture = fixture().await;
-    fixture.user = format!("nobody-{}", random_suffix(6));
-    let policy = aws_policy(&env, Kind::Managed, &fixture, 0).await;
-    let created = request(&env, &policy, "10m").await;
-    let message = failure_message(&env, &created.name_any()).await;
-    assert!(message.contains("NoSuchEntity"), "{message}");
-    assert!(message.contains("attach a policy"), "{message}");
-    assert!(ledger_entry(&env, &created.uid().unwrap()).await.is_none());
-}
+cloud_scenarios!(Aws;
+    every_kind_is_granted_on_approval_and_gone_after_expiry_revoke_and_delete,
+    a_grant_removed_by_hand_is_restored,
+    access_someone_else_holds_is_left_alone,
+    a_principal_the_cloud_does_not_know_fails_the_request_with_its_words,
+);
 
 #[tokio::test]
 async fn an_unmapped_subject_fails_with_the_reason() {
@@ -206,26 +260,6 @@ async fn an_unmapped_subject_fails_with_the_reason() {
         "{message}"
     );
     assert_eq!(assignments(&fixture).await, 0);
-}
-
-#[tokio::test]
-async fn access_granted_outside_the_operator_is_not_taken_over() {
-    let env = TestEnv::new().await;
-    let _ = aws_operator();
-    let fixture = fixture().await;
-    let iam = moto().iam().await;
-    iam.add_user_to_group()
-        .user_name(&fixture.user)
-        .group_name(&fixture.group)
-        .send()
-        .await
-        .unwrap();
-    let policy = aws_policy(&env, Kind::Group, &fixture, 0).await;
-    let created = request(&env, &policy, "10m").await;
-    let message = failure_message(&env, &created.name_any()).await;
-    assert!(message.contains("exists already"), "{message}");
-    // The standing membership is someone else's to end, and is still there.
-    assert_eq!(held(Kind::Group, &fixture, "").await, 1);
 }
 
 /// An administrator narrows a role while a grant of it is active: the next look at the grant
@@ -286,10 +320,10 @@ async fn attached(fixture: &support::aws::Fixture) -> Vec<String> {
         .collect()
 }
 
-/// Someone deletes the inline policy, then rewrites it wider, by hand: each time the drift
-/// check puts back exactly what was granted, with the same expiry.
+/// Someone rewrites the inline policy wider by hand: the drift check puts back exactly what
+/// was granted, with the same expiry. (Removed by hand is a shared scenario.)
 #[tokio::test]
-async fn an_inline_policy_removed_or_widened_by_hand_is_restored() {
+async fn an_inline_policy_widened_by_hand_is_restored() {
     let env = TestEnv::new().await;
     let _ = aws_operator();
     let fixture = fixture().await;
@@ -302,33 +336,23 @@ async fn an_inline_policy_removed_or_widened_by_hand_is_restored() {
     .await;
     let name = format!("jit-{}", created.uid().unwrap());
     let granted = inline_document(&fixture, &name).await.unwrap();
-    let iam = moto().iam().await;
-
-    iam.delete_user_policy()
+    let widened = json!({"Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]});
+    moto()
+        .iam()
+        .await
+        .put_user_policy()
         .user_name(&fixture.user)
         .policy_name(&name)
+        .policy_document(widened.to_string())
         .send()
         .await
         .unwrap();
-    let widened = json!({"Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]});
-    for tamper in [None, Some(widened)] {
-        if let Some(document) = &tamper {
-            iam.put_user_policy()
-                .user_name(&fixture.user)
-                .policy_name(&name)
-                .policy_document(document.to_string())
-                .send()
-                .await
-                .unwrap();
-        }
-        let (fixture_ref, name_ref, granted_ref) = (&fixture, &name, &granted);
-        support::eventually(&format!("restored after {tamper:?}"), || async move {
-            (inline_document(fixture_ref, name_ref).await.as_ref() == Some(granted_ref))
-                .then_some(())
-        })
-        .await;
-    }
+    let (fixture_ref, name_ref, granted_ref) = (&fixture, &name, &granted);
+    support::eventually("restored after widening", || async move {
+        (inline_document(fixture_ref, name_ref).await.as_ref() == Some(granted_ref)).then_some(())
+    })
+    .await;
     let repaired = requests.get(&created.name_any()).await.unwrap();
     assert!(
         repaired
@@ -386,7 +410,7 @@ async fn a_refused_regrant_does_not_strand_the_earlier_grant() {
 async fn ledger_entries_forged_edited_or_removed_by_hand_are_never_trusted_silently() {
     use k8s_openapi::api::core::v1::{ConfigMap, Event};
     use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-    use support::aws::LEDGER_NAMESPACE;
+    use support::LEDGER_NAMESPACE;
 
     let env = TestEnv::new().await;
     let operator = aws_operator();

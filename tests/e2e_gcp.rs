@@ -1,9 +1,12 @@
 //! The Google Cloud provider end to end: the operator (a separate process, `--providers gcp`)
 //! with its real google-cloud-rust clients against the fake Resource Manager in
-//! tests/support/gcp.rs. A conditional binding is made on approval with the exact condition and
-//! removed at expiry, revoke and delete; everything else in the policy survives; a change made
-//! between our read and write survives our write; throttling, 5xx and a dropped reply are
-//! retried, and the retry adopts rather than duplicates; Google's refusal fails the request.
+//! tests/support/gcp.rs. The shared cloud scenarios (tests/support/clouds.rs) run over it: a
+//! conditional binding with the exact condition is made on approval and removed at expiry,
+//! revoke and delete, and everything else in the policy survives; a binding removed by hand is
+//! restored; a standing binding of the same role is left alone; throttling, 5xx and a dropped
+//! reply are retried, and the retry adopts rather than duplicates; Google's refusal fails the
+//! request. Here besides: a change made between our read and write survives our write, and a
+//! cloud throttling every look is asked a handful of times.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,11 +17,13 @@ use std::{
     time::Duration,
 };
 
-use jit_operator::crd::v1alpha1::{AccessRequest, Phase, annotations};
+use jit_operator::crd::v1alpha1::{AccessRequest, Phase};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::{
-    Ending, TestEnv, alice_requests, annotate, create_policy, end_request, failure_message,
+    Ending, TestEnv, alice_requests,
+    clouds::{CloudUnderTest, FaultyCloud, Standing, cloud_scenarios},
+    create_policy,
     gcp::{Fault, gcp_fake},
     operator::Operator,
     phase, random_suffix, wait_for_request,
@@ -115,76 +120,185 @@ fn original_without_version() -> Value {
     policy
 }
 
-async fn lifecycle(env: &TestEnv, ending: Ending) {
-    let resource = project();
-    let policy = gcp_policy(env, &resource, "user:{{mapping.email}}", 1).await;
-    let duration = if ending == Ending::Expiry {
-        "6s"
-    } else {
-        "30m"
-    };
-    let created = request(env, &policy, duration).await;
-    let (name, uid) = (created.name_any(), created.uid().unwrap());
-    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
-    assert!(
-        ours(&resource, &uid).is_empty(),
-        "{ending:?}: nothing before approval"
-    );
+/// Google Cloud under the shared scenarios: one kind of grant, a conditional binding.
+struct Gcp;
 
-    annotate(&env.bob, &env.namespace, &name, annotations::APPROVE, "ok")
-        .await
-        .unwrap();
-    let active = wait_for_request(&requests, &name, "active", |r| {
-        phase(r) == Some(Phase::Active)
-    })
-    .await;
-    let status = active.status.unwrap();
-    let expires_at = status.expires_at.unwrap().0;
-    let grant = status.grant.unwrap();
-    assert_eq!(grant.provider, "gcp");
-    assert!(grant.cloud_enforced_expiry, "Google ends it at the expiry");
-    let bound = ours(&resource, &uid);
-    assert_eq!(bound.len(), 1, "{ending:?}: one binding");
-    assert_eq!(bound[0]["role"], "roles/viewer");
-    assert_eq!(bound[0]["members"], json!(["user:alice@example.com"]));
-    assert_eq!(
-        bound[0]["condition"]["expression"],
-        format!(
-            "request.time < timestamp(\"{}\")",
-            expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
-        ),
-        "{ending:?}: the condition ends it at status.expiresAt"
-    );
-    assert_eq!(
-        bound[0]["condition"]["description"],
-        format!(
-            "{}/{name} approved by bob: INC-77 dashboards down",
-            env.namespace
-        )
-    );
-    assert_eq!(gcp_fake().policy(&resource)["version"], 3);
+#[derive(Clone, Copy, Debug)]
+struct Conditional;
 
-    end_request(env, &name, ending).await;
-    assert!(
-        ours(&resource, &uid).is_empty(),
-        "{ending:?}: binding removed"
-    );
-    assert_eq!(
-        theirs(&resource),
-        original_without_version(),
-        "{ending:?}: the rest as it was"
-    );
+/// The member alice is mapped to.
+const ALICE: &str = "user:alice@example.com";
+
+impl CloudUnderTest for Gcp {
+    type Kind = Conditional;
+    /// A project's resource name.
+    type Place = String;
+    const PROVIDER: &'static str = "gcp";
+    const SHORT: &'static str = "6s";
+
+    fn start_operator(&self) {
+        let _ = gcp_operator();
+    }
+
+    fn kinds(&self) -> Vec<Conditional> {
+        vec![Conditional]
+    }
+
+    fn cloud_enforced(&self, _: Conditional) -> bool {
+        true
+    }
+
+    async fn place(&self, _: Conditional) -> String {
+        project()
+    }
+
+    async fn policy(&self, env: &TestEnv, resource: &String, approvals: u32) -> String {
+        gcp_policy(env, resource, "user:{{mapping.email}}", approvals).await
+    }
+
+    async fn request(&self, env: &TestEnv, policy: &str, duration: &str) -> AccessRequest {
+        request(env, policy, duration).await
+    }
+
+    async fn held(&self, resource: &String, uid: &str) -> usize {
+        ours(resource, uid).len()
+    }
+
+    async fn check_granted(&self, env: &TestEnv, resource: &String, active: &AccessRequest) {
+        let (name, uid) = (active.name_any(), active.uid().unwrap());
+        let expires_at = active
+            .status
+            .as_ref()
+            .unwrap()
+            .expires_at
+            .as_ref()
+            .unwrap()
+            .0;
+        let bound = ours(resource, &uid);
+        assert_eq!(bound[0]["role"], "roles/viewer");
+        assert_eq!(bound[0]["members"], json!([ALICE]));
+        assert_eq!(
+            bound[0]["condition"]["expression"],
+            format!(
+                "request.time < timestamp(\"{}\")",
+                expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+            ),
+            "the condition ends it at status.expiresAt"
+        );
+        assert_eq!(
+            bound[0]["condition"]["description"],
+            format!(
+                "{}/{name} approved by bob: INC-77 dashboards down",
+                env.namespace
+            )
+        );
+        assert_eq!(gcp_fake().policy(resource)["version"], 3);
+    }
+
+    async fn check_ended(&self, resource: &String, ending: Ending) {
+        assert_eq!(
+            theirs(resource),
+            original_without_version(),
+            "{ending:?}: the rest as it was"
+        );
+    }
+
+    fn repairable(&self) -> Conditional {
+        Conditional
+    }
+
+    async fn snapshot(&self, resource: &String, uid: &str) -> Value {
+        json!(ours(resource, uid))
+    }
+
+    async fn remove_by_hand(&self, resource: &String, _uid: &str) {
+        // An administrator puts the original policy back, dropping our binding.
+        gcp_fake().create(resource, original_policy());
+    }
+
+    fn standing_kinds(&self) -> Vec<Conditional> {
+        vec![Conditional]
+    }
+
+    async fn hold_by_hand(&self, resource: &String) -> Standing {
+        let mut policy = original_policy();
+        policy["bindings"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"role": "roles/viewer", "members": [ALICE]}));
+        gcp_fake().create(resource, policy);
+        // Ours is a binding of its own, with its own condition; theirs has none.
+        Standing::Beside
+    }
+
+    async fn held_by_hand(&self, resource: &String) -> bool {
+        gcp_fake().policy(resource)["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|binding| binding == &json!({"role": "roles/viewer", "members": [ALICE]}))
+    }
+
+    async fn stranger(&self, env: &TestEnv) -> (String, String, Vec<String>) {
+        let resource = project();
+        let policy = gcp_policy(env, &resource, "user:{{username}}@nonexistent.example", 0).await;
+        let words = vec!["User alice@nonexistent.example does not exist.".to_owned()];
+        (resource, policy, words)
+    }
+
+    async fn check_untouched(&self, resource: &String) {
+        assert_eq!(theirs(resource), original_without_version());
+    }
 }
 
-#[tokio::test]
-async fn a_conditional_binding_is_made_on_approval_and_removed_at_expiry_revoke_and_delete() {
-    let env = TestEnv::new().await;
-    let _ = gcp_operator();
-    futures::future::join_all(
-        [Ending::Expiry, Ending::Revoke, Ending::Delete].map(|ending| lifecycle(&env, ending)),
-    )
-    .await;
+impl FaultyCloud for Gcp {
+    type Fault = Fault;
+
+    fn inject(&self, resource: &String, faults: &[Fault]) {
+        gcp_fake().inject(resource, faults);
+    }
+
+    fn pending_faults(&self, resource: &String) -> usize {
+        gcp_fake().pending_faults(resource)
+    }
+
+    fn writes(&self, resource: &String) -> usize {
+        gcp_fake().writes(resource)
+    }
+
+    fn transient_faults(&self) -> Vec<Fault> {
+        vec![
+            Fault::TooManyRequests(1),
+            Fault::Conflict,
+            Fault::ServerError,
+        ]
+    }
+
+    fn dropped_reply(&self) -> Fault {
+        Fault::DropReply
+    }
+
+    fn check_retries(&self, _resource: &String) {}
+
+    async fn forbidden(&self, env: &TestEnv) -> (String, Vec<String>) {
+        // Never created in the fake: Google answers 403 for projects that do not exist or that
+        // the caller may not see.
+        let resource = format!("projects/elsewhere-{}", random_suffix(8).to_lowercase());
+        let policy = gcp_policy(env, &resource, "user:{{mapping.email}}", 0).await;
+        let words = vec!["The caller does not have permission".to_owned(), resource];
+        (policy, words)
+    }
 }
+
+cloud_scenarios!(Gcp;
+    every_kind_is_granted_on_approval_and_gone_after_expiry_revoke_and_delete,
+    a_grant_removed_by_hand_is_restored,
+    access_someone_else_holds_is_left_alone,
+    a_principal_the_cloud_does_not_know_fails_the_request_with_its_words,
+    a_place_the_operator_may_not_touch_fails_the_request_with_the_clouds_words,
+    throttling_conflicts_and_server_errors_are_retried,
+    a_retry_after_a_dropped_reply_adopts_instead_of_duplicating,
+);
 
 /// Grants with no approval needed and waits until active; returns (resource, uid).
 async fn granted_with_faults(env: &TestEnv, faults: &[Fault]) -> (String, String) {
@@ -220,88 +334,6 @@ async fn a_change_made_between_our_read_and_write_survives_our_write() {
         "the concurrent change is kept: {bindings}"
     );
     assert_eq!(ours(&resource, &uid).len(), 1);
-}
-
-#[tokio::test]
-async fn throttling_conflicts_and_server_errors_are_retried() {
-    let env = TestEnv::new().await;
-    let _ = gcp_operator();
-    let (resource, uid) = granted_with_faults(
-        &env,
-        &[
-            Fault::TooManyRequests(1),
-            Fault::Conflict,
-            Fault::ServerError,
-        ],
-    )
-    .await;
-    assert_eq!(ours(&resource, &uid).len(), 1);
-    assert_eq!(
-        gcp_fake().writes(&resource),
-        1,
-        "written once, after the faults"
-    );
-}
-
-#[tokio::test]
-async fn a_retry_after_a_dropped_reply_adopts_instead_of_duplicating() {
-    let env = TestEnv::new().await;
-    let _ = gcp_operator();
-    let (resource, uid) = granted_with_faults(&env, &[Fault::DropReply]).await;
-    assert_eq!(ours(&resource, &uid).len(), 1, "one binding, not two");
-    assert_eq!(
-        gcp_fake().writes(&resource),
-        1,
-        "the retry read it back and wrote nothing"
-    );
-}
-
-#[tokio::test]
-async fn google_refusing_the_member_fails_the_request_with_its_message() {
-    let env = TestEnv::new().await;
-    let _ = gcp_operator();
-    let resource = project();
-    let policy = gcp_policy(&env, &resource, "user:{{username}}@nonexistent.example", 0).await;
-    let created = request(&env, &policy, "10m").await;
-    let message = failure_message(&env, &created.name_any()).await;
-    assert!(
-        message.contains("User alice@nonexistent.example does not exist."),
-        "{message}"
-    );
-    assert_eq!(theirs(&resource), original_without_version());
-}
-
-#[tokio::test]
-async fn a_resource_the_operator_may_not_touch_fails_the_request_with_googles_words() {
-    let env = TestEnv::new().await;
-    let _ = gcp_operator();
-    // Never created in the fake: Google answers 403 for projects that do not exist or that
-    // the caller may not see.
-    let resource = format!("projects/elsewhere-{}", random_suffix(8).to_lowercase());
-    let policy = gcp_policy(&env, &resource, "user:{{mapping.email}}", 0).await;
-    let created = request(&env, &policy, "10m").await;
-    let message = failure_message(&env, &created.name_any()).await;
-    assert!(
-        message.contains("The caller does not have permission"),
-        "{message}"
-    );
-    assert!(message.contains(&resource), "{message}");
-}
-
-#[tokio::test]
-async fn a_binding_removed_by_hand_is_restored() {
-    let env = TestEnv::new().await;
-    let _ = gcp_operator();
-    let (resource, uid) = granted_with_faults(&env, &[]).await;
-    let before = ours(&resource, &uid);
-    // An administrator puts the original policy back, dropping our binding.
-    gcp_fake().create(&resource, original_policy());
-    let (resource_ref, uid_ref, before_ref) = (&resource, &uid, &before);
-    support::eventually(
-        "the drift check restores the binding as it was",
-        || async move { (ours(resource_ref, uid_ref) == *before_ref).then_some(()) },
-    )
-    .await;
 }
 
 #[tokio::test]

@@ -5,8 +5,6 @@
 use std::sync::{Mutex, OnceLock};
 
 use jit_operator::{crd::v1alpha1::AccessRequest, provider::aws::documents};
-use k8s_openapi::api::core::v1::ConfigMap;
-use kube::Api;
 use serde_json::{Value, json};
 
 use super::{
@@ -15,9 +13,6 @@ use super::{
     operator::Operator,
     random_suffix,
 };
-
-/// The namespace the operator keeps its grant ledger in (config/rbac/ledger.yaml).
-pub const LEDGER_NAMESPACE: &str = "jit-system";
 
 /// The operator of this binary, granting in moto.
 pub fn aws_operator() -> &'static Mutex<Operator> {
@@ -244,11 +239,4 @@ pub async fn held(kind: Kind, fixture: &Fixture, uid: &str) -> usize {
         }
         Kind::IdentityCenter => assignments(fixture).await,
     }
-}
-
-pub async fn ledger_entry(env: &TestEnv, uid: &str) -> Option<ConfigMap> {
-    Api::<ConfigMap>::namespaced(env.admin.clone(), LEDGER_NAMESPACE)
-        .get_opt(&format!("jit-grant-{uid}"))
-        .await
-        .unwrap()
 }

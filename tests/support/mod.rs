@@ -254,9 +254,24 @@ pub fn read_yaml(relative: &str) -> serde_json::Value {
 
 pub mod aws;
 pub mod azure;
+pub mod clouds;
 pub mod gcp;
 pub mod moto;
 pub mod operator;
+
+/// The namespace the operator keeps its grant ledger in (config/rbac/ledger.yaml).
+pub const LEDGER_NAMESPACE: &str = "jit-system";
+
+/// The grant ledger's entry for a request, if there is one.
+pub async fn ledger_entry(
+    env: &TestEnv,
+    uid: &str,
+) -> Option<k8s_openapi::api::core::v1::ConfigMap> {
+    Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(env.admin.clone(), LEDGER_NAMESPACE)
+        .get_opt(&format!("jit-grant-{uid}"))
+        .await
+        .unwrap()
+}
 
 /// How long a test waits for the operator to act; only stops a hung test.
 pub const ACT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
