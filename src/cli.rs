@@ -129,6 +129,20 @@ pub struct Args {
     )]
     pub admin_groups: Vec<String>,
 
+    /// A file the audit events are appended to, one JSON line each (they always go to
+    /// stdout too).
+    #[arg(long, env = "JIT_AUDIT_FILE")]
+    pub audit_file: Option<std::path::PathBuf>,
+
+    /// NotificationChannels that hear every event of every policy (a security channel, a
+    /// SIEM), besides the routes each policy names.
+    #[arg(
+        long = "audit-channel",
+        env = "JIT_AUDIT_CHANNELS",
+        value_delimiter = ','
+    )]
+    pub audit_channels: Vec<String>,
+
     /// Log line format.
     #[arg(long, env = "JIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

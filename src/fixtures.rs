@@ -100,3 +100,50 @@ pub fn revocation(user: &str, time: &str) -> Revocation {
         comment: Some("done".into()),
     }
 }
+
+/// [`request`] as the operator leaves it when it waits: Pending, its timeline saying so.
+pub fn pending_request() -> AccessRequest {
+    let mut request = request();
+    request.status = Some(crate::crd::v1alpha1::AccessRequestStatus {
+        phase: Some(crate::crd::v1alpha1::Phase::Pending),
+        timeline: vec![entry("2026-01-01T00:00:01Z", "Requested", Some("alice"))],
+        ..Default::default()
+    });
+    request
+}
+
+/// [`request`] approved by bob and granted: Active, with its grant and timeline.
+pub fn active_request() -> AccessRequest {
+    let mut request = pending_request();
+    let status = request.status.get_or_insert_with(Default::default);
+    status.phase = Some(crate::crd::v1alpha1::Phase::Active);
+    status.approvals = vec![decision(
+        "bob",
+        &["approvers"],
+        Decision::Approved,
+        "2026-01-01T00:01:00Z",
+    )];
+    status.granted_at = Some(Time(at("2026-01-01T00:01:01Z")));
+    status.expires_at = Some(Time(at("2026-01-01T01:01:01Z")));
+    status.grant = Some(crate::crd::v1alpha1::Grant {
+        provider: "kubernetes".into(),
+        reference: "RoleBinding prod/jit-0b7c9f7e".into(),
+        cloud_enforced_expiry: false,
+    });
+    status.timeline.extend([
+        entry("2026-01-01T00:01:00Z", "Approval", Some("bob")),
+        entry("2026-01-01T00:01:00Z", "Approved", None),
+        entry("2026-01-01T00:01:01Z", "Granted", None),
+    ]);
+    request
+}
+
+/// A timeline entry.
+pub fn entry(time: &str, event: &str, actor: Option<&str>) -> crate::crd::v1alpha1::TimelineEntry {
+    crate::crd::v1alpha1::TimelineEntry {
+        time: Time(at(time)),
+        event: event.to_owned(),
+        actor: actor.map(str::to_owned),
+        message: Some(format!("{event} message")),
+    }
+}

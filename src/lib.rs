@@ -5,6 +5,7 @@
 #![deny(missing_docs)]
 
 pub(crate) mod admission;
+pub(crate) mod audit;
 pub mod certificate;
 pub mod cli;
 pub mod crd;
@@ -16,6 +17,7 @@ pub(crate) mod permissions;
 pub(crate) mod policy;
 pub mod provider;
 pub(crate) mod request_controller;
+pub(crate) mod retry;
 pub(crate) mod seal;
 pub(crate) mod subject;
 pub(crate) mod sweep;

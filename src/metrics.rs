@@ -53,6 +53,22 @@ pub struct StepLabels {
     pub step: String,
 }
 
+/// Labels of the delivery backlog gauge.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabels {
+    /// The NotificationChannel's name.
+    pub channel: String,
+}
+
+/// Labels of the delivery counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// The NotificationChannel's name.
+    pub channel: String,
+    /// `delivered` or `failed`.
+    pub outcome: String,
+}
+
 /// Labels of the webhook decision counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
@@ -113,6 +129,12 @@ pub struct Metrics {
     pub reconcile_errors: Family<StepLabels, Counter>,
     /// Admission decisions by webhook and outcome.
     pub webhook_decisions: Family<WebhookLabels, Counter>,
+    /// Audit events waiting for each channel.
+    pub delivery_backlog: Family<ChannelLabels, Gauge>,
+    /// Delivery attempts by channel and outcome.
+    pub deliveries: Family<DeliveryLabels, Counter>,
+    /// Seconds from a transition to its acknowledged delivery.
+    pub delivery_seconds: Histogram,
     failing: Mutex<HashSet<String>>,
     tracked: Mutex<HashMap<String, Tracked>>,
 }
@@ -136,6 +158,9 @@ impl Default for Metrics {
             provider_errors: Family::default(),
             reconcile_errors: Family::default(),
             webhook_decisions: Family::default(),
+            delivery_backlog: Family::default(),
+            deliveries: Family::default(),
+            delivery_seconds: Histogram::new(seconds_buckets()),
             failing: Mutex::new(HashSet::new()),
             tracked: Mutex::new(HashMap::new()),
             registry: Registry::default(),
@@ -215,6 +240,21 @@ impl Default for Metrics {
             "Admission decisions by webhook and outcome",
             metrics.webhook_decisions.clone(),
         );
+        registry.register(
+            "delivery_backlog",
+            "Audit events waiting for each notification channel",
+            metrics.delivery_backlog.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Deliveries to notification channels by outcome",
+            metrics.deliveries.clone(),
+        );
+        registry.register(
+            "delivery_seconds",
+            "Seconds from a transition to its acknowledged delivery",
+            metrics.delivery_seconds.clone(),
+        );
         // Series that exist from the start, so that a rate over them is 0, not absent.
         for step in ["observe", "decide", "apply", "status"] {
             let _ = metrics.reconcile_errors.get_or_create(&StepLabels {
@@ -229,6 +269,25 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one delivery attempt to `channel`.
+    pub fn delivery(&self, channel: &str, delivered: bool) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels {
+                channel: channel.to_owned(),
+                outcome: if delivered { "delivered" } else { "failed" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Sets how many events wait for `channel`.
+    pub fn backlog(&self, channel: &str, waiting: usize) {
+        self.delivery_backlog
+            .get_or_create(&ChannelLabels {
+                channel: channel.to_owned(),
+            })
+            .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
     /// A shared set of metrics.
     pub fn shared() -> Arc<Self> {
         Arc::new(Self::default())

@@ -71,6 +71,9 @@ pub enum Error {
     /// Leader election could not start.
     #[error("leader election failed")]
     Election(#[from] leader::Error),
+    /// The audit file could not be opened for appending.
+    #[error("failed to open the audit file")]
+    AuditFile(#[source] std::io::Error),
     /// This replica led and can no longer be sure it does.
     #[error("lost the leader lease")]
     LostLeadership,
@@ -99,6 +102,7 @@ impl Error {
                 "the operator needs RBAC on admissionregistration.k8s.io webhook configurations to register them"
             }
             Self::Signal(_) => "",
+            Self::AuditFile(_) => "check --audit-file: its directory must exist and be writable",
             Self::Election(_) => {
                 "the operator needs get, create and patch on coordination.k8s.io leases in its namespace (config/rbac/operator-leader-election.yaml)"
             }
@@ -183,14 +187,25 @@ pub async fn run(args: Args) -> Result<(), Error> {
         election = Some(joined);
     }
 
-    let context = Arc::new(request_controller::Context::new(
-        client,
-        providers,
-        Some(instance.clone()),
-        args.resync_interval,
-        metrics.clone(),
-        sealer,
-    ));
+    let recorder = crate::audit::Recorder::new(
+        client.clone(),
+        &args.namespace,
+        sealer.clone(),
+        args.audit_file.as_ref(),
+        args.audit_channels.clone(),
+    )
+    .map_err(Error::AuditFile)?;
+    let context = Arc::new(
+        request_controller::Context::new(
+            client,
+            providers,
+            Some(instance.clone()),
+            args.resync_interval,
+            metrics.clone(),
+            sealer,
+        )
+        .with_audit(Arc::new(recorder)),
+    );
     let sweeper = tokio::spawn(sweep::run(
         context.client.clone(),
         context.providers.clone(),

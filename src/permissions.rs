@@ -56,6 +56,8 @@ pub const CLUSTER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
     ),
     ("jit.dev", "accessrequests/status", &["patch"]),
     ("jit.dev", "accessrequests/finalizers", &["update"]),
+    ("jit.dev", "notificationchannels", &["get", "list", "watch"]),
+    ("jit.dev", "notificationchannels/status", &["patch"]),
     (
         "rbac.authorization.k8s.io",
         "rolebindings",
@@ -147,19 +149,22 @@ pub fn needed(args: &Args) -> Vec<Needed> {
             None,
         );
     }
-    // The sealing key: made once, read by every replica.
-    add("", "secrets", &["create"], Some(&args.namespace), None);
+    // The sealing key, made once; it and the notification channels' Secrets are read.
     add(
         "",
         "secrets",
-        &["get"],
+        &["create", "get"],
         Some(&args.namespace),
-        Some(&args.seal_secret),
+        None,
     );
-    let cloud = args.providers.iter().any(|target| target.keeps_ledger());
-    if cloud {
-        add("", "configmaps", LEDGER_VERBS, Some(&args.namespace), None);
-    }
+    // The audit outboxes and the cloud grant ledger.
+    add(
+        "",
+        "configmaps",
+        CONFIG_MAP_VERBS,
+        Some(&args.namespace),
+        None,
+    );
     if let Some(secret) = &args.webhook_secret {
         add(
             "",
@@ -239,4 +244,7 @@ async fn allowed(client: &Client, attributes: ResourceAttributes) -> Result<bool
 }
 
 /// What the cloud grant ledger needs on ConfigMaps in the operator's namespace.
-const LEDGER_VERBS: &[&str] = &["get", "list", "create", "update", "delete"];
+/// The audit outboxes (watched, merged into) and the grant ledger (replaced whole).
+const CONFIG_MAP_VERBS: &[&str] = &[
+    "get", "list", "watch", "create", "update", "patch", "delete",
+];

@@ -10,7 +10,6 @@ mod failures;
 mod notice;
 mod observe;
 mod outcome;
-mod retry;
 
 use std::{
     collections::HashMap,
@@ -44,6 +43,7 @@ use crate::{
     crd::v1alpha1::{AccessPolicy, AccessRequest, AccessRequestStatus, IntentAction, Phase},
     metrics::Metrics,
     provider::{MANAGED_BY, MANAGED_BY_LABEL, Providers, REQUEST_ANNOTATION},
+    retry,
     seal::Sealer,
     telemetry::error_chain,
 };
@@ -72,6 +72,9 @@ pub enum Error {
     /// Writing the status failed.
     #[error("failed to write status")]
     Status(#[source] kube::Error),
+    /// Recording the audit events of a request about to be released failed.
+    #[error("failed to record audit events")]
+    Audit(#[from] crate::audit::Error),
 }
 
 impl Error {
@@ -82,6 +85,7 @@ impl Error {
             Self::Decide => "decide",
             Self::Apply(_) => "apply",
             Self::Status(_) => "status",
+            Self::Audit(_) => "audit",
         }
     }
 }
@@ -101,6 +105,10 @@ pub struct Context {
     /// Checks the seals on decision records and grant windows, and seals the windows it
     /// writes.
     pub sealer: Sealer,
+    /// Records each transition as an audit event; none in tests that do not audit.
+    pub audit: Option<Arc<crate::audit::Recorder>>,
+    /// The controller's cache of requests, once it runs: the history in approvers' messages.
+    requests: std::sync::OnceLock<reflector::Store<DeserializeGuard<AccessRequest>>>,
     /// Consecutive failed reconciles per request (`namespace/name`), for their backoff.
     failed: std::sync::Mutex<HashMap<String, i32>>,
 }
@@ -126,8 +134,42 @@ impl Context {
             resync,
             metrics,
             sealer,
+            audit: None,
+            requests: std::sync::OnceLock::new(),
             failed: std::sync::Mutex::default(),
         }
+    }
+
+    /// The same context, recording audit events with `recorder`.
+    pub fn with_audit(mut self, recorder: Arc<crate::audit::Recorder>) -> Self {
+        self.audit = Some(recorder);
+        self
+    }
+
+    /// How many requests of the same policy and role for the same subject were granted in
+    /// the 30 days before `now` (this one excluded).
+    fn grants_last_30_days(&self, request: &AccessRequest, now: Timestamp) -> usize {
+        let Some(store) = self.requests.get() else {
+            return 0;
+        };
+        let since = now - jiff::SignedDuration::from_hours(24 * 30);
+        let subject = crate::audit::event::subject_of(request);
+        store
+            .state()
+            .iter()
+            .filter_map(|guarded| guarded.0.as_ref().ok())
+            .filter(|other| {
+                other.metadata.uid != request.metadata.uid
+                    && other.spec.policy == request.spec.policy
+                    && other.spec.role == request.spec.role
+                    && crate::audit::event::subject_of(other) == subject
+                    && other
+                        .status
+                        .as_ref()
+                        .and_then(|status| status.granted_at.as_ref())
+                        .is_some_and(|granted_at| granted_at.0 >= since)
+            })
+            .count()
     }
 
     /// Counts one more failed reconcile of `key`; returns how many in a row.
@@ -167,6 +209,19 @@ pub async fn run(
         .reflect(writer)
         .applied_objects();
     let controller = Controller::for_stream(stream, store.clone());
+    let _ = context.requests.set(store.clone());
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let requests_synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deliverer = context.audit.clone().map(|recorder| {
+        let deliverer = crate::audit::delivery::Deliverer::new(
+            context.client.clone(),
+            recorder,
+            context.metrics.clone(),
+            store.clone(),
+            requests_synced.clone(),
+        );
+        tokio::spawn(deliverer.run(shutdown.clone()))
+    });
     let readable = store.clone();
     tokio::spawn(async move {
         // The store's readiness is a shared oneshot that wakes only its latest poller (the
@@ -177,6 +232,7 @@ pub async fn run(
             {
                 Ok(Ok(())) => {
                     debug!("caches synced");
+                    requests_synced.store(true, std::sync::atomic::Ordering::Release);
                     synced();
                     return;
                 }
@@ -224,6 +280,9 @@ pub async fn run(
             }
         })
         .await;
+    if let Some(deliverer) = deliverer {
+        let _ = deliverer.await;
+    }
 }
 
 /// What the controller's cache keeps of a request: no managedFields, no labels, and only the
@@ -360,6 +419,23 @@ async fn reconcile_steps(
     );
     let status = write_status(&api, &context.sealer, request, &written, &outcome.status).await?;
     measure(&context.metrics, request, phase, &status, now);
+    // Recorded after the status that holds the transitions and before anyone is told; a
+    // request is released only once its events are in its outbox, which outlives it.
+    if let Some(recorder) = &context.audit {
+        let mut recorded = request.clone();
+        recorded.status = Some(status.clone());
+        let history = || context.grants_last_30_days(request, now);
+        if let Err(error) = recorder
+            .record(&recorded, observed.policy.as_ref(), history)
+            .await
+        {
+            if outcome.release {
+                return Err(error.into());
+            }
+            warn!(error = %error_chain(&error), "failed to record audit events; retrying at the next look");
+            context.metrics.reconcile_error("audit");
+        }
+    }
     if let Some(action) = action {
         crash_point(action, "after-status");
     }

@@ -173,6 +173,16 @@ impl Sealer {
         self.verify(&["ledger", provider, uid, targets], seal)
     }
 
+    /// The seal of an audit record of the request with this UID, at this ordinal.
+    pub fn seal_audit(&self, uid: &str, ordinal: u64, record: &str) -> String {
+        self.seal(&["audit", uid, &ordinal.to_string(), record])
+    }
+
+    /// Whether an audit record carries the operator's seal.
+    pub fn verify_audit(&self, uid: &str, ordinal: u64, record: &str, seal: &str) -> bool {
+        self.verify(&["audit", uid, &ordinal.to_string(), record], seal)
+    }
+
     /// The seal of a grant window on the request with this UID.
     pub fn seal_window(&self, uid: &str, granted_at: &Time, expires_at: &Time) -> String {
         let (granted_at, expires_at) = (seconds(granted_at), seconds(expires_at));

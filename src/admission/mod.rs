@@ -28,6 +28,22 @@ pub enum Denial {
     /// The policy refuses.
     #[error(transparent)]
     Policy(#[from] Refusal),
+    /// A notification route names a channel that does not exist.
+    #[error(
+        "spec.notifications.routes names NotificationChannel {channel}, which does not exist; create it first or fix the name"
+    )]
+    UnknownChannel {
+        /// The name as written.
+        channel: String,
+    },
+    /// Whether a channel exists could not be learned.
+    #[error("could not check NotificationChannel {channel}: {message}")]
+    ChannelUnchecked {
+        /// The name as written.
+        channel: String,
+        /// Why.
+        message: String,
+    },
     /// Someone tried to write the requester.
     #[error(
         "spec.requester is written by admission from your credentials: you are {actual}, not {claimed}"

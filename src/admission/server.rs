@@ -31,7 +31,7 @@ use super::{
     Administrators, Denial, Review, mutate, register, validate, validate_delete, validate_policy,
 };
 use crate::{
-    crd::v1alpha1::{AccessPolicy, AccessRequest},
+    crd::v1alpha1::{AccessPolicy, AccessRequest, NotificationChannel},
     metrics::Metrics,
     seal::Sealer,
     telemetry::error_chain,
@@ -361,14 +361,41 @@ async fn validate_policy_handler(
     State(state): State<AppState>,
     body: Bytes,
 ) -> axum::Json<AdmissionReview<DynamicObject>> {
-    let response = validate_policy_response(&body);
+    let response = validate_policy_response(&state.client, &body).await;
     state
         .metrics
         .webhook_decision("validate-policy", response.allowed);
     respond(response)
 }
 
-fn validate_policy_response(body: &Bytes) -> AdmissionResponse {
+/// Every channel a policy's routes name exists (a route to nowhere would lose its events).
+async fn channels_exist(client: &Client, policy: &AccessPolicy) -> Result<(), Denial> {
+    let channels = kube::Api::<NotificationChannel>::all(client.clone());
+    let routes = policy
+        .spec
+        .notifications
+        .iter()
+        .flat_map(|notifications| &notifications.routes);
+    for route in routes {
+        match channels.get_opt(&route.channel).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(Denial::UnknownChannel {
+                    channel: route.channel.clone(),
+                });
+            }
+            Err(error) => {
+                return Err(Denial::ChannelUnchecked {
+                    channel: route.channel.clone(),
+                    message: error_chain(&error),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn validate_policy_response(client: &Client, body: &Bytes) -> AdmissionResponse {
     let request = match parse::<AccessPolicy>(body) {
         Ok(request) => request,
         Err(response) => return *response,
@@ -376,7 +403,11 @@ fn validate_policy_response(body: &Bytes) -> AdmissionResponse {
     let Some(policy) = request.object.as_ref() else {
         return AdmissionResponse::from(&request);
     };
-    match validate_policy(policy) {
+    let checked = match validate_policy(policy) {
+        Ok(()) => channels_exist(client, policy).await,
+        Err(denial) => Err(denial),
+    };
+    match checked {
         Ok(()) => AdmissionResponse::from(&request),
         Err(denial) => {
             info!(

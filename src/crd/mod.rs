@@ -16,6 +16,7 @@ pub fn all() -> Vec<CustomResourceDefinition> {
     vec![
         v1alpha1::AccessPolicy::crd(),
         v1alpha1::AccessRequest::crd(),
+        v1alpha1::NotificationChannel::crd(),
     ]
 }
 

@@ -1,5 +1,12 @@
-//! The `jit.dev/v1alpha1` API: `AccessPolicy` and `AccessRequest`, with the schema rules the
-//! API server enforces on them.
+//! The `jit.dev/v1alpha1` API: `AccessPolicy`, `AccessRequest` and `NotificationChannel`,
+//! with the schema rules the API server enforces on them.
+
+mod channel;
+
+pub use channel::{
+    AuditEventType, ChannelType, EmailSettings, NotificationChannel, NotificationChannelSpec,
+    NotificationChannelStatus, NotificationRoute, Notifications, SecretReference,
+};
 
 use std::collections::BTreeMap;
 
@@ -464,6 +471,10 @@ pub struct AccessPolicySpec {
         extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["subject"])
     )]
     pub identity_mappings: Vec<IdentityMapping>,
+    /// Which NotificationChannels hear about this policy's requests, and when people are
+    /// reminded and warned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notifications: Option<Notifications>,
 }
 
 /// The authenticated identity that created a request, as the API server saw it.
@@ -699,9 +710,15 @@ pub struct AccessRequestStatus {
     /// An action on the grant under way; set before the provider call, cleared after.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub intent: Option<GrantIntent>,
-    /// What happened, in order.
+    /// What happened, in order: the last [`TIMELINE_LIMIT`] entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = TIMELINE_LIMIT))]
     pub timeline: Vec<TimelineEntry>,
+    /// How many older entries were dropped from the front of the timeline: the ordinal of
+    /// `timeline[i]` (the stable part of its audit event's id) is `timelineOffset + i`.
+    #[serde(default, skip_serializing_if = "is_zero_long")]
+    #[schemars(range(min = 0))]
+    pub timeline_offset: i64,
     /// The spec generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -726,3 +743,12 @@ pub struct AccessRequestStatus {
 fn is_zero(count: &i32) -> bool {
     *count == 0
 }
+
+fn is_zero_long(count: &i64) -> bool {
+    *count == 0
+}
+
+/// The most entries a request's timeline keeps: drift repairs or reminders over a long grant
+/// must not grow a request past the API server's object limit. Older entries were delivered
+/// as audit events before they were dropped.
+pub const TIMELINE_LIMIT: u32 = 64;

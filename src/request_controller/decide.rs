@@ -23,15 +23,18 @@ use super::{
     },
     failures::{StepFailure, after_failure, clear_failures},
     notice::{Notice, Reason, TimelineEvent},
-    retry::until,
 };
 use crate::{
-    crd::v1alpha1::{
-        AccessPolicy, AccessRequest, AccessRequestStatus, Approval, Decision, FINALIZER, Phase,
-        PolicyRole, Revocation, TimelineEntry, annotations,
+    crd::{
+        ApiDuration,
+        v1alpha1::{
+            AccessPolicy, AccessRequest, AccessRequestStatus, Approval, Decision, FINALIZER, Phase,
+            PolicyRole, Revocation, TimelineEntry, annotations,
+        },
     },
     policy::{self, Refusal, auto_approve},
     provider::{GrantState, identity::Identity},
+    retry::until,
 };
 
 /// When to look again at a request whose policy could not be read.
@@ -40,6 +43,9 @@ pub const POLICY_RETRY: Duration = Duration::from_secs(10);
 /// Longest wait before looking at a request again, whatever its timers say; the driver
 /// shortens it to `--resync-interval`.
 pub const RESYNC: Duration = Duration::from_secs(3600);
+
+/// How long before a grant ends its subject is told, when the policy does not say.
+pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(600);
 
 /// What the controller read, fresh from the API server.
 #[derive(Clone, Debug)]
@@ -629,6 +635,82 @@ impl<'a> Builder<'a> {
             "waiting for approval",
         );
         self.plan.status.message = Some(format!("waiting for approval: {message}"));
+        self.remind(policy, &message);
+    }
+
+    /// Announces a request still pending to approvers again after each reminder interval.
+    fn remind(&mut self, policy: &AccessPolicy, approvals: &str) {
+        let Some(interval) = policy
+            .spec
+            .notifications
+            .as_ref()
+            .and_then(|notifications| notifications.reminder_interval.as_ref())
+            .and_then(|interval| interval.to_std().ok())
+            .filter(|interval| !interval.is_zero())
+        else {
+            return;
+        };
+        let announced = self
+            .plan
+            .status
+            .timeline
+            .iter()
+            .rev()
+            .find(|entry| {
+                entry.event == TimelineEvent::Requested.as_str()
+                    || entry.event == TimelineEvent::Reminder.as_str()
+            })
+            .map(|entry| entry.time.0);
+        let Some(due) = announced.and_then(|announced| add(announced, interval)) else {
+            return;
+        };
+        if self.now >= due {
+            let message = format!("still waiting for approval: {approvals}");
+            self.record(TimelineEvent::Reminder, None, &message);
+            self.plan.requeue_after = self.plan.requeue_after.min(interval);
+        } else {
+            self.plan.requeue_after = self.plan.requeue_after.min(until(self.now, due));
+        }
+    }
+
+    /// Tells the subject, once per grant, that it ends soon: the policy's expiry warning
+    /// ahead of the end (10 minutes by default), for grants longer than that.
+    fn warn_of_expiry(&mut self, policy: &AccessPolicy, expires_at: Timestamp) {
+        let warning = policy
+            .spec
+            .notifications
+            .as_ref()
+            .and_then(|notifications| notifications.expiry_warning.as_ref())
+            .map_or(Ok(DEFAULT_EXPIRY_WARNING), ApiDuration::to_std)
+            .unwrap_or(DEFAULT_EXPIRY_WARNING);
+        let Ok(warning) = SignedDuration::try_from(warning) else {
+            return;
+        };
+        let Ok(warn_at) = expires_at.checked_sub(warning) else {
+            return;
+        };
+        let granted_at = self.plan.status.granted_at.as_ref().map(|time| time.0);
+        if warning.is_zero() || granted_at.is_none_or(|granted_at| granted_at >= warn_at) {
+            return;
+        }
+        let warned = self
+            .plan
+            .status
+            .timeline
+            .iter()
+            .rev()
+            .take_while(|entry| entry.event != TimelineEvent::Granted.as_str())
+            .any(|entry| entry.event == TimelineEvent::ExpiringSoon.as_str());
+        if warned {
+            return;
+        }
+        if self.now >= warn_at {
+            let minutes = (expires_at.duration_since(self.now).as_secs() + 59) / 60;
+            let message = format!("access ends at {expires_at} (in {minutes} min)");
+            self.record(TimelineEvent::ExpiringSoon, None, &message);
+        } else {
+            self.plan.requeue_after = self.plan.requeue_after.min(until(self.now, warn_at));
+        }
     }
 
     fn active(
@@ -693,6 +775,9 @@ impl<'a> Builder<'a> {
             self.repair(policy, state, expires_at);
         }
         self.plan.requeue_after = until(self.now, expires_at).min(RESYNC);
+        if let Some(policy) = policy {
+            self.warn_of_expiry(policy, expires_at);
+        }
         if let Some(failure) = unverified {
             self.verify_failed(failure);
         } else if grant.is_some() {

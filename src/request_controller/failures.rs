@@ -7,13 +7,10 @@ use std::time::Duration;
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-use super::{
-    conditions::{
-        self, ConditionStatus, GRANT_FAILING, REVOCATION_FAILING, VERIFY_FAILING, set_condition,
-    },
-    retry,
+use super::conditions::{
+    self, ConditionStatus, GRANT_FAILING, REVOCATION_FAILING, VERIFY_FAILING, set_condition,
 };
-use crate::crd::v1alpha1::AccessRequestStatus;
+use crate::{crd::v1alpha1::AccessRequestStatus, retry};
 
 /// Forgets every failing step.
 pub fn clear_failures(status: &mut AccessRequestStatus) {

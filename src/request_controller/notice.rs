@@ -128,6 +128,14 @@ pub enum TimelineEvent {
     Granted,
     /// The grant was restored after a change by hand.
     Repaired,
+    /// Still pending after the policy's reminder interval.
+    Reminder,
+    /// The grant ends within the policy's expiry warning.
+    ExpiringSoon,
+    /// Taking the grant away failed, and is retried until it succeeds.
+    RevocationFailing,
+    /// Taking the grant away succeeded after failing.
+    RevocationRecovered,
     /// The request ended in this phase.
     Ended(Phase),
 }
@@ -142,6 +150,10 @@ impl TimelineEvent {
             Self::Approved => "Approved",
             Self::Granted => "Granted",
             Self::Repaired => "Repaired",
+            Self::Reminder => "Reminder",
+            Self::ExpiringSoon => "ExpiringSoon",
+            Self::RevocationFailing => "RevocationFailing",
+            Self::RevocationRecovered => "RevocationRecovered",
             Self::Ended(phase) => phase.as_str(),
         }
     }

@@ -9,15 +9,19 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::{
     apply::{Applied, Error as ApplyError},
-    conditions::{ConditionStatus, GRANT_FAILING, GRANTED, REVOCATION_FAILING, set_condition},
+    conditions::{
+        ConditionStatus, GRANT_FAILING, GRANTED, REVOCATION_FAILING, is_true, set_condition,
+    },
     decide::{Effect, Plan, RESYNC},
     failures::{StepFailure, after_failure, clear_failures},
     notice::{Notice, Reason, TimelineEvent},
-    retry,
 };
 use crate::{
-    crd::v1alpha1::{AccessRequestStatus, Grant, GrantIntent, IntentAction, Phase, TimelineEntry},
+    crd::v1alpha1::{
+        AccessRequestStatus, Grant, GrantIntent, IntentAction, Phase, TIMELINE_LIMIT, TimelineEntry,
+    },
     provider::GrantKey,
+    retry,
     telemetry::error_chain,
 };
 
@@ -66,7 +70,16 @@ pub fn outcome(
     let generation = status.observed_generation;
     match result {
         Ok(applied) => {
-            let status = after_success(status, &effect, applied);
+            let mut status = after_success(status, &effect, applied);
+            if matches!(effect, Effect::Revoke) && is_true(&written.conditions, REVOCATION_FAILING)
+            {
+                status.timeline.push(entry(
+                    TimelineEvent::RevocationRecovered,
+                    "the revoke went through after failing",
+                    now,
+                ));
+            }
+            bound_timeline(&mut status);
             let mut notices = notices;
             if let Some(what) = &applied.unaccounted {
                 notices.push(Notice::new(Reason::GrantRecordMissing, what.clone()));
@@ -87,8 +100,10 @@ pub fn outcome(
             let refused = matches!(error, ApplyError::Grant(cause) if !cause.is_retryable());
             if refused {
                 // apply revoked whatever the attempt may have left: the request fails.
+                let mut status = refused_grant(status, written.timeline.len(), &message, now);
+                bound_timeline(&mut status);
                 return Outcome {
-                    status: refused_grant(status, &message, now),
+                    status,
                     notices: vec![Notice::new(
                         Reason::Failed,
                         format!("could not grant: {message}"),
@@ -133,7 +148,15 @@ pub fn outcome(
                 message: &message,
                 retry_after: error.retry_after(),
             };
-            let status = after_failure(written, &failure, uid, now, generation);
+            let mut status = after_failure(written, &failure, uid, now, generation);
+            if !granting && !is_true(&written.conditions, REVOCATION_FAILING) {
+                status.timeline.push(entry(
+                    TimelineEvent::RevocationFailing,
+                    &format!("revocation failed, will retry until it succeeds: {message}"),
+                    now,
+                ));
+            }
+            bound_timeline(&mut status);
             let requeue = status
                 .next_retry_time
                 .as_ref()
@@ -146,6 +169,29 @@ pub fn outcome(
                 failed: Some(failed),
             }
         }
+    }
+}
+
+/// A timeline entry the driver adds, with no actor.
+fn entry(event: TimelineEvent, message: &str, now: Timestamp) -> TimelineEntry {
+    TimelineEntry {
+        time: Time(now),
+        event: event.as_str().to_owned(),
+        actor: None,
+        message: Some(message.to_owned()),
+    }
+}
+
+/// Keeps the timeline to its last [`TIMELINE_LIMIT`] entries, counting those dropped in
+/// `timelineOffset` so that every entry keeps its ordinal (and its audit event its id).
+pub fn bound_timeline(status: &mut AccessRequestStatus) {
+    let limit = TIMELINE_LIMIT as usize;
+    let excess = status.timeline.len().saturating_sub(limit);
+    if excess > 0 {
+        status.timeline.drain(..excess);
+        status.timeline_offset = status
+            .timeline_offset
+            .saturating_add(i64::try_from(excess).unwrap_or(i64::MAX));
     }
 }
 
@@ -196,6 +242,7 @@ pub fn after_success(
 /// The status of a request whose approved grant was refused for good.
 fn refused_grant(
     mut status: AccessRequestStatus,
+    written_entries: usize,
     message: &str,
     now: Timestamp,
 ) -> AccessRequestStatus {
@@ -204,9 +251,13 @@ fn refused_grant(
     status.expires_at = None;
     status.grant = None;
     status.message = Some(format!("could not grant: {message}"));
-    status
-        .timeline
-        .retain(|entry| entry.event != TimelineEvent::Granted.as_str());
+    // The plan's own `Granted` never happened; what the timeline held before stays (each entry
+    // keeps its ordinal: its audit event may be delivered already).
+    let mut index = 0;
+    status.timeline.retain(|entry| {
+        index += 1;
+        index <= written_entries || entry.event != TimelineEvent::Granted.as_str()
+    });
     status.timeline.push(TimelineEntry {
         time: Time(now),
         event: TimelineEvent::Ended(Phase::Failed).as_str().to_owned(),
@@ -258,7 +309,7 @@ mod tests {
             }],
             ..AccessRequestStatus::default()
         };
-        let failed = refused_grant(status, "forbidden", now);
+        let failed = refused_grant(status, 0, "forbidden", now);
         assert_eq!(failed.phase, Some(Phase::Failed));
         assert_eq!(failed.expires_at, None);
         assert_eq!(failed.timeline.len(), 1);

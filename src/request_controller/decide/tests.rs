@@ -339,7 +339,17 @@ fn an_active_grant_is_revoked_at_its_expiry_not_before() {
     let plan = decide(&observed, at("2026-01-01T00:30:00Z"));
     assert_eq!(plan.effect, Effect::None);
     assert_eq!(plan.status.phase, Some(Phase::Active));
-    assert_eq!(plan.requeue_after, Duration::from_secs(32 * 60));
+    // Woken first for the expiry warning, ten minutes ahead of the end.
+    assert_eq!(plan.requeue_after, Duration::from_secs(22 * 60));
+    let plan = decide(&observed, at("2026-01-01T00:52:00Z"));
+    assert_eq!(plan.effect, Effect::None);
+    let warned: Vec<&str> = plan
+        .status
+        .timeline
+        .iter()
+        .map(|entry| entry.event.as_str())
+        .collect();
+    assert_eq!(warned.last(), Some(&"ExpiringSoon"), "{warned:?}");
     let plan = decide(&observed, at("2026-01-01T00:59:00Z"));
     assert_eq!(
         plan.requeue_after,

@@ -1,5 +1,6 @@
 //! How long a failing step waits before it is tried again: exponential in the number of
-//! failures in a row, spread per request, and never shorter than the target asked for.
+//! failures in a row, spread per key (a request, a channel), and never shorter than the
+//! other side asked for.
 
 use std::time::Duration;
 

@@ -1,0 +1,599 @@
+//! The deliverer (leader only): sends each outbox's records to their channels, one at a time
+//! per request and channel so that order holds, marks each one delivered only once the channel
+//! acknowledged it, backs a failing channel off (honouring its Retry-After) without holding up
+//! any other, records `Deleted` for requests that are gone, removes outboxes every channel has
+//! emptied, and shows each channel's health in its status and in metrics. Nothing here is on
+//! the path of a grant or a revoke.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::{
+    api::core::v1::{ConfigMap, Secret},
+    apimachinery::pkg::apis::meta::v1::{Condition, Time},
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use super::{
+    Recorder,
+    outbox::{OUTBOX_LABEL, OUTBOX_VALUE, Outbox, Record},
+    send::{self, ChannelSecret},
+};
+use crate::{
+    crd::v1alpha1::{AccessRequest, NotificationChannel, NotificationChannelStatus},
+    metrics::Metrics,
+    telemetry::error_chain,
+};
+
+/// Deliveries in flight per channel at once (each to a different request).
+const PER_CHANNEL: usize = 8;
+/// How often the deliverer looks even when nothing changed (backoffs ending).
+const TICK: Duration = Duration::from_millis(500);
+/// How often a channel's status is written at most.
+const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// How long a channel's Secret is used before it is read again.
+const SECRET_TTL: Duration = Duration::from_secs(30);
+
+/// What the deliverer knows about one channel.
+#[derive(Default)]
+struct ChannelState {
+    failures: u32,
+    retry_at: Option<Instant>,
+    in_flight: usize,
+    last_delivery: Option<Timestamp>,
+    last_error: Option<(String, String)>,
+    delivered: i64,
+    secret: Option<(Instant, String, ChannelSecret, reqwest::Client)>,
+    status_written: Option<Instant>,
+    written: Option<NotificationChannelStatus>,
+}
+
+#[derive(Default)]
+struct State {
+    channels: HashMap<String, ChannelState>,
+    /// (request uid, channel) pairs with a delivery in flight.
+    in_flight: HashSet<(String, String)>,
+    /// The next ordinal each (uid, channel) is owed, as this process last wrote it (ahead of
+    /// the watched outbox until the watch catches up).
+    sent: HashMap<(String, String), u64>,
+    /// Outboxes whose removal or `Deleted` record is under way.
+    busy: HashSet<String>,
+    /// Parsed outboxes by name, with the resourceVersion they were parsed at.
+    parsed: HashMap<String, (String, Arc<Outbox>)>,
+}
+
+/// Delivers audit records to channels.
+pub struct Deliverer {
+    client: Client,
+    recorder: Arc<Recorder>,
+    metrics: Arc<Metrics>,
+    requests: reflector::Store<DeserializeGuard<AccessRequest>>,
+    /// Whether `requests` holds every request (until then, no request counts as gone).
+    requests_synced: Arc<AtomicBool>,
+    state: Mutex<State>,
+    wake: Notify,
+}
+
+impl Deliverer {
+    /// A deliverer for the recorder's outboxes; `requests` tells which requests still exist
+    /// once `requests_synced` is set.
+    pub fn new(
+        client: Client,
+        recorder: Arc<Recorder>,
+        metrics: Arc<Metrics>,
+        requests: reflector::Store<DeserializeGuard<AccessRequest>>,
+        requests_synced: Arc<AtomicBool>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            recorder,
+            metrics,
+            requests,
+            requests_synced,
+            state: Mutex::default(),
+            wake: Notify::new(),
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs until `shutdown` completes.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let namespace = self.recorder.store().namespace().to_owned();
+        let outboxes = Api::<ConfigMap>::namespaced(self.client.clone(), &namespace);
+        let (outbox_store, outbox_writer) = reflector::store();
+        let outbox_stream = watcher(
+            outboxes,
+            watcher::Config::default().labels(&format!("{OUTBOX_LABEL}={OUTBOX_VALUE}")),
+        )
+        .default_backoff()
+        .reflect(outbox_writer)
+        .touched_objects();
+        let channels = Api::<NotificationChannel>::all(self.client.clone());
+        let (channel_store, channel_writer) = reflector::store();
+        let channel_stream = watcher(channels, watcher::Config::default())
+            .default_backoff()
+            .reflect(channel_writer)
+            .touched_objects();
+        let waker = self.clone();
+        let watches = tokio::spawn(async move {
+            let mut merged = futures::stream::select(
+                Box::pin(outbox_stream.map(|event| event.map(|_| ()).map_err(|e| e.to_string()))),
+                Box::pin(channel_stream.map(|event| event.map(|_| ()).map_err(|e| e.to_string()))),
+            );
+            while let Some(event) = merged.next().await {
+                if let Err(error) = event {
+                    debug!(%error, "audit watch error; retrying");
+                }
+                waker.wake.notify_one();
+            }
+        });
+        tokio::pin!(shutdown);
+        info!(%namespace, "delivering audit events");
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = self.wake.notified() => {},
+                () = tokio::time::sleep(TICK) => {},
+            }
+            if outbox_store.wait_until_ready().await.is_err() {
+                break;
+            }
+            let channels: HashMap<String, Arc<NotificationChannel>> = channel_store
+                .state()
+                .into_iter()
+                .map(|channel| (channel.name_any(), channel))
+                .collect();
+            self.round(&outbox_store.state(), &channels);
+        }
+        watches.abort();
+    }
+
+    /// One look at everything: starts what can be sent, removes what is done.
+    fn round(
+        self: &Arc<Self>,
+        config_maps: &[Arc<ConfigMap>],
+        channels: &HashMap<String, Arc<NotificationChannel>>,
+    ) {
+        let requests_known = self.requests_synced.load(Ordering::Acquire);
+        let live: HashSet<String> = if requests_known {
+            self.requests
+                .state()
+                .iter()
+                .filter_map(|request| request.uid())
+                .collect()
+        } else {
+            HashSet::new()
+        };
+        let now = Instant::now();
+        let mut backlog: HashMap<String, usize> =
+            channels.keys().map(|name| (name.clone(), 0)).collect();
+        let outboxes = self.parse_all(config_maps);
+        for outbox in &outboxes {
+            let uid = &outbox.uid;
+            if !outbox.forged.is_empty() {
+                warn!(outbox = %uid, keys = ?outbox.forged, "ignoring audit records without the operator's seal");
+            }
+            if !outbox.gone && requests_known && !live.contains(uid) {
+                self.spawn_deleted(outbox.clone());
+            }
+            let mut complete = outbox.gone;
+            for channel in outbox.channels() {
+                let Some(resource) = channels.get(&channel) else {
+                    // A channel that no longer exists is owed nothing.
+                    continue;
+                };
+                let cursor = self.cursor(outbox, &channel);
+                let owed = outbox.owed(&channel, cursor);
+                if owed == 0 {
+                    continue;
+                }
+                complete = false;
+                *backlog.entry(channel.clone()).or_default() += owed;
+                if resource.spec.suspend {
+                    continue;
+                }
+                let next = outbox
+                    .next_for(&channel, cursor)
+                    .map(|(ordinal, record)| (ordinal, record.clone()));
+                if let Some((ordinal, record)) = next {
+                    self.try_send(resource.clone(), outbox.clone(), ordinal, record, now);
+                }
+            }
+            if complete {
+                self.spawn_removal(uid.clone());
+            }
+        }
+        for (channel, waiting) in &backlog {
+            self.metrics.backlog(channel, *waiting);
+        }
+        for (name, resource) in channels {
+            self.spawn_status(resource.clone(), backlog.get(name).copied().unwrap_or(0));
+        }
+    }
+
+    fn parse_all(&self, config_maps: &[Arc<ConfigMap>]) -> Vec<Arc<Outbox>> {
+        let sealer = self.recorder.store().sealer().clone();
+        let mut state = self.state();
+        let mut seen = HashSet::new();
+        let mut outboxes = Vec::new();
+        for config_map in config_maps {
+            let name = config_map.name_any();
+            let version = config_map.resource_version().unwrap_or_default();
+            seen.insert(name.clone());
+            let cached = state
+                .parsed
+                .get(&name)
+                .filter(|(parsed_at, _)| *parsed_at == version)
+                .map(|(_, outbox)| outbox.clone());
+            let outbox = match cached {
+                Some(outbox) => outbox,
+                None => match Outbox::parse(config_map, &sealer) {
+                    Some(outbox) => {
+                        let outbox = Arc::new(outbox);
+                        state.parsed.insert(name, (version, outbox.clone()));
+                        outbox
+                    }
+                    None => continue,
+                },
+            };
+            outboxes.push(outbox);
+        }
+        state.parsed.retain(|name, _| seen.contains(name));
+        outboxes
+    }
+
+    /// The next ordinal `channel` is owed from `outbox`, counting what this process sent.
+    fn cursor(&self, outbox: &Outbox, channel: &str) -> u64 {
+        let stored = outbox.delivered.get(channel).copied().unwrap_or(0);
+        let sent = self
+            .state()
+            .sent
+            .get(&(outbox.uid.clone(), channel.to_owned()))
+            .copied()
+            .unwrap_or(0);
+        stored.max(sent)
+    }
+
+    fn try_send(
+        self: &Arc<Self>,
+        channel: Arc<NotificationChannel>,
+        outbox: Arc<Outbox>,
+        ordinal: u64,
+        record: Record,
+        now: Instant,
+    ) {
+        let name = channel.name_any();
+        let key = (outbox.uid.clone(), name.clone());
+        {
+            let mut state = self.state();
+            if state.in_flight.contains(&key) {
+                return;
+            }
+            let channel_state = state.channels.entry(name.clone()).or_default();
+            if channel_state.retry_at.is_some_and(|at| now < at)
+                || channel_state.in_flight >= PER_CHANNEL
+            {
+                return;
+            }
+            channel_state.in_flight += 1;
+            state.in_flight.insert(key.clone());
+        }
+        let deliverer = self.clone();
+        tokio::spawn(async move {
+            let result = deliverer
+                .deliver(&channel, &outbox.uid, ordinal, &record)
+                .await;
+            deliverer.finish(&name, key, ordinal, &record, result);
+        });
+    }
+
+    async fn deliver(
+        &self,
+        channel: &NotificationChannel,
+        uid: &str,
+        ordinal: u64,
+        record: &Record,
+    ) -> Result<(), (String, String, Option<Duration>)> {
+        let (secret, http) = self
+            .secret(channel)
+            .await
+            .map_err(|(reason, message)| (reason, message, None))?;
+        send::send(&channel.spec, &secret, &http, record)
+            .await
+            .map_err(|error| {
+                let reason = match &error {
+                    send::Error::Setup(_) => "Misconfigured",
+                    send::Error::Answered { .. } => "DeliveryRefused",
+                    send::Error::Unreachable(_) => "Unreachable",
+                };
+                (reason.to_owned(), error.to_string(), error.retry_after())
+            })?;
+        self.recorder
+            .store()
+            .mark_delivered(uid, &channel.name_any(), ordinal + 1)
+            .await
+            .map_err(|error| ("OutboxWriteFailed".to_owned(), error_chain(&error), None))
+    }
+
+    /// The channel's Secret and HTTP client, read again after [`SECRET_TTL`].
+    async fn secret(
+        &self,
+        channel: &NotificationChannel,
+    ) -> Result<(ChannelSecret, reqwest::Client), (String, String)> {
+        let name = channel.name_any();
+        if let Some((read, _, secret, http)) = self
+            .state()
+            .channels
+            .get(&name)
+            .and_then(|state| state.secret.clone())
+            && read.elapsed() < SECRET_TTL
+        {
+            return Ok((secret, http));
+        }
+        let namespace = self.recorder.store().namespace().to_owned();
+        let secret_name = &channel.spec.secret_ref.name;
+        let api = Api::<Secret>::namespaced(self.client.clone(), &namespace);
+        let secret = match api.get_opt(secret_name).await {
+            Ok(Some(secret)) => secret,
+            Ok(None) => {
+                return Err((
+                    "SecretMissing".into(),
+                    format!("Secret {secret_name} does not exist in namespace {namespace}"),
+                ));
+            }
+            Err(error) => {
+                return Err((
+                    "SecretUnreadable".into(),
+                    format!(
+                        "cannot read Secret {secret_name} in namespace {namespace}: {}",
+                        error_chain(&error)
+                    ),
+                ));
+            }
+        };
+        let version = secret.resource_version().unwrap_or_default();
+        let text = |key: &str| {
+            secret
+                .data
+                .as_ref()
+                .and_then(|data| data.get(key))
+                .and_then(|value| String::from_utf8(value.0.clone()).ok())
+                .map(|value| value.trim().to_owned())
+                .filter(|value| !value.is_empty())
+        };
+        let parsed = ChannelSecret {
+            address: text("address"),
+            token: text("token"),
+            username: text("username"),
+            password: text("password"),
+            ca: text("ca.crt").map(String::into_bytes),
+        };
+        let http = send::http_client(&parsed)
+            .map_err(|error| ("Misconfigured".to_owned(), error.to_string()))?;
+        if let Some(state) = self.state().channels.get_mut(&name) {
+            state.secret = Some((Instant::now(), version, parsed.clone(), http.clone()));
+        }
+        Ok((parsed, http))
+    }
+
+    fn finish(
+        &self,
+        channel: &str,
+        key: (String, String),
+        ordinal: u64,
+        record: &Record,
+        result: Result<(), (String, String, Option<Duration>)>,
+    ) {
+        let delivered = result.is_ok();
+        self.metrics.delivery(channel, delivered);
+        {
+            let mut state = self.state();
+            state.in_flight.remove(&key);
+            let sent = &mut state.sent;
+            if delivered {
+                let next = sent.entry(key.clone()).or_default();
+                *next = (*next).max(ordinal + 1);
+            }
+            let channel_state = state.channels.entry(channel.to_owned()).or_default();
+            channel_state.in_flight = channel_state.in_flight.saturating_sub(1);
+            match &result {
+                Ok(()) => {
+                    channel_state.failures = 0;
+                    channel_state.retry_at = None;
+                    channel_state.last_delivery = Some(Timestamp::now());
+                    channel_state.last_error = None;
+                    channel_state.delivered += 1;
+                }
+                Err((reason, message, retry_after)) => {
+                    channel_state.failures = channel_state.failures.saturating_add(1);
+                    // The channel's own Retry-After wins, however long.
+                    let wait = backoff(channel, channel_state.failures)
+                        .max(retry_after.unwrap_or_default());
+                    channel_state.retry_at = Some(Instant::now() + wait);
+                    channel_state.last_error = Some((reason.clone(), message.clone()));
+                    // Secret problems may be fixed at any moment: read it again next time.
+                    if reason.starts_with("Secret") || reason == "Misconfigured" {
+                        channel_state.secret = None;
+                    }
+                    warn!(%channel, %reason, error = %message, failures = channel_state.failures, retry_in = ?wait, "audit delivery failed; retrying");
+                }
+            }
+        }
+        if delivered {
+            if let Some(time) = record
+                .event
+                .get("time")
+                .and_then(|time| time.as_str())
+                .and_then(|time| time.parse::<Timestamp>().ok())
+            {
+                let seconds = Timestamp::now().duration_since(time).as_secs_f64().max(0.0);
+                self.metrics.delivery_seconds.observe(seconds);
+            }
+            self.wake.notify_one();
+        }
+    }
+
+    fn spawn_deleted(self: &Arc<Self>, outbox: Arc<Outbox>) {
+        if !self.state().busy.insert(format!("deleted/{}", outbox.uid)) {
+            return;
+        }
+        let deliverer = self.clone();
+        tokio::spawn(async move {
+            let result = deliverer
+                .recorder
+                .record_deleted(&outbox, Timestamp::now())
+                .await;
+            if let Err(error) = &result {
+                warn!(outbox = %outbox.uid, error = %error_chain(error), "failed to record a deleted request; retrying");
+            }
+            deliverer
+                .state()
+                .busy
+                .remove(&format!("deleted/{}", outbox.uid));
+        });
+    }
+
+    fn spawn_removal(self: &Arc<Self>, uid: String) {
+        if !self.state().busy.insert(format!("remove/{uid}")) {
+            return;
+        }
+        let deliverer = self.clone();
+        tokio::spawn(async move {
+            match deliverer.recorder.store().remove(&uid).await {
+                Ok(()) => {
+                    debug!(outbox = %uid, "every channel has this request's events; outbox removed");
+                    let mut state = deliverer.state();
+                    state.sent.retain(|(sent_uid, _), _| *sent_uid != uid);
+                }
+                Err(error) => {
+                    warn!(outbox = %uid, error = %error_chain(&error), "failed to remove a delivered outbox")
+                }
+            }
+            deliverer.state().busy.remove(&format!("remove/{uid}"));
+        });
+    }
+
+    /// Writes the channel's status when it changed, at most every [`STATUS_EVERY`].
+    fn spawn_status(self: &Arc<Self>, channel: Arc<NotificationChannel>, backlog: usize) {
+        let name = channel.name_any();
+        let status = {
+            let mut state = self.state();
+            let channel_state = state.channels.entry(name.clone()).or_default();
+            let status = status_of(&channel, channel_state, backlog);
+            let due = channel_state
+                .status_written
+                .is_none_or(|at| at.elapsed() >= STATUS_EVERY);
+            let changed = channel_state.written.as_ref() != Some(&status)
+                && channel.status.as_ref().map(without_times) != Some(without_times(&status));
+            if !due || !changed {
+                return;
+            }
+            channel_state.status_written = Some(Instant::now());
+            channel_state.written = Some(status.clone());
+            status
+        };
+        let api = Api::<NotificationChannel>::all(self.client.clone());
+        tokio::spawn(async move {
+            let patch = serde_json::json!({"status": status});
+            if let Err(error) = api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                debug!(%name, error = %error_chain(&error), "failed to write a channel's status");
+            }
+        });
+    }
+}
+
+/// The status to show for a channel.
+fn status_of(
+    channel: &NotificationChannel,
+    state: &ChannelState,
+    backlog: usize,
+) -> NotificationChannelStatus {
+    let previous = channel.status.clone().unwrap_or_default();
+    let (ready, reason, message) = if channel.spec.suspend {
+        (
+            "False",
+            "Suspended".to_owned(),
+            "delivery is suspended".to_owned(),
+        )
+    } else if let Some((reason, message)) = &state.last_error {
+        ("False", reason.clone(), message.clone())
+    } else if state.last_delivery.is_some() || backlog == 0 {
+        (
+            "True",
+            "Delivering".to_owned(),
+            "deliveries are acknowledged".to_owned(),
+        )
+    } else {
+        (
+            "Unknown",
+            "Waiting".to_owned(),
+            "nothing delivered yet".to_owned(),
+        )
+    };
+    let transition = previous
+        .conditions
+        .iter()
+        .find(|condition| condition.type_ == "Ready" && condition.status == ready)
+        .map_or_else(
+            || Time(Timestamp::now()),
+            |condition| condition.last_transition_time.clone(),
+        );
+    NotificationChannelStatus {
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: ready.into(),
+            reason,
+            message,
+            last_transition_time: transition,
+            observed_generation: channel.metadata.generation,
+        }],
+        last_delivery_time: state
+            .last_delivery
+            .map(Time)
+            .or(previous.last_delivery_time),
+        last_error: state
+            .last_error
+            .as_ref()
+            .map(|(_, message)| message.clone()),
+        backlog: i64::try_from(backlog).unwrap_or(i64::MAX),
+        delivered: state.delivered,
+        observed_generation: channel.metadata.generation,
+    }
+}
+
+/// A status without its times, to tell whether anything but the clock changed.
+fn without_times(status: &NotificationChannelStatus) -> NotificationChannelStatus {
+    let mut status = status.clone();
+    status.last_delivery_time = None;
+    for condition in &mut status.conditions {
+        condition.last_transition_time = Time(Timestamp::UNIX_EPOCH);
+    }
+    status
+}
+
+/// The wait after `failures` failed deliveries to a channel: doubling from 0.5 s, with
+/// jitter, up to five minutes.
+fn backoff(channel: &str, failures: u32) -> Duration {
+    crate::retry::delay(channel, i32::try_from(failures).unwrap_or(i32::MAX), None)
+}
