@@ -77,8 +77,9 @@ else
 endif
 
 .PHONY: emulators
-emulators: ## Install the cloud emulators the tests use (moto for AWS) into the cache (once).
+emulators: ## Install the emulators and sinks the tests use (moto for AWS, the CloudEvents SDK) into the cache (once).
 	@tests/aws/moto.sh >/dev/null
+	@tests/audit/receiver.sh >/dev/null
 
 .PHONY: test
 test: lint verify control-plane emulators ## Everything CI runs: lint, CRD drift, unit and integration tests.

@@ -258,6 +258,7 @@ pub mod clouds;
 pub mod gcp;
 pub mod moto;
 pub mod operator;
+pub mod receiver;
 
 /// The namespace the operator keeps its grant ledger in (config/rbac/ledger.yaml).
 pub const LEDGER_NAMESPACE: &str = "jit-system";

@@ -1,0 +1,72 @@
+"""A CloudEvents sink for the tests: every POST is parsed by the official CloudEvents SDK
+(`cloudevents.http.from_http`, structured or binary mode) and appended as one JSON line
+(attributes and data) to the events file; a body the SDK refuses is answered 400 and logged to
+the rejects file. `POST /control` with {"fail": N, "status": S, "retry_after": R} makes the next N
+deliveries answer S (with Retry-After R when given) without keeping them; {"drop": N} closes the
+next N connections without answering.
+
+    python receiver.py PORT_FILE EVENTS_FILE REJECTS_FILE
+"""
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from cloudevents.http import from_http
+
+port_file, events_file, rejects_file = sys.argv[1:4]
+lock = threading.Lock()
+control = {"fail": 0, "status": 503, "retry_after": None, "drop": 0}
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        if self.path == "/control":
+            with lock:
+                control.update(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+            return
+        with lock:
+            if control["drop"] > 0:
+                control["drop"] -= 1
+                self.close_connection = True
+                self.connection.close()
+                return
+            if control["fail"] > 0:
+                control["fail"] -= 1
+                self.send_response(control["status"])
+                if control["retry_after"] is not None:
+                    self.send_header("Retry-After", str(control["retry_after"]))
+                self.end_headers()
+                return
+        try:
+            event = from_http(dict(self.headers), body)
+        except Exception as error:  # the SDK's refusal is the test's finding
+            with lock, open(rejects_file, "a") as rejects:
+                rejects.write(json.dumps({"error": str(error), "body": body.decode()}) + "\n")
+            self.send_response(400)
+            self.end_headers()
+            return
+        record = {key: value for key, value in event.get_attributes().items()}
+        record["data"] = event.data
+        record["authorization"] = self.headers.get("Authorization")
+        with lock, open(events_file, "a") as events:
+            events.write(json.dumps(record, default=str) + "\n")
+        self.send_response(202)
+        self.end_headers()
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+with open(port_file + ".tmp", "w") as out:
+    out.write(str(server.server_address[1]))
+import os
+
+os.rename(port_file + ".tmp", port_file)
+server.serve_forever()
