@@ -85,7 +85,8 @@ fn default_smtp_port() -> u16 {
     version = "v1alpha1",
     kind = "NotificationChannel",
     shortname = "nc",
-    category = "jit",
+    // Not in category `jit`: channels are the administrators'; `kubectl get jit` is what
+    // requesters run, and they may not list channels.
     status = "NotificationChannelStatus",
     derive = "PartialEq",
     doc = "Where audit events and notifications for access requests are delivered.",
