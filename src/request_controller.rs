@@ -422,11 +422,9 @@ async fn reconcile_steps(
     // Recorded after the status that holds the transitions and before anyone is told; a
     // request is released only once its events are in its outbox, which outlives it.
     if let Some(recorder) = &context.audit {
-        let mut recorded = request.clone();
-        recorded.status = Some(status.clone());
         let history = || context.grants_last_30_days(request, now);
         if let Err(error) = recorder
-            .record(&recorded, observed.policy.as_ref(), history)
+            .record(request, &status, observed.policy.as_ref(), history)
             .await
         {
             if outcome.release {

@@ -353,16 +353,7 @@ async fn an_inline_policy_widened_by_hand_is_restored() {
         (inline_document(fixture_ref, name_ref).await.as_ref() == Some(granted_ref)).then_some(())
     })
     .await;
-    let repaired = requests.get(&created.name_any()).await.unwrap();
-    assert!(
-        repaired
-            .status
-            .unwrap()
-            .timeline
-            .iter()
-            .any(|entry| entry.event == "Repaired"),
-        "the timeline says the grant was repaired"
-    );
+    support::clouds::assert_repaired(&env, &created.name_any()).await;
 }
 
 /// The role is changed to something AWS refuses while a grant of it is active: the request

@@ -58,7 +58,7 @@ struct ChannelState {
     last_delivery: Option<Timestamp>,
     last_error: Option<(String, String)>,
     delivered: i64,
-    secret: Option<(Instant, String, ChannelSecret, reqwest::Client)>,
+    secret: Option<(Instant, ChannelSecret, reqwest::Client)>,
     status_written: Option<Instant>,
     written: Option<NotificationChannelStatus>,
 }
@@ -339,7 +339,7 @@ impl Deliverer {
         channel: &NotificationChannel,
     ) -> Result<(ChannelSecret, reqwest::Client), (String, String)> {
         let name = channel.name_any();
-        if let Some((read, _, secret, http)) = self
+        if let Some((read, secret, http)) = self
             .state()
             .channels
             .get(&name)
@@ -369,7 +369,6 @@ impl Deliverer {
                 ));
             }
         };
-        let version = secret.resource_version().unwrap_or_default();
         let text = |key: &str| {
             secret
                 .data
@@ -389,7 +388,7 @@ impl Deliverer {
         let http = send::http_client(&parsed)
             .map_err(|error| ("Misconfigured".to_owned(), error.to_string()))?;
         if let Some(state) = self.state().channels.get_mut(&name) {
-            state.secret = Some((Instant::now(), version, parsed.clone(), http.clone()));
+            state.secret = Some((Instant::now(), parsed.clone(), http.clone()));
         }
         Ok((parsed, http))
     }

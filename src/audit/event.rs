@@ -8,7 +8,8 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::crd::v1alpha1::{
-    AccessPolicy, AccessRequest, AuditEventType, Decision, PolicyRole, TimelineEntry, annotations,
+    AccessPolicy, AccessRequest, AccessRequestStatus, AuditEventType, Decision, PolicyRole,
+    TimelineEntry, annotations,
 };
 
 /// Why an event could not be built.
@@ -124,10 +125,7 @@ pub struct Transition<'a> {
 
 /// The transitions in a status's timeline, with their ordinals (the timeline keeps only its
 /// last entries; `timelineOffset` counts those dropped).
-pub fn transitions(request: &AccessRequest) -> Vec<Transition<'_>> {
-    let Some(status) = request.status.as_ref() else {
-        return Vec::new();
-    };
+pub fn transitions(status: &AccessRequestStatus) -> Vec<Transition<'_>> {
     let offset = u64::try_from(status.timeline_offset).unwrap_or(0);
     status
         .timeline
@@ -173,16 +171,16 @@ fn time_text(time: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time) -> Str
     time.0.to_string()
 }
 
-/// The data of an event about `request` after `transition`.
+/// The data of an event about `request`, whose status is now `status`, after `transition`.
 pub fn data_of(
     request: &AccessRequest,
+    status: &AccessRequestStatus,
     policy: Option<&AccessPolicy>,
     transition: &Transition<'_>,
     grants_last_30_days: Option<usize>,
 ) -> AuditData {
     let namespace = request.namespace().unwrap_or_default();
     let name = request.name_any();
-    let status = request.status.clone().unwrap_or_default();
     let role = policy.and_then(|policy| {
         policy
             .spec
@@ -296,11 +294,12 @@ pub fn cloud_event(
 /// The event for a transition of `request`, as JSON (structured mode).
 pub fn event_json(
     request: &AccessRequest,
+    status: &AccessRequestStatus,
     policy: Option<&AccessPolicy>,
     transition: &Transition<'_>,
     grants_last_30_days: Option<usize>,
 ) -> Result<serde_json::Value, Error> {
-    let data = data_of(request, policy, transition, grants_last_30_days);
+    let data = data_of(request, status, policy, transition, grants_last_30_days);
     let id = event_id(&data.request.uid, transition.ordinal);
     let event = cloud_event(transition.kind, &id, transition.entry.time.0, &data)?;
     Ok(serde_json::to_value(&event).unwrap_or_default())
@@ -341,13 +340,14 @@ mod tests {
     #[test]
     fn an_event_has_a_stable_id_the_source_path_and_the_transition_time() {
         let request = fixtures::active_request();
-        let transitions = transitions(&request);
+        let status = request.status.clone().unwrap();
+        let transitions = transitions(&status);
         let granted = transitions
             .iter()
             .find(|transition| transition.kind == AuditEventType::Granted)
             .unwrap();
-        let first = event_json(&request, None, granted, None).unwrap();
-        let again = event_json(&request, None, granted, None).unwrap();
+        let first = event_json(&request, &status, None, granted, None).unwrap();
+        let again = event_json(&request, &status, None, granted, None).unwrap();
         assert_eq!(first, again, "a retry builds the same event");
         assert_eq!(first["specversion"], "1.0");
         assert_eq!(
@@ -378,10 +378,11 @@ mod tests {
     #[test]
     fn a_new_request_tells_approvers_how_to_decide() {
         let request = fixtures::pending_request();
-        let transitions = transitions(&request);
+        let status = request.status.clone().unwrap();
+        let transitions = transitions(&status);
         let requested = &transitions[0];
         assert_eq!(requested.kind, AuditEventType::Requested);
-        let data = data_of(&request, None, requested, Some(3));
+        let data = data_of(&request, &status, None, requested, Some(3));
         assert_eq!(data.grants_last_30_days, Some(3));
         let commands = data.commands.unwrap();
         assert!(
@@ -397,7 +398,7 @@ mod tests {
         let mut request = fixtures::active_request();
         let status = request.status.as_mut().unwrap();
         status.timeline_offset = 40;
-        let ordinals: Vec<u64> = transitions(&request)
+        let ordinals: Vec<u64> = transitions(request.status.as_ref().unwrap())
             .iter()
             .map(|transition| transition.ordinal)
             .collect();

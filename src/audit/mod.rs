@@ -20,7 +20,7 @@ use kube::{Client, ResourceExt};
 use tracing::warn;
 
 use crate::{
-    crd::v1alpha1::{AccessPolicy, AccessRequest, AuditEventType},
+    crd::v1alpha1::{AccessPolicy, AccessRequest, AccessRequestStatus, AuditEventType},
     seal::Sealer,
 };
 
@@ -121,17 +121,19 @@ impl Recorder {
             .remove(uid);
     }
 
-    /// Records the transitions in `request`'s status that its outbox does not hold yet.
+    /// Records the transitions in `status` (the request's, as just written) that its outbox
+    /// does not hold yet.
     /// `grants_last_30_days` counts, for the approvers' context, how often the subject had
     /// this role lately.
     pub async fn record(
         &self,
         request: &AccessRequest,
+        status: &AccessRequestStatus,
         policy: Option<&AccessPolicy>,
         grants_last_30_days: impl FnOnce() -> usize,
     ) -> Result<(), Error> {
         let uid = request.uid().unwrap_or_default();
-        let transitions = event::transitions(request);
+        let transitions = event::transitions(status);
         let Some(next) = transitions.last().map(|last| last.ordinal + 1) else {
             return Ok(());
         };
@@ -162,7 +164,7 @@ impl Recorder {
             .iter()
             .filter(|transition| transition.ordinal >= recorded)
         {
-            let event = event::event_json(request, policy, transition, history)?;
+            let event = event::event_json(request, status, policy, transition, history)?;
             records.push((
                 transition.ordinal,
                 outbox::Record {

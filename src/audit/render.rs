@@ -303,8 +303,9 @@ mod tests {
         let mut request = fixtures::pending_request();
         request.spec.reason = Some(reason.to_owned());
         let policy = fixtures::policy();
-        let transitions = event::transitions(&request);
-        let data = event::data_of(&request, Some(&policy), &transitions[0], Some(2));
+        let status = request.status.clone().unwrap();
+        let transitions = event::transitions(&status);
+        let data = event::data_of(&request, &status, Some(&policy), &transitions[0], Some(2));
         message_of(AuditEventType::Requested, &data)
     }
 

@@ -211,7 +211,12 @@ pub async fn a_grant_removed_by_hand_is_restored<C: CloudUnderTest>(cloud: &C) {
         || async move { (cloud.snapshot(place_ref, uid_ref).await == *before_ref).then_some(()) },
     )
     .await;
-    let repaired = requests(&env).get(&name).await.unwrap();
+    assert_repaired(&env, &name).await;
+}
+
+/// Checks that the request's timeline says its grant was repaired.
+pub async fn assert_repaired(env: &TestEnv, name: &str) {
+    let repaired = requests(env).get(name).await.unwrap();
     assert!(
         repaired
             .status
