@@ -51,14 +51,29 @@ is_ready() {
 
 token_of() { awk -F, -v user="$1" '$2 == user { print $1 }' "$dir/pki/tokens.csv"; }
 
+# Picks N free ports below the kernel's ephemeral range. A port inside it can be taken by any
+# outgoing connection (or a client connecting to itself) while kube-apiserver is down for a
+# restart, and the restarted server would then fail with "address already in use".
 free_ports() {
 	python3 - "$1" <<-'EOF'
-		import socket, sys
+		import random, socket, sys
+		with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+		    ephemeral_low = int(f.read().split()[0])
+		candidates = list(range(10000, max(ephemeral_low, 10001)))
+		random.shuffle(candidates)
 		sockets = []
-		for _ in range(int(sys.argv[1])):
+		for port in candidates:
+		    if len(sockets) == int(sys.argv[1]):
+		        break
 		    s = socket.socket()
-		    s.bind(("127.0.0.1", 0))
+		    try:
+		        s.bind(("127.0.0.1", port))
+		    except OSError:
+		        s.close()
+		        continue
 		    sockets.append(s)
+		if len(sockets) < int(sys.argv[1]):
+		    sys.exit("no free ports below the ephemeral range")
 		print(" ".join(str(s.getsockname()[1]) for s in sockets))
 	EOF
 }
