@@ -77,9 +77,10 @@ else
 endif
 
 .PHONY: emulators
-emulators: ## Install the emulators and sinks the tests use (moto for AWS, the CloudEvents SDK) into the cache (once).
+emulators: ## Install the emulators and sinks the tests use (moto for AWS, the CloudEvents SDK, Mailpit) into the cache (once).
 	@tests/aws/moto.sh >/dev/null
 	@tests/audit/receiver.sh >/dev/null
+	@tests/audit/mailpit.sh >/dev/null
 
 .PHONY: test
 test: lint verify control-plane emulators ## Everything CI runs: lint, CRD drift, unit and integration tests.

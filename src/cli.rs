@@ -143,6 +143,11 @@ pub struct Args {
     )]
     pub audit_channels: Vec<String>,
 
+    /// How long a request is kept after it ended (expired, revoked, denied, failed) before
+    /// the operator deletes it; its audit trail is delivered regardless. 720h is 30 days.
+    #[arg(long, env = "JIT_RETAIN_ENDED", default_value = "720h", value_parser = parse_duration)]
+    pub retain_ended: Duration,
+
     /// Log line format.
     #[arg(long, env = "JIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -204,7 +204,8 @@ pub async fn run(args: Args) -> Result<(), Error> {
             metrics.clone(),
             sealer,
         )
-        .with_audit(Arc::new(recorder)),
+        .with_audit(Arc::new(recorder))
+        .with_retention(args.retain_ended),
     );
     let sweeper = tokio::spawn(sweep::run(
         context.client.clone(),

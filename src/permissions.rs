@@ -52,7 +52,7 @@ pub const CLUSTER_PERMISSIONS: &[(&str, &str, &[&str])] = &[
     (
         "jit.dev",
         "accessrequests",
-        &["get", "list", "watch", "patch"],
+        &["get", "list", "watch", "patch", "delete"],
     ),
     ("jit.dev", "accessrequests/status", &["patch"]),
     ("jit.dev", "accessrequests/finalizers", &["update"]),

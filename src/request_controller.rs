@@ -107,6 +107,8 @@ pub struct Context {
     pub sealer: Sealer,
     /// Records each transition as an audit event; none in tests that do not audit.
     pub audit: Option<Arc<crate::audit::Recorder>>,
+    /// How long ended requests are kept (`--retain-ended`); kept for ever when `None`.
+    pub retain_ended: Option<Duration>,
     /// The controller's cache of requests, once it runs: the history in approvers' messages.
     requests: std::sync::OnceLock<reflector::Store<DeserializeGuard<AccessRequest>>>,
     /// Consecutive failed reconciles per request (`namespace/name`), for their backoff.
@@ -135,6 +137,7 @@ impl Context {
             metrics,
             sealer,
             audit: None,
+            retain_ended: None,
             requests: std::sync::OnceLock::new(),
             failed: std::sync::Mutex::default(),
         }
@@ -143,6 +146,12 @@ impl Context {
     /// The same context, recording audit events with `recorder`.
     pub fn with_audit(mut self, recorder: Arc<crate::audit::Recorder>) -> Self {
         self.audit = Some(recorder);
+        self
+    }
+
+    /// The same context, deleting requests that ended longer than `retain` ago.
+    pub fn with_retention(mut self, retain: Duration) -> Self {
+        self.retain_ended = Some(retain);
         self
     }
 
@@ -222,6 +231,14 @@ pub async fn run(
         );
         tokio::spawn(deliverer.run(shutdown.clone()))
     });
+    if let Some(retain) = context.retain_ended {
+        tokio::spawn(crate::retention::run(
+            context.client.clone(),
+            store.clone(),
+            retain,
+            shutdown.clone(),
+        ));
+    }
     let readable = store.clone();
     tokio::spawn(async move {
         // The store's readiness is a shared oneshot that wakes only its latest poller (the
@@ -586,22 +603,13 @@ fn report(
     }
 }
 
-/// Crashes the process here when the test failpoint `<grant|revoke>-<step>` is on (feature
-/// `failpoints`, set with the `FAILPOINTS` environment variable); nothing otherwise.
+/// Crashes the process here when the test failpoint `<grant|revoke>-<step>` is on.
 fn crash_point(action: IntentAction, step: &str) {
-    #[cfg(feature = "failpoints")]
-    {
-        let kind = match action {
-            IntentAction::Grant => "grant",
-            IntentAction::Revoke => "revoke",
-        };
-        if fail::eval(&format!("{kind}-{step}"), |_| ()).is_some() {
-            error!(failpoint = %format!("{kind}-{step}"), "failpoint: crashing");
-            std::process::abort();
-        }
-    }
-    #[cfg(not(feature = "failpoints"))]
-    let _ = (action, step);
+    let kind = match action {
+        IntentAction::Grant => "grant",
+        IntentAction::Revoke => "revoke",
+    };
+    crate::failpoint::crash_point(&format!("{kind}-{step}"));
 }
 
 /// Writes the status with server-side apply, so that fields the operator no longer sets are

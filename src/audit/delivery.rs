@@ -46,6 +46,8 @@ const PER_CHANNEL: usize = 8;
 const TICK: Duration = Duration::from_millis(500);
 /// How often a channel's status is written at most.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
+/// Longest wait between two probes of a failing channel (its own Retry-After may be longer).
+const CHANNEL_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How long a channel's Secret is used before it is read again.
 const SECRET_TTL: Duration = Duration::from_secs(30);
 
@@ -61,6 +63,49 @@ struct ChannelState {
     secret: Option<(Instant, ChannelSecret, reqwest::Client)>,
     status_written: Option<Instant>,
     written: Option<NotificationChannelStatus>,
+}
+
+impl ChannelState {
+    /// Starts a delivery if the channel may take one now: not backing off, and under its
+    /// limit (one probe at a time while it fails). Returns the failure count it starts under.
+    fn start(&mut self, now: Instant) -> Option<u32> {
+        let limit = if self.failures > 0 { 1 } else { PER_CHANNEL };
+        if self.retry_at.is_some_and(|at| now < at) || self.in_flight >= limit {
+            return None;
+        }
+        self.in_flight += 1;
+        Some(self.failures)
+    }
+
+    /// A delivery was acknowledged.
+    fn succeeded(&mut self, at: Timestamp) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        self.failures = 0;
+        self.retry_at = None;
+        self.last_delivery = Some(at);
+        self.last_error = None;
+        self.delivered += 1;
+    }
+
+    /// A delivery started under `failures_at_start` failed; returns how long the channel
+    /// now waits. Deliveries in flight together fail together and count as one failure, so
+    /// a burst does not push the backoff to its cap; the channel's own Retry-After wins,
+    /// however long.
+    fn failed(
+        &mut self,
+        channel: &str,
+        failures_at_start: u32,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) -> Duration {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.failures == failures_at_start {
+            self.failures = self.failures.saturating_add(1);
+        }
+        let wait = backoff(channel, self.failures).max(retry_after.unwrap_or_default());
+        self.retry_at = Some(now + wait);
+        wait
+    }
 }
 
 #[derive(Default)]
@@ -282,26 +327,23 @@ impl Deliverer {
     ) {
         let name = channel.name_any();
         let key = (outbox.uid.clone(), name.clone());
-        {
+        let failures = {
             let mut state = self.state();
             if state.in_flight.contains(&key) {
                 return;
             }
-            let channel_state = state.channels.entry(name.clone()).or_default();
-            if channel_state.retry_at.is_some_and(|at| now < at)
-                || channel_state.in_flight >= PER_CHANNEL
-            {
+            let Some(failures) = state.channels.entry(name.clone()).or_default().start(now) else {
                 return;
-            }
-            channel_state.in_flight += 1;
+            };
             state.in_flight.insert(key.clone());
-        }
+            failures
+        };
         let deliverer = self.clone();
         tokio::spawn(async move {
             let result = deliverer
                 .deliver(&channel, &outbox.uid, ordinal, &record)
                 .await;
-            deliverer.finish(&name, key, ordinal, &record, result);
+            deliverer.finish(&name, key, ordinal, failures, &record, result);
         });
     }
 
@@ -326,6 +368,8 @@ impl Deliverer {
                 };
                 (reason.to_owned(), error.to_string(), error.retry_after())
             })?;
+        // Delivered, not yet marked: the channel will hear this record again.
+        crate::failpoint::crash_point("audit-after-send");
         self.recorder
             .store()
             .mark_delivered(uid, &channel.name_any(), ordinal + 1)
@@ -398,6 +442,7 @@ impl Deliverer {
         channel: &str,
         key: (String, String),
         ordinal: u64,
+        failures_at_start: u32,
         record: &Record,
         result: Result<(), (String, String, Option<Duration>)>,
     ) {
@@ -412,21 +457,15 @@ impl Deliverer {
                 *next = (*next).max(ordinal + 1);
             }
             let channel_state = state.channels.entry(channel.to_owned()).or_default();
-            channel_state.in_flight = channel_state.in_flight.saturating_sub(1);
             match &result {
-                Ok(()) => {
-                    channel_state.failures = 0;
-                    channel_state.retry_at = None;
-                    channel_state.last_delivery = Some(Timestamp::now());
-                    channel_state.last_error = None;
-                    channel_state.delivered += 1;
-                }
+                Ok(()) => channel_state.succeeded(Timestamp::now()),
                 Err((reason, message, retry_after)) => {
-                    channel_state.failures = channel_state.failures.saturating_add(1);
-                    // The channel's own Retry-After wins, however long.
-                    let wait = backoff(channel, channel_state.failures)
-                        .max(retry_after.unwrap_or_default());
-                    channel_state.retry_at = Some(Instant::now() + wait);
+                    let wait = channel_state.failed(
+                        channel,
+                        failures_at_start,
+                        *retry_after,
+                        Instant::now(),
+                    );
                     channel_state.last_error = Some((reason.clone(), message.clone()));
                     // Secret problems may be fixed at any moment: read it again next time.
                     if reason.starts_with("Secret") || reason == "Misconfigured" {
@@ -593,6 +632,64 @@ fn without_times(status: &NotificationChannelStatus) -> NotificationChannelStatu
 
 /// The wait after `failures` failed deliveries to a channel: doubling from 0.5 s, with
 /// jitter, up to five minutes.
+/// The wait after a channel's `failures`-th failure in a row: exponential, jittered per
+/// channel, at most [`CHANNEL_MAX_BACKOFF`], so that a channel back from a long outage gets
+/// its backlog within a minute.
 fn backoff(channel: &str, failures: u32) -> Duration {
     crate::retry::delay(channel, i32::try_from(failures).unwrap_or(i32::MAX), None)
+        .min(CHANNEL_MAX_BACKOFF)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    #[test]
+    fn a_healthy_channel_takes_several_deliveries_a_failing_one_a_single_probe() {
+        let now = Instant::now();
+        let mut channel = ChannelState::default();
+        let started: Vec<u32> = (0..PER_CHANNEL + 2)
+            .filter_map(|_| channel.start(now))
+            .collect();
+        assert_eq!(started.len(), PER_CHANNEL, "at most {PER_CHANNEL} at once");
+        // All of them fail together: that is one failure, not eight.
+        for failures_at_start in started {
+            channel.failed("c", failures_at_start, None, now);
+        }
+        assert_eq!(channel.failures, 1);
+        assert_eq!(channel.in_flight, 0);
+        assert_eq!(channel.start(now), None, "backing off");
+        let later = now + Duration::from_secs(61);
+        assert_eq!(channel.start(later), Some(1), "one probe");
+        assert_eq!(channel.start(later), None, "only one probe at a time");
+        channel.succeeded(Timestamp::now());
+        assert_eq!(channel.failures, 0);
+        assert!(channel.start(later).is_some());
+        assert!(
+            channel.start(later).is_some(),
+            "healthy again: several at once"
+        );
+    }
+
+    #[test]
+    fn a_long_outage_backs_off_to_a_minute_but_retry_after_is_honoured_whatever_its_length() {
+        let now = Instant::now();
+        let mut channel = ChannelState::default();
+        let mut wait = Duration::ZERO;
+        for _ in 0..40 {
+            let failures = channel.start(now + wait + Duration::from_secs(1)).unwrap();
+            wait += channel.failed("c", failures, None, now + wait);
+        }
+        assert_eq!(channel.failures, 40);
+        assert!(
+            backoff("c", channel.failures) <= CHANNEL_MAX_BACKOFF,
+            "probed at least once a minute"
+        );
+        let failures = channel.failures;
+        channel.in_flight = 1;
+        let told = channel.failed("c", failures, Some(Duration::from_secs(3600)), now);
+        assert_eq!(told, Duration::from_secs(3600));
+    }
 }

@@ -182,6 +182,8 @@ impl Recorder {
         self.store
             .append(&uid, &name, &records, next, false)
             .await?;
+        // Recorded, told to nobody yet.
+        crate::failpoint::crash_point("audit-after-record");
         for (_, record) in &records {
             self.lines.write(&record.event);
         }

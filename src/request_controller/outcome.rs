@@ -149,12 +149,15 @@ pub fn outcome(
                 retry_after: error.retry_after(),
             };
             let mut status = after_failure(written, &failure, uid, now, generation);
-            if !granting && !is_true(&written.conditions, REVOCATION_FAILING) {
-                status.timeline.push(entry(
-                    TimelineEvent::RevocationFailing,
-                    &format!("revocation failed, will retry until it succeeds: {message}"),
-                    now,
-                ));
+            if !granting && revocation_failing_is_news(written, now) {
+                let text = if is_true(&written.conditions, REVOCATION_FAILING) {
+                    format!("revocation still failing, will retry until it succeeds: {message}")
+                } else {
+                    format!("revocation failed, will retry until it succeeds: {message}")
+                };
+                status
+                    .timeline
+                    .push(entry(TimelineEvent::RevocationFailing, &text, now));
             }
             bound_timeline(&mut status);
             let requeue = status
@@ -170,6 +173,25 @@ pub fn outcome(
             }
         }
     }
+}
+
+/// How often a revocation that keeps failing is announced again (a timeline entry, so an
+/// audit event to the security channel): loud until it recovers.
+pub const REVOCATION_FAILING_REPEAT: Duration = Duration::from_secs(15 * 60);
+
+/// Whether a failed revoke is to be announced: when revocation starts failing, and again
+/// every [`REVOCATION_FAILING_REPEAT`] while it keeps failing.
+fn revocation_failing_is_news(written: &AccessRequestStatus, now: Timestamp) -> bool {
+    if !is_true(&written.conditions, REVOCATION_FAILING) {
+        return true;
+    }
+    let last = written
+        .timeline
+        .iter()
+        .rev()
+        .find(|entry| entry.event == TimelineEvent::RevocationFailing.as_str())
+        .map(|entry| entry.time.0);
+    last.is_none_or(|last| retry::until(last, now) >= REVOCATION_FAILING_REPEAT)
 }
 
 /// A timeline entry the driver adds, with no actor.
@@ -315,6 +337,55 @@ mod tests {
         assert_eq!(failed.timeline.len(), 1);
         assert_eq!(failed.timeline[0].event, "Failed");
         assert_eq!(failed.conditions[0].reason, "GrantFailed");
+    }
+
+    #[test]
+    fn a_failing_revocation_is_announced_when_it_starts_and_again_while_it_lasts() {
+        let start = at("2026-01-01T00:00:00Z");
+        let mut written = AccessRequestStatus {
+            phase: Some(Phase::Expired),
+            ..AccessRequestStatus::default()
+        };
+        assert!(
+            revocation_failing_is_news(&written, start),
+            "news when it starts"
+        );
+        set_condition(
+            &mut written.conditions,
+            REVOCATION_FAILING,
+            ConditionStatus::True,
+            "RevokeFailed",
+            "denied",
+            start,
+            None,
+        );
+        written
+            .timeline
+            .push(entry(TimelineEvent::RevocationFailing, "denied", start));
+        assert!(!revocation_failing_is_news(
+            &written,
+            at("2026-01-01T00:14:59Z")
+        ));
+        assert!(revocation_failing_is_news(
+            &written,
+            at("2026-01-01T00:15:00Z")
+        ));
+        // Announced again: the next one is due 15 minutes after that.
+        written.timeline.push(entry(
+            TimelineEvent::RevocationFailing,
+            "still",
+            at("2026-01-01T00:15:00Z"),
+        ));
+        assert!(!revocation_failing_is_news(
+            &written,
+            at("2026-01-01T00:20:00Z")
+        ));
+        // The condition without an entry (cut from a long timeline): announced.
+        written.timeline.clear();
+        assert!(revocation_failing_is_news(
+            &written,
+            at("2026-01-01T00:20:00Z")
+        ));
     }
 
     #[test]

@@ -1,23 +1,34 @@
 """A CloudEvents sink for the tests: every POST is parsed by the official CloudEvents SDK
 (`cloudevents.http.from_http`, structured or binary mode) and appended as one JSON line
 (attributes and data) to the events file; a body the SDK refuses is answered 400 and logged to
-the rejects file. `POST /control` with {"fail": N, "status": S, "retry_after": R} makes the next N
-deliveries answer S (with Retry-After R when given) without keeping them; {"drop": N} closes the
-next N connections without answering.
+the rejects file. Each kept event also carries `received` (when it arrived, RFC 3339). A POST
+to a path under /plain/ (Slack, Teams, plain webhooks) is not a CloudEvent: its path, content
+type and JSON body are appended to the bodies file instead.
 
-    python receiver.py PORT_FILE EVENTS_FILE REJECTS_FILE
+`POST /control` with {"fail": N, "status": S, "retry_after": R} makes the next N deliveries
+answer S (with Retry-After R when given) without keeping them; {"fail_ratio": F} makes each
+delivery fail with S at random with probability F; {"drop": N} closes the next N connections
+without answering.
+
+    python receiver.py PORT_FILE EVENTS_FILE REJECTS_FILE BODIES_FILE
 """
 
+import datetime
 import json
+import random
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from cloudevents.http import from_http
 
-port_file, events_file, rejects_file = sys.argv[1:4]
+port_file, events_file, rejects_file, bodies_file = sys.argv[1:5]
 lock = threading.Lock()
-control = {"fail": 0, "status": 503, "retry_after": None, "drop": 0}
+control = {"fail": 0, "fail_ratio": 0.0, "status": 503, "retry_after": None, "drop": 0}
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -39,13 +50,26 @@ class Handler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.close()
                 return
-            if control["fail"] > 0:
-                control["fail"] -= 1
+            failing = control["fail"] > 0 or random.random() < control["fail_ratio"]
+            if failing:
+                control["fail"] = max(control["fail"] - 1, 0)
                 self.send_response(control["status"])
                 if control["retry_after"] is not None:
                     self.send_header("Retry-After", str(control["retry_after"]))
                 self.end_headers()
                 return
+        if self.path.startswith("/plain/"):
+            record = {
+                "path": self.path,
+                "content_type": self.headers.get("Content-Type"),
+                "body": json.loads(body),
+                "received": now(),
+            }
+            with lock, open(bodies_file, "a") as bodies:
+                bodies.write(json.dumps(record) + "\n")
+            self.send_response(200)
+            self.end_headers()
+            return
         try:
             event = from_http(dict(self.headers), body)
         except Exception as error:  # the SDK's refusal is the test's finding
@@ -57,6 +81,7 @@ class Handler(BaseHTTPRequestHandler):
         record = {key: value for key, value in event.get_attributes().items()}
         record["data"] = event.data
         record["authorization"] = self.headers.get("Authorization")
+        record["received"] = now()
         with lock, open(events_file, "a") as events:
             events.write(json.dumps(record, default=str) + "\n")
         self.send_response(202)

@@ -256,6 +256,7 @@ pub mod aws;
 pub mod azure;
 pub mod clouds;
 pub mod gcp;
+pub mod mailpit;
 pub mod moto;
 pub mod operator;
 pub mod receiver;
@@ -279,12 +280,26 @@ pub const ACT_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Looks every 200 ms until `attempt` gives a value, and returns it; fails the test, saying
 /// `what` did not happen, after [`ACT_LIMIT`]. Replaces hand-written poll loops.
-pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, attempt: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let polled = tokio::time::timeout(ACT_LIMIT, async {
+    eventually_within(ACT_LIMIT, what, attempt).await
+}
+
+/// Like [`eventually`], for what takes longer by design (a grant running out, a backlog
+/// draining): polls until `attempt` returns `Some`, failing after `limit`.
+pub async fn eventually_within<T, F, Fut>(
+    limit: std::time::Duration,
+    what: &str,
+    mut attempt: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let polled = tokio::time::timeout(limit, async {
         loop {
             if let Some(value) = attempt().await {
                 return value;
@@ -293,7 +308,7 @@ where
         }
     })
     .await;
-    polled.unwrap_or_else(|_| panic!("not within {ACT_LIMIT:?}: {what}"))
+    polled.unwrap_or_else(|_| panic!("not within {limit:?}: {what}"))
 }
 
 /// Waits until the request satisfies `check`, and returns it as it is then.

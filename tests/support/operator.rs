@@ -67,6 +67,21 @@ impl Operator {
         operator
     }
 
+    /// Starts the operator with its webhooks registered, without waiting for it to be ready:
+    /// for runs that may crash at any moment.
+    pub fn launch(user: &str, environment: &[(&str, &str)]) -> Self {
+        Self::spawn(user, &["--register-webhooks"], environment)
+    }
+
+    /// Whether the operator process is still running.
+    pub fn is_running(&self) -> bool {
+        let children = Command::new("pgrep")
+            .args(["-P", &self.process.id().to_string(), "-f", "jit-operator"])
+            .output()
+            .expect("pgrep");
+        !children.stdout.iter().all(u8::is_ascii_whitespace)
+    }
+
     /// Starts the operator without waiting for it to be ready: for runs expected to fail.
     pub fn start_unregistered_failing(user: &str, args: &[&str]) -> Self {
         Self::spawn(user, args, &[])
@@ -129,12 +144,7 @@ impl Operator {
     pub fn wait_for_exit(&mut self, limit: Duration) {
         let deadline = Instant::now() + limit;
         loop {
-            // The guard exits once the operator has: its `wait` returns.
-            let children = Command::new("pgrep")
-                .args(["-P", &self.process.id().to_string(), "-f", "jit-operator"])
-                .output()
-                .expect("pgrep");
-            if children.stdout.iter().all(u8::is_ascii_whitespace) {
+            if !self.is_running() {
                 return;
             }
             assert!(

@@ -44,6 +44,7 @@ impl Receiver {
             .arg(&port_file)
             .arg(directory.join("events.jsonl"))
             .arg(directory.join("rejects.jsonl"))
+            .arg(directory.join("bodies.jsonl"))
             .stdout(Stdio::null())
             .spawn()
             .expect("the receiver starts");
@@ -66,8 +67,10 @@ impl Receiver {
     }
 
     fn lines(&self, file: &str) -> Vec<Value> {
-        std::fs::read_to_string(self.directory.join(file))
-            .unwrap_or_default()
+        let text = std::fs::read_to_string(self.directory.join(file)).unwrap_or_default();
+        // Only whole lines: the sink may be half-way through writing the last one.
+        let whole = text.rfind('\n').map_or("", |end| &text[..end]);
+        whole
             .lines()
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
@@ -81,6 +84,11 @@ impl Receiver {
     /// Bodies the SDK refused.
     pub fn rejects(&self) -> Vec<Value> {
         self.lines("rejects.jsonl")
+    }
+
+    /// What arrived under `/plain/` (Slack, Teams): path, content type, JSON body, received.
+    pub fn bodies(&self) -> Vec<Value> {
+        self.lines("bodies.jsonl")
     }
 
     /// Changes how the sink answers (see receiver.py).
