@@ -156,8 +156,21 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .map_err(Error::Provider)?;
     let stop = Stop::new();
     let metrics = Metrics::shared();
-    let (webhook_addr, webhook_task) =
-        serve_webhook(&client, &args, &identity, &metrics, &sealer, &stop).await?;
+    // Every replica records (its webhook's refusals); only the leader delivers.
+    let recorder = Arc::new(
+        crate::audit::Recorder::new(
+            client.clone(),
+            &args.namespace,
+            sealer.clone(),
+            args.audit_file.as_ref(),
+            args.audit_channels.clone(),
+        )
+        .map_err(Error::AuditFile)?,
+    );
+    let (webhook_addr, webhook_task) = serve_webhook(
+        &client, &args, &identity, &metrics, &sealer, &recorder, &stop,
+    )
+    .await?;
     let readiness = health_metrics::Readiness::default();
     readiness.set_webhook_serving();
     let health =
@@ -187,14 +200,6 @@ pub async fn run(args: Args) -> Result<(), Error> {
         election = Some(joined);
     }
 
-    let recorder = crate::audit::Recorder::new(
-        client.clone(),
-        &args.namespace,
-        sealer.clone(),
-        args.audit_file.as_ref(),
-        args.audit_channels.clone(),
-    )
-    .map_err(Error::AuditFile)?;
     let context = Arc::new(
         request_controller::Context::new(
             client,
@@ -204,7 +209,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             metrics.clone(),
             sealer,
         )
-        .with_audit(Arc::new(recorder))
+        .with_audit(recorder)
         .with_retention(args.retain_ended),
     );
     let sweeper = tokio::spawn(sweep::run(
@@ -277,6 +282,7 @@ async fn serve_webhook(
     identity: &str,
     metrics: &Arc<Metrics>,
     sealer: &Sealer,
+    recorder: &Arc<crate::audit::Recorder>,
     stop: &Stop,
 ) -> Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>), Error> {
     let source = match (&args.webhook_secret, &args.webhook_cert_dir) {
@@ -303,7 +309,8 @@ async fn serve_webhook(
         },
         sealer.clone(),
     )
-    .await?;
+    .await?
+    .with_audit(recorder.clone());
     let address = webhook.local_addr()?;
     let task = tokio::spawn(webhook.serve(stop.stopped()));
     if args.register_webhooks {

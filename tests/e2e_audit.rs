@@ -734,3 +734,48 @@ async fn a_sink_that_was_down_gets_the_whole_backlog_in_order_afterwards() {
         events.len() as f64 / draining.max(0.001),
     );
 }
+
+#[tokio::test]
+async fn a_create_refused_at_admission_is_an_audit_event_naming_who_really_asked() {
+    let env = TestEnv::new().await;
+    let _ = shared_operator();
+    let receiver = Receiver::start();
+    let channel = channel(&env, "cloudevents", Some(&receiver.url)).await;
+    let policy = routed_policy(&env, &channel, 1).await;
+    // Mallory may create requests in the namespace but is no requester of the policy; the
+    // object claims to come from alice.
+    let request: AccessRequest = serde_json::from_value(json!({
+        "apiVersion": "jit.dev/v1alpha1", "kind": "AccessRequest",
+        "metadata": {"name": "sneaky"},
+        "spec": {"policy": policy, "role": "view", "duration": "10m", "reason": "trust me",
+                 "requester": {"username": "alice", "groups": ["devs"]}},
+    }))
+    .unwrap();
+    let refused = Api::<AccessRequest>::namespaced(env.mallory.clone(), &env.namespace)
+        .create(&Default::default(), &request)
+        .await
+        .expect_err("mallory is no requester");
+    let receiver = &receiver;
+    let event = eventually("the refusal reaches the channel", || async move {
+        receiver
+            .events()
+            .into_iter()
+            .find(|event| event["type"] == "dev.jit.accessrequest.refused.v1")
+    })
+    .await;
+    let data = &event["data"];
+    assert_eq!(data["requester"], "mallory", "{event}");
+    assert_eq!(data["actor"], "mallory");
+    assert_eq!(data["policy"], policy.as_str());
+    assert_eq!(data["request"]["name"], "sneaky");
+    assert_eq!(data["request"]["namespace"], env.namespace.as_str());
+    assert!(
+        refused
+            .to_string()
+            .contains(data["message"].as_str().unwrap()),
+        "the event says why, as mallory was told: {} / {refused}",
+        data["message"]
+    );
+    let id = event["id"].as_str().unwrap();
+    assert!(id.starts_with("refused-") && id.ends_with(".0"), "{id}");
+}

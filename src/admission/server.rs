@@ -69,6 +69,8 @@ struct AppState {
     metrics: Arc<Metrics>,
     administrators: Arc<Administrators>,
     sealer: Arc<Sealer>,
+    /// Records refused creates as audit events; none when not auditing (tests).
+    audit: Option<Arc<crate::audit::Recorder>>,
 }
 
 impl AppState {
@@ -116,8 +118,15 @@ impl WebhookServer {
                 metrics,
                 administrators: Arc::new(administrators),
                 sealer: Arc::new(sealer),
+                audit: None,
             },
         })
+    }
+
+    /// The same server, recording each refused create as a `Refused` audit event.
+    pub fn with_audit(mut self, recorder: Arc<crate::audit::Recorder>) -> Self {
+        self.state.audit = Some(recorder);
+        self
     }
 
     /// The address actually bound.
@@ -280,7 +289,10 @@ fn mutate_response(state: &AppState, body: &Bytes) -> AdmissionResponse {
         return response;
     }
     match mutate(&review_of(&request), Timestamp::now(), &state.sealer) {
-        Err(denial) => deny(&request, &denial, "mutate"),
+        Err(denial) => {
+            record_refusal(state, &request, None, &denial);
+            deny(&request, &denial, "mutate")
+        }
         Ok((patch, warnings)) => {
             let mut response = response;
             if !warnings.is_empty() {
@@ -353,8 +365,39 @@ async fn validate_response(state: &AppState, body: &Bytes) -> AdmissionResponse 
     }
     match validate(&review_of(&request), policy.as_ref()) {
         Ok(()) => AdmissionResponse::from(&request),
-        Err(denial) => deny(&request, &denial, "validate"),
+        Err(denial) => {
+            record_refusal(state, &request, policy.as_ref(), &denial);
+            deny(&request, &denial, "validate")
+        }
     }
+}
+
+/// A refused create (not a dry run) becomes a `Refused` audit event.
+fn record_refusal(
+    state: &AppState,
+    request: &AdmissionRequest<AccessRequest>,
+    policy: Option<&AccessPolicy>,
+    denial: &Denial,
+) {
+    let (Some(recorder), Some(object)) = (&state.audit, request.object.as_ref()) else {
+        return;
+    };
+    if request.operation != Operation::Create || request.dry_run {
+        return;
+    }
+    let mut object = object.clone();
+    // A create with generateName has no name yet; the namespace comes from the review.
+    if object.metadata.namespace.is_none() {
+        object.metadata.namespace.clone_from(&request.namespace);
+    }
+    recorder.record_refused(crate::audit::Refusal {
+        admission_uid: request.uid.clone(),
+        request: object,
+        requester: request.user_info.username.clone().unwrap_or_default(),
+        policy: policy.cloned(),
+        why: denial.to_string(),
+        time: Timestamp::now(),
+    });
 }
 
 async fn validate_policy_handler(

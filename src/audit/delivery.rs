@@ -169,12 +169,15 @@ impl Deliverer {
             watcher::Config::default().labels(&format!("{OUTBOX_LABEL}={OUTBOX_VALUE}")),
         )
         .default_backoff()
+        // Only the data and the version are read; managedFields would double what is held.
+        .modify(|config_map: &mut ConfigMap| config_map.metadata.managed_fields = None)
         .reflect(outbox_writer)
         .touched_objects();
         let channels = Api::<NotificationChannel>::all(self.client.clone());
         let (channel_store, channel_writer) = reflector::store();
         let channel_stream = watcher(channels, watcher::Config::default())
             .default_backoff()
+            .modify(|channel: &mut NotificationChannel| channel.metadata.managed_fields = None)
             .reflect(channel_writer)
             .touched_objects();
         let waker = self.clone();

@@ -13,7 +13,7 @@ use std::{
     collections::HashMap,
     io::Write,
     path::PathBuf,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
 };
 
 use kube::{Client, ResourceExt};
@@ -59,13 +59,79 @@ impl Lines {
 
 /// Records requests' transitions in their outboxes.
 pub struct Recorder {
+    client: Client,
     store: outbox::Store,
     lines: Lines,
     /// Channels that hear every event of every policy (`--audit-channel`).
     everything: Vec<String>,
     /// The next ordinal recorded, per request UID, as last read or written.
     recorded: Mutex<HashMap<String, u64>>,
+    /// Refusals whose outbox is being written, at most [`REFUSALS_IN_FLIGHT`].
+    refusals: Arc<tokio::sync::Semaphore>,
 }
+
+/// A create that admission refused.
+pub struct Refusal {
+    /// The admission review's uid: each refusal is its own event.
+    pub admission_uid: String,
+    /// The object as it was sent.
+    pub request: AccessRequest,
+    /// Who asked, as the API server authenticated them.
+    pub requester: String,
+    /// The request's policy, when it was read.
+    pub policy: Option<AccessPolicy>,
+    /// Why it was refused, as the requester was told.
+    pub why: String,
+    /// When.
+    pub time: jiff::Timestamp,
+}
+
+impl Refusal {
+    fn uid(&self) -> String {
+        format!("refused-{}", self.admission_uid)
+    }
+
+    /// The `Refused` event, with only what the API server authenticated as the requester
+    /// (never a requester the object claims).
+    fn event(&self) -> Option<serde_json::Value> {
+        let uid = self.uid();
+        let entry = crate::crd::v1alpha1::TimelineEntry {
+            time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(self.time),
+            event: AuditEventType::Refused.as_str().to_owned(),
+            actor: Some(self.requester.clone()),
+            message: Some(self.why.clone()),
+        };
+        let transition = event::Transition {
+            kind: AuditEventType::Refused,
+            ordinal: 0,
+            entry: &entry,
+        };
+        let mut data = event::data_of(
+            &self.request,
+            &AccessRequestStatus::default(),
+            self.policy.as_ref(),
+            &transition,
+            None,
+        );
+        data.requester = Some(self.requester.clone());
+        data.request.uid.clone_from(&uid);
+        match event::cloud_event(
+            AuditEventType::Refused,
+            &event::event_id(&uid, 0),
+            self.time,
+            &data,
+        ) {
+            Ok(event) => serde_json::to_value(&event).ok(),
+            Err(error) => {
+                warn!(error = %error, "failed to build the audit event of a refusal");
+                None
+            }
+        }
+    }
+}
+
+/// Refusals recorded for the channels at once; more are only on the audit lines.
+const REFUSALS_IN_FLIGHT: usize = 32;
 
 impl Recorder {
     /// A recorder writing outboxes into `namespace`, lines to stdout and `file`.
@@ -86,10 +152,12 @@ impl Recorder {
             .transpose()?
             .map(Mutex::new);
         Ok(Self {
-            store: outbox::Store::new(client, namespace, sealer),
+            store: outbox::Store::new(client.clone(), namespace, sealer),
+            client,
             lines: Lines { file },
             everything,
             recorded: Mutex::default(),
+            refusals: Arc::new(tokio::sync::Semaphore::new(REFUSALS_IN_FLIGHT)),
         })
     }
 
@@ -189,6 +257,60 @@ impl Recorder {
         }
         self.remember(&uid, next);
         Ok(())
+    }
+
+    /// Records a create that admission refused: a `Refused` event on the audit lines and,
+    /// through an outbox of its own (already `gone`: nothing follows), to the channels that
+    /// hear refusals. All of it happens in the background, a bounded number at a time, so
+    /// admission never waits and a flood of refused creates cannot flood the operator;
+    /// beyond the bound a refusal is only on the audit lines, and a warning says so.
+    pub fn record_refused(self: &Arc<Self>, refusal: Refusal) {
+        let Ok(permit) = self.refusals.clone().try_acquire_owned() else {
+            warn!(refusal = %refusal.admission_uid, "too many refusals being recorded; this one is only on the audit lines");
+            if let Some(event) = refusal.event() {
+                self.lines.write(&event);
+            }
+            return;
+        };
+        let recorder = self.clone();
+        tokio::spawn(async move {
+            let mut refusal = refusal;
+            if refusal.policy.is_none() {
+                // The mutating webhook refuses before any policy is read.
+                refusal.policy = kube::Api::<AccessPolicy>::all(recorder.client.clone())
+                    .get_opt(&refusal.request.spec.policy)
+                    .await
+                    .ok()
+                    .flatten();
+            }
+            let Some(event) = refusal.event() else {
+                return;
+            };
+            recorder.lines.write(&event);
+            let to = recorder.routes(refusal.policy.as_ref(), AuditEventType::Refused);
+            if to.is_empty() {
+                return;
+            }
+            let uid = refusal.uid();
+            let name = format!(
+                "{}/{}",
+                refusal.request.namespace().unwrap_or_default(),
+                refusal.request.name_any()
+            );
+            let record = outbox::Record {
+                event,
+                to,
+                mail: Vec::new(),
+            };
+            if let Err(error) = recorder
+                .store
+                .append(&uid, &name, &[(0, record)], 1, true)
+                .await
+            {
+                warn!(refusal = %uid, error = %crate::telemetry::error_chain(&error), "failed to record a refusal for the channels; it is on the audit lines");
+            }
+            drop(permit);
+        });
     }
 
     /// Records that a request is gone: its `Deleted` event, built from its last recorded
