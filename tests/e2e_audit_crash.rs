@@ -28,10 +28,10 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::{
-    TestEnv, create_policy, eventually_within,
+    TestEnv, eventually_within,
     operator::Operator,
     phase,
-    receiver::{Receiver, channel},
+    receiver::{Receiver, channel, routed_policy},
 };
 
 const REQUESTS: usize = 30;
@@ -151,19 +151,7 @@ async fn a_burst_through_crashes_and_a_flaky_sink_delivers_every_transition_in_o
         .control(json!({"fail_ratio": 0.33, "status": 503}))
         .await;
     let channel = channel(&env, "cloudevents", Some(&receiver.url)).await;
-    let policy = create_policy(
-        &env,
-        json!({
-            "requesters": {"groups": ["devs"]},
-            "approvers": {"groups": ["approvers"]},
-            "approvalsRequired": 1,
-            "maxDuration": "1h",
-            "roles": [{"name": "view",
-                       "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}}],
-            "notifications": {"routes": [{"channel": channel}]},
-        }),
-    )
-    .await;
+    let policy = routed_policy(&env, &channel, 1).await;
     let churn = Churn::start();
     let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
     let as_alice = Api::<AccessRequest>::namespaced(env.alice.clone(), &env.namespace);

@@ -8,12 +8,11 @@ mod support;
 
 use jit_operator::crd::v1alpha1::{AccessRequest, Phase};
 use kube::{Api, ResourceExt};
-use serde_json::json;
 use support::{
-    Ending, TestEnv, create_policy, end_request, eventually,
+    Ending, TestEnv, end_request, eventually,
     operator::Operator,
     phase,
-    receiver::{Receiver, channel},
+    receiver::{Receiver, channel, routed_policy},
     request_view, wait_for_request,
 };
 
@@ -23,19 +22,7 @@ async fn ended_requests_are_deleted_after_their_retention_and_their_trail_arrive
     let env = TestEnv::new().await;
     let receiver = Receiver::start();
     let channel = channel(&env, "cloudevents", Some(&receiver.url)).await;
-    let policy = create_policy(
-        &env,
-        json!({
-            "requesters": {"groups": ["devs"]},
-            "approvers": {"groups": ["approvers"]},
-            "approvalsRequired": 0,
-            "maxDuration": "1h",
-            "roles": [{"name": "view",
-                       "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}}],
-            "notifications": {"routes": [{"channel": channel}]},
-        }),
-    )
-    .await;
+    let policy = routed_policy(&env, &channel, 0).await;
     let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
     let ended = request_view(&env, "over", &policy, "30m").await;
     request_view(&env, "running", &policy, "30m").await;

@@ -139,3 +139,21 @@ pub async fn channel(env: &TestEnv, type_: &str, address: Option<&str>) -> Strin
         .unwrap();
     name
 }
+
+/// A policy like `view_policy` (role `view`, requesters `devs`, approvers `approvers`) whose
+/// events all go to `channel`.
+pub async fn routed_policy(env: &TestEnv, channel: &str, approvals: u32) -> String {
+    super::create_policy(
+        env,
+        json!({
+            "requesters": {"groups": ["devs"]},
+            "approvers": {"groups": ["approvers"]},
+            "approvalsRequired": approvals,
+            "maxDuration": "1h",
+            "roles": [{"name": "view",
+                       "kubernetes": {"clusterRole": "jit-dev-view", "namespace": env.namespace}}],
+            "notifications": {"routes": [{"channel": channel}]},
+        }),
+    )
+    .await
+}
