@@ -4,6 +4,7 @@
 
 #![deny(missing_docs)]
 
+pub(crate) mod activity;
 pub(crate) mod admission;
 pub(crate) mod audit;
 pub mod certificate;

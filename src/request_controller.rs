@@ -623,6 +623,9 @@ async fn write_status(
     status: &AccessRequestStatus,
 ) -> Result<AccessRequestStatus, Error> {
     let mut status = status.clone();
+    // The activity recorder owns `activity` (its own field manager): the controller never
+    // writes it, so a stale copy read here cannot overwrite newer counts.
+    status.activity = None;
     status.seal = match (&status.granted_at, &status.expires_at, request.uid()) {
         (Some(granted_at), Some(expires_at), Some(uid)) => {
             Some(sealer.seal_window(&uid, granted_at, expires_at))

@@ -1,8 +1,12 @@
 //! The `jit.dev/v1alpha1` API: `AccessPolicy`, `AccessRequest` and `NotificationChannel`,
 //! with the schema rules the API server enforces on them.
 
+mod activity;
 mod channel;
 
+pub use activity::{
+    ACTIVITY_RECENT, ACTIVITY_TOP, Activity, ActivityAction, ActivityCount, ActivitySource,
+};
 pub use channel::{
     AuditEventType, ChannelType, EmailSettings, NotificationChannel, NotificationChannelSpec,
     NotificationChannelStatus, NotificationRoute, Notifications, SecretReference,
@@ -738,6 +742,9 @@ pub struct AccessRequestStatus {
     /// valid seal) is never granted from and ends the grant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<String>,
+    /// What the subject did with the grant; written by the activity recorder alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity: Option<Activity>,
 }
 
 fn is_zero(count: &i32) -> bool {

@@ -303,6 +303,8 @@ fn refused_grant(
 pub fn differs(left: &AccessRequestStatus, right: &AccessRequestStatus) -> bool {
     let strip = |status: &AccessRequestStatus| {
         let mut status = status.clone();
+        // Not the controller's to write: see `write_status`.
+        status.activity = None;
         for condition in &mut status.conditions {
             condition.last_transition_time = Time(Timestamp::UNIX_EPOCH);
         }
@@ -405,5 +407,18 @@ mod tests {
         assert!(!differs(&left, &right));
         right.conditions[0].message = "changed".into();
         assert!(differs(&left, &right));
+    }
+
+    #[test]
+    fn differs_ignores_the_activity_the_controller_does_not_write() {
+        let left = AccessRequestStatus::default();
+        let right = AccessRequestStatus {
+            activity: Some(crate::crd::v1alpha1::Activity {
+                actions: 3,
+                ..Default::default()
+            }),
+            ..AccessRequestStatus::default()
+        };
+        assert!(!differs(&left, &right));
     }
 }

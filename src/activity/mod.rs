@@ -1,0 +1,611 @@
+//! Session activity from the Kubernetes API server's audit events: which request's grant
+//! allowed each call (exactly, from the `authorization.k8s.io/reason` the RBAC authorizer
+//! writes, which names the binding), which calls by a subject were refused while a grant was
+//! held, and the bounded summary that lands in `status.activity`.
+//!
+//! Pure: the webhook that receives the events and the writer of the summaries are built on
+//! this.
+
+// Not wired to the audit webhook endpoint yet (issue 16 in progress); only tests use it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use serde::Deserialize;
+
+use crate::crd::v1alpha1::{
+    ACTIVITY_RECENT, ACTIVITY_TOP, Activity, ActivityAction, ActivityCount, ActivitySource,
+};
+
+/// The audit annotation the API server sets to its authorization decision.
+const DECISION_ANNOTATION: &str = "authorization.k8s.io/decision";
+/// The audit annotation with the authorizer's reason; for RBAC it names the binding.
+const REASON_ANNOTATION: &str = "authorization.k8s.io/reason";
+
+/// An `audit.k8s.io/v1` `EventList`, as the API server's webhook backend posts it.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct EventList {
+    #[serde(default)]
+    pub items: Vec<AuditEvent>,
+}
+
+/// The parts of an `audit.k8s.io/v1` `Event` that attribution reads.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct AuditEvent {
+    #[serde(default)]
+    pub stage: String,
+    #[serde(default)]
+    pub verb: String,
+    #[serde(default, rename = "requestURI")]
+    pub request_uri: String,
+    #[serde(default)]
+    pub user: UserInfo,
+    #[serde(default)]
+    pub impersonated_user: Option<UserInfo>,
+    #[serde(default)]
+    pub object_ref: Option<ObjectReference>,
+    #[serde(default)]
+    pub response_status: Option<ResponseStatus>,
+    #[serde(default)]
+    pub request_received_timestamp: Option<Timestamp>,
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+}
+
+/// Who made a call.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct UserInfo {
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+}
+
+/// What a call was about.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ObjectReference {
+    #[serde(default)]
+    pub resource: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub api_group: Option<String>,
+    #[serde(default)]
+    pub subresource: Option<String>,
+}
+
+/// How the API server answered.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct ResponseStatus {
+    #[serde(default)]
+    pub code: i32,
+}
+
+/// A RoleBinding or ClusterRoleBinding, as the RBAC authorizer and a grant's reference name
+/// it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum BindingRef {
+    /// A RoleBinding: namespace and name.
+    RoleBinding { namespace: String, name: String },
+    /// A ClusterRoleBinding: name.
+    ClusterRoleBinding { name: String },
+}
+
+impl BindingRef {
+    /// The binding an RBAC reason names: `RBAC: allowed by RoleBinding "NAME/NAMESPACE" of
+    /// ClusterRole "ROLE" to User "alice"`, or `... by ClusterRoleBinding "NAME" of ...`.
+    pub fn from_reason(reason: &str) -> Option<Self> {
+        let rest = reason.strip_prefix("RBAC: allowed by ")?;
+        let (kind, rest) = rest.split_once(' ')?;
+        let quoted = rest.strip_prefix('"')?;
+        let (name, _) = quoted.split_once('"')?;
+        match kind {
+            // Names and namespaces hold no '/': the last one separates them.
+            "RoleBinding" => {
+                let (name, namespace) = name.rsplit_once('/')?;
+                Some(Self::RoleBinding {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            "ClusterRoleBinding" => Some(Self::ClusterRoleBinding {
+                name: name.to_owned(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The binding a Kubernetes grant's reference in status names: `RoleBinding NS/NAME` or
+    /// `ClusterRoleBinding NAME`.
+    pub fn from_grant_reference(reference: &str) -> Option<Self> {
+        let (kind, rest) = reference.split_once(' ')?;
+        match kind {
+            "RoleBinding" => {
+                let (namespace, name) = rest.split_once('/')?;
+                Some(Self::RoleBinding {
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
+                })
+            }
+            "ClusterRoleBinding" => Some(Self::ClusterRoleBinding {
+                name: rest.to_owned(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// A request, as `namespace/name`.
+pub(crate) type RequestKey = String;
+
+/// An active Kubernetes grant: whose request, for which subject, from when to when.
+#[derive(Clone, Debug)]
+pub(crate) struct ActiveGrant {
+    pub request: RequestKey,
+    pub binding: BindingRef,
+    /// The subject as a request writes it: `alice`, `group:oncall` or
+    /// `system:serviceaccount:NS:NAME`.
+    pub subject: String,
+    pub granted_at: Timestamp,
+    pub expires_at: Timestamp,
+}
+
+/// The active grants, indexed for attribution.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Grants {
+    by_binding: HashMap<BindingRef, ActiveGrant>,
+}
+
+impl Grants {
+    /// An index of these grants.
+    pub fn new(grants: impl IntoIterator<Item = ActiveGrant>) -> Self {
+        Self {
+            by_binding: grants
+                .into_iter()
+                .map(|grant| (grant.binding.clone(), grant))
+                .collect(),
+        }
+    }
+
+    /// Whether there is nothing to attribute to (events then cost a lookup each).
+    pub fn is_empty(&self) -> bool {
+        self.by_binding.is_empty()
+    }
+
+    fn held_by<'a>(
+        &'a self,
+        user: &'a UserInfo,
+        at: Timestamp,
+    ) -> impl Iterator<Item = &'a ActiveGrant> + 'a {
+        self.by_binding.values().filter(move |grant| {
+            grant.granted_at <= at && at < grant.expires_at && is_subject(&grant.subject, user)
+        })
+    }
+}
+
+/// Whether `user` is (or is in) the request subject `subject`.
+fn is_subject(subject: &str, user: &UserInfo) -> bool {
+    match subject.strip_prefix("group:") {
+        Some(group) => user.groups.iter().any(|own| own == group),
+        None => subject == user.username,
+    }
+}
+
+/// What an audit event means for the grants.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Attribution {
+    /// The grant of this request allowed the call.
+    Used(RequestKey, ActivityAction),
+    /// The subject of this request's grant was refused, while it held the grant.
+    Refused(RequestKey, ActivityAction),
+}
+
+/// The attributions of one audit event: none for calls no grant allowed (a standing binding,
+/// another user), one for a call a grant allowed, one per grant its user held for a refused
+/// call. Only the final stage counts, so that a call is counted once.
+pub(crate) fn attribute(event: &AuditEvent, grants: &Grants) -> Vec<Attribution> {
+    if event.stage != "ResponseComplete" || grants.is_empty() {
+        return Vec::new();
+    }
+    // An impersonated call is authorized as the impersonated user; the reason names that
+    // user's binding, and that user is who acted.
+    let user = event.impersonated_user.as_ref().unwrap_or(&event.user);
+    let Some(time) = event.request_received_timestamp else {
+        return Vec::new();
+    };
+    match event
+        .annotations
+        .get(DECISION_ANNOTATION)
+        .map(String::as_str)
+    {
+        Some("allow") => {
+            let Some(binding) = event
+                .annotations
+                .get(REASON_ANNOTATION)
+                .and_then(|reason| BindingRef::from_reason(reason))
+            else {
+                return Vec::new();
+            };
+            grants
+                .by_binding
+                .get(&binding)
+                .filter(|grant| grant.granted_at <= time && time < grant.expires_at)
+                .map(|grant| {
+                    vec![Attribution::Used(
+                        grant.request.clone(),
+                        action_of(event, time),
+                    )]
+                })
+                .unwrap_or_default()
+        }
+        Some("forbid") => grants
+            .held_by(user, time)
+            .map(|grant| Attribution::Refused(grant.request.clone(), action_of(event, time)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn action_of(event: &AuditEvent, time: Timestamp) -> ActivityAction {
+    ActivityAction {
+        time: Time(time),
+        verb: cut(&event.verb, 64),
+        resource: cut(&resource_of(event), 512),
+        namespace: event
+            .object_ref
+            .as_ref()
+            .and_then(|object| object.namespace.clone()),
+        name: event
+            .object_ref
+            .as_ref()
+            .and_then(|object| object.name.clone()),
+        code: event
+            .response_status
+            .as_ref()
+            .map_or(0, |status| status.code),
+    }
+}
+
+/// `group/resource/subresource` with empty parts left out, or the path of a non-resource
+/// request (without its query).
+fn resource_of(event: &AuditEvent) -> String {
+    match &event.object_ref {
+        Some(object) if !object.resource.is_empty() => [
+            object.api_group.as_deref().unwrap_or_default(),
+            object.resource.as_str(),
+            object.subresource.as_deref().unwrap_or_default(),
+        ]
+        .into_iter()
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("/"),
+        _ => event
+            .request_uri
+            .split('?')
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+fn cut(text: &str, limit: usize) -> String {
+    text.chars().take(limit).collect()
+}
+
+/// One request's activity while it is being counted: every verb and resource pair, of which
+/// the summary shows the most frequent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tally {
+    actions: i64,
+    refused: i64,
+    first: Option<Time>,
+    last: Option<Time>,
+    counts: HashMap<(String, String), i64>,
+    /// What earlier summaries summed as other and cannot be told apart any more.
+    other: i64,
+    recent: Vec<ActivityAction>,
+}
+
+impl Tally {
+    /// Continues from a summary written earlier (after a restart).
+    pub fn from_summary(summary: &Activity) -> Self {
+        Self {
+            actions: summary.actions,
+            refused: summary.refused,
+            first: summary.first_action_time.clone(),
+            last: summary.last_action_time.clone(),
+            counts: summary
+                .by_verb_and_resource
+                .iter()
+                .map(|count| ((count.verb.clone(), count.resource.clone()), count.count))
+                .collect(),
+            other: summary.other_actions,
+            recent: summary.recent.clone(),
+        }
+    }
+
+    /// Counts one attribution.
+    pub fn add(&mut self, attribution: Attribution) {
+        let action = match attribution {
+            Attribution::Used(_, action) => {
+                self.actions += 1;
+                if self.first.as_ref().is_none_or(|first| action.time < *first) {
+                    self.first = Some(action.time.clone());
+                }
+                if self.last.as_ref().is_none_or(|last| action.time > *last) {
+                    self.last = Some(action.time.clone());
+                }
+                *self
+                    .counts
+                    .entry((action.verb.clone(), action.resource.clone()))
+                    .or_default() += 1;
+                action
+            }
+            Attribution::Refused(_, action) => {
+                self.refused += 1;
+                action
+            }
+        };
+        self.recent.push(action);
+        // Batches may arrive out of order: keep the newest, oldest first.
+        self.recent
+            .sort_by(|left, right| left.time.cmp(&right.time));
+        let excess = self.recent.len().saturating_sub(ACTIVITY_RECENT);
+        self.recent.drain(..excess);
+    }
+
+    /// The bounded summary for `status.activity`, complete up to `as_of`.
+    pub fn summary(&self, as_of: Timestamp) -> Activity {
+        let mut counts: Vec<ActivityCount> = self
+            .counts
+            .iter()
+            .map(|((verb, resource), count)| ActivityCount {
+                verb: verb.clone(),
+                resource: resource.clone(),
+                count: *count,
+            })
+            .collect();
+        // Most frequent first; ties in a fixed order, so that the status does not flap.
+        counts.sort_by(|left, right| {
+            right
+                .count
+                .cmp(&left.count)
+                .then_with(|| left.resource.cmp(&right.resource))
+                .then_with(|| left.verb.cmp(&right.verb))
+        });
+        let rest: i64 = counts
+            .iter()
+            .skip(ACTIVITY_TOP)
+            .map(|count| count.count)
+            .sum();
+        counts.truncate(ACTIVITY_TOP);
+        Activity {
+            source: Some(ActivitySource::KubernetesAudit),
+            actions: self.actions,
+            refused: self.refused,
+            first_action_time: self.first.clone(),
+            last_action_time: self.last.clone(),
+            by_verb_and_resource: counts,
+            other_actions: self.other + rest,
+            recent: self.recent.clone(),
+            as_of: Some(Time(as_of)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    /// An audit event as kube-apiserver v1.36 posts it (trimmed to what is read).
+    fn event(user: &str, verb: &str, resource: &str, decision: &str, reason: &str) -> AuditEvent {
+        serde_json::from_value(json!({
+            "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata",
+            "auditID": "4c7b1d7e-0000-4000-8000-000000000001",
+            "stage": "ResponseComplete",
+            "requestURI": format!("/api/v1/namespaces/team/{resource}?limit=500"),
+            "verb": verb,
+            "user": {"username": user, "groups": ["devs", "system:authenticated"]},
+            "sourceIPs": ["127.0.0.1"],
+            "objectRef": {"resource": resource, "namespace": "team", "apiVersion": "v1"},
+            "responseStatus": {"metadata": {}, "code": if decision == "allow" { 200 } else { 403 }},
+            "requestReceivedTimestamp": "2026-01-01T00:05:00.123456Z",
+            "stageTimestamp": "2026-01-01T00:05:00.130000Z",
+            "annotations": {
+                "authorization.k8s.io/decision": decision,
+                "authorization.k8s.io/reason": reason,
+            },
+        }))
+        .unwrap()
+    }
+
+    const GRANTED: &str = r#"RBAC: allowed by RoleBinding "jit-0b7c9f7e/team" of ClusterRole "jit-dev-view" to User "alice""#;
+    const STANDING: &str =
+        r#"RBAC: allowed by RoleBinding "alice-own/team" of ClusterRole "edit" to User "alice""#;
+
+    fn grants() -> Grants {
+        Grants::new([ActiveGrant {
+            request: "team/alice-view".into(),
+            binding: BindingRef::RoleBinding {
+                namespace: "team".into(),
+                name: "jit-0b7c9f7e".into(),
+            },
+            subject: "alice".into(),
+            granted_at: at("2026-01-01T00:00:00Z"),
+            expires_at: at("2026-01-01T01:00:00Z"),
+        }])
+    }
+
+    #[test]
+    fn rbac_reasons_name_the_binding() {
+        assert_eq!(
+            BindingRef::from_reason(GRANTED),
+            Some(BindingRef::RoleBinding {
+                namespace: "team".into(),
+                name: "jit-0b7c9f7e".into()
+            })
+        );
+        assert_eq!(
+            BindingRef::from_reason(
+                r#"RBAC: allowed by ClusterRoleBinding "jit-1" of ClusterRole "admin" to Group "oncall""#
+            ),
+            Some(BindingRef::ClusterRoleBinding {
+                name: "jit-1".into()
+            })
+        );
+        assert_eq!(BindingRef::from_reason(""), None);
+        assert_eq!(
+            BindingRef::from_reason("allowed by the node authorizer"),
+            None
+        );
+        assert_eq!(
+            BindingRef::from_grant_reference("RoleBinding team/jit-0b7c9f7e"),
+            BindingRef::from_reason(GRANTED)
+        );
+        assert_eq!(
+            BindingRef::from_grant_reference("ClusterRoleBinding jit-1"),
+            Some(BindingRef::ClusterRoleBinding {
+                name: "jit-1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_call_the_grant_allowed_is_its_use_and_nothing_else_is() {
+        let grants = grants();
+        let used = attribute(&event("alice", "list", "pods", "allow", GRANTED), &grants);
+        assert_eq!(used.len(), 1);
+        let Attribution::Used(request, action) = &used[0] else {
+            panic!("{used:?}")
+        };
+        assert_eq!(request, "team/alice-view");
+        assert_eq!(action.verb, "list");
+        assert_eq!(action.resource, "pods");
+        assert_eq!(action.namespace.as_deref(), Some("team"));
+        assert_eq!(action.code, 200);
+        // Allowed by her own standing binding: not the grant's use.
+        assert!(attribute(&event("alice", "get", "pods", "allow", STANDING), &grants).is_empty());
+        // Only the final stage counts.
+        let mut started = event("alice", "list", "pods", "allow", GRANTED);
+        started.stage = "ResponseStarted".into();
+        assert!(attribute(&started, &grants).is_empty());
+    }
+
+    #[test]
+    fn a_refused_call_by_the_subject_during_the_grant_is_counted_as_refused() {
+        let grants = grants();
+        let refused = attribute(&event("alice", "get", "secrets", "forbid", ""), &grants);
+        assert!(
+            matches!(&refused[..], [Attribution::Refused(request, action)] if request == "team/alice-view" && action.code == 403),
+            "{refused:?}"
+        );
+        // Someone else refused: nothing to do with the grant.
+        assert!(attribute(&event("mallory", "get", "secrets", "forbid", ""), &grants).is_empty());
+        // Outside the window: not counted.
+        let mut later = event("alice", "get", "secrets", "forbid", "");
+        later.request_received_timestamp = Some(at("2026-01-01T02:00:00Z"));
+        assert!(attribute(&later, &grants).is_empty());
+    }
+
+    #[test]
+    fn a_group_grant_counts_its_members_refusals() {
+        let grants = Grants::new([ActiveGrant {
+            request: "team/oncall".into(),
+            binding: BindingRef::ClusterRoleBinding {
+                name: "jit-2".into(),
+            },
+            subject: "group:devs".into(),
+            granted_at: at("2026-01-01T00:00:00Z"),
+            expires_at: at("2026-01-01T01:00:00Z"),
+        }]);
+        assert_eq!(
+            attribute(&event("alice", "delete", "pods", "forbid", ""), &grants).len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_summary_stays_bounded_however_busy_the_subject_is() {
+        let mut tally = Tally::default();
+        for index in 0..30 {
+            for _ in 0..=index {
+                let mut call = event("alice", "get", &format!("kind{index:02}"), "allow", GRANTED);
+                call.request_received_timestamp =
+                    Some(at("2026-01-01T00:05:00Z") + jiff::SignedDuration::from_secs(index));
+                for attribution in attribute(&call, &grants()) {
+                    tally.add(attribution);
+                }
+            }
+        }
+        let mut refused = event("alice", "get", "secrets", "forbid", "");
+        refused.request_received_timestamp = Some(at("2026-01-01T00:06:00Z"));
+        tally.add(attribute(&refused, &grants()).remove(0));
+        let summary = tally.summary(at("2026-01-01T00:10:00Z"));
+        let total: i64 = (1..=30).sum();
+        assert_eq!(summary.actions, total);
+        assert_eq!(summary.refused, 1);
+        assert_eq!(summary.by_verb_and_resource.len(), ACTIVITY_TOP);
+        assert_eq!(summary.by_verb_and_resource[0].resource, "kind29");
+        assert_eq!(summary.by_verb_and_resource[0].count, 30);
+        let shown: i64 = summary
+            .by_verb_and_resource
+            .iter()
+            .map(|count| count.count)
+            .sum();
+        assert_eq!(shown + summary.other_actions, total, "the rest is summed");
+        assert_eq!(summary.recent.len(), ACTIVITY_RECENT);
+        assert_eq!(summary.recent.last().unwrap().code, 403, "newest last");
+        assert_eq!(
+            summary.first_action_time,
+            Some(Time(at("2026-01-01T00:05:00Z")))
+        );
+        assert_eq!(
+            summary.last_action_time,
+            Some(Time(at("2026-01-01T00:05:29Z")))
+        );
+        // After a restart the count goes on from the summary.
+        let mut resumed = Tally::from_summary(&summary);
+        resumed
+            .add(attribute(&event("alice", "list", "pods", "allow", GRANTED), &grants()).remove(0));
+        let again = resumed.summary(at("2026-01-01T00:11:00Z"));
+        assert_eq!(again.actions, total + 1);
+        let shown: i64 = again
+            .by_verb_and_resource
+            .iter()
+            .map(|count| count.count)
+            .sum();
+        assert_eq!(shown + again.other_actions, total + 1);
+    }
+
+    #[test]
+    fn an_event_list_from_the_api_server_parses() {
+        let list: EventList = serde_json::from_value(json!({
+            "kind": "EventList", "apiVersion": "audit.k8s.io/v1", "metadata": {},
+            "items": [{
+                "level": "Metadata", "auditID": "x", "stage": "ResponseComplete",
+                "requestURI": "/version", "verb": "get",
+                "user": {"username": "alice"},
+                "sourceIPs": ["127.0.0.1"], "responseStatus": {"code": 200},
+                "requestReceivedTimestamp": "2026-01-01T00:05:00.000001Z",
+                "stageTimestamp": "2026-01-01T00:05:00.000002Z",
+            }],
+        }))
+        .unwrap();
+        assert_eq!(list.items.len(), 1);
+        assert_eq!(resource_of(&list.items[0]), "/version");
+    }
+}
