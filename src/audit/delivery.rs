@@ -305,6 +305,9 @@ impl Deliverer {
             outboxes.push(outbox);
         }
         state.parsed.retain(|name, _| seen.contains(name));
+        // A removed outbox is owed nothing more: forget its cursors.
+        let uids: HashSet<&str> = outboxes.iter().map(|outbox| outbox.uid.as_str()).collect();
+        state.sent.retain(|(uid, _), _| uids.contains(uid.as_str()));
         outboxes
     }
 

@@ -70,6 +70,15 @@ pub struct Recorder {
     refusals: Arc<tokio::sync::Semaphore>,
 }
 
+/// `namespace/name` of a request, as its outbox names it.
+fn path_of(request: &AccessRequest) -> String {
+    format!(
+        "{}/{}",
+        request.namespace().unwrap_or_default(),
+        request.name_any()
+    )
+}
+
 /// A create that admission refused.
 pub struct Refusal {
     /// The admission review's uid: each refusal is its own event.
@@ -242,11 +251,7 @@ impl Recorder {
                 },
             ));
         }
-        let name = format!(
-            "{}/{}",
-            request.namespace().unwrap_or_default(),
-            request.name_any()
-        );
+        let name = path_of(request);
         self.store
             .append(&uid, &name, &records, next, false)
             .await?;
@@ -292,11 +297,7 @@ impl Recorder {
                 return;
             }
             let uid = refusal.uid();
-            let name = format!(
-                "{}/{}",
-                refusal.request.namespace().unwrap_or_default(),
-                refusal.request.name_any()
-            );
+            let name = path_of(&refusal.request);
             let record = outbox::Record {
                 event,
                 to,
