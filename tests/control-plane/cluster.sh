@@ -225,6 +225,13 @@ wait_until_ready() {
 	done
 }
 
+# Whether something listens on 127.0.0.1:PORT (from /proc/net/tcp: local address, state 0A).
+listening() {
+	local hex
+	hex="$(printf '0100007F:%04X' "$1")"
+	awk -v want="$hex" '$2 == want && $4 == "0A" { found = 1 } END { exit !found }' /proc/net/tcp
+}
+
 # Kills kube-apiserver (as a crash would; a graceful stop waits up to a minute for open
 # watches) and starts it again on the same port, against the same etcd.
 restart_apiserver() {
@@ -232,12 +239,20 @@ restart_apiserver() {
 	pid="$(recorded_pid kube-apiserver)"
 	if is_ours "$pid"; then
 		kill -KILL "$pid"
-		# Not is_ours: an exiting process loses its cmdline before it closes its sockets, and
-		# the new kube-apiserver would find the port still taken.
-		while [[ -e "/proc/$pid" && "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" != Z ]]; do
-			sleep 0.1
-		done
 	fi
+	# Not is_ours, nor the process turning zombie: an exiting process loses its cmdline before
+	# it closes its sockets, and its main thread turns zombie while the other threads (which
+	# share the listening socket) are still exiting. Only a free port says it is gone.
+	local apiserver waited=0
+	read -r _ apiserver <"$dir/ports"
+	while listening "$apiserver"; do
+		if ((waited >= 300)); then
+			log "port $apiserver still taken 30s after kube-apiserver was killed"
+			return 1
+		fi
+		sleep 0.1
+		waited=$((waited + 1))
+	done
 	launch_apiserver
 	wait_until_ready
 	log "kube-apiserver restarted"
