@@ -148,6 +148,22 @@ pub struct Args {
     #[arg(long, env = "JIT_RETAIN_ENDED", default_value = "720h", value_parser = parse_duration)]
     pub retain_ended: Duration,
 
+    /// Serve the API server's audit webhook backend here (HTTPS, path /audit) to record what
+    /// each subject does with a Kubernetes grant (`status.activity`, `dev.jit.activity.v1`
+    /// audit lines, `idleTimeout`). Off when unset. Port 0 picks a free port.
+    #[arg(long, env = "JIT_ACTIVITY_ADDR", requires_all = ["activity_cert_dir", "activity_token_file"])]
+    pub activity_addr: Option<SocketAddr>,
+
+    /// Serve the audit webhook with `tls.crt` and `tls.key` from this directory, reloaded when
+    /// they change; the API server's webhook kubeconfig trusts its CA.
+    #[arg(long, env = "JIT_ACTIVITY_CERT_DIR")]
+    pub activity_cert_dir: Option<std::path::PathBuf>,
+
+    /// A file holding the bearer token the API server presents (its webhook kubeconfig's
+    /// user token); posts without it are refused.
+    #[arg(long, env = "JIT_ACTIVITY_TOKEN_FILE")]
+    pub activity_token_file: Option<std::path::PathBuf>,
+
     /// Log line format.
     #[arg(long, env = "JIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

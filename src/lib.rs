@@ -12,6 +12,7 @@ pub mod cli;
 pub mod crd;
 pub(crate) mod failpoint;
 pub(crate) mod health_metrics;
+pub(crate) mod https;
 pub(crate) mod leader;
 pub(crate) mod metrics;
 pub mod operator;

@@ -135,6 +135,14 @@ pub struct Metrics {
     pub deliveries: Family<DeliveryLabels, Counter>,
     /// Seconds from a transition to its acknowledged delivery.
     pub delivery_seconds: Histogram,
+    /// Audit webhook posts from the API server by outcome.
+    pub activity_posts: Family<OutcomeLabels, Counter>,
+    /// Audit events received by what they meant for the grants.
+    pub activity_events: Family<OutcomeLabels, Counter>,
+    /// Detail shed under load, by what was dropped (the counts are always kept).
+    pub activity_dropped: Family<OutcomeLabels, Counter>,
+    /// Writes of `status.activity` by outcome.
+    pub activity_writes: Family<OutcomeLabels, Counter>,
     failing: Mutex<HashSet<String>>,
     tracked: Mutex<HashMap<String, Tracked>>,
 }
@@ -161,6 +169,10 @@ impl Default for Metrics {
             delivery_backlog: Family::default(),
             deliveries: Family::default(),
             delivery_seconds: Histogram::new(seconds_buckets()),
+            activity_posts: Family::default(),
+            activity_events: Family::default(),
+            activity_dropped: Family::default(),
+            activity_writes: Family::default(),
             failing: Mutex::new(HashSet::new()),
             tracked: Mutex::new(HashMap::new()),
             registry: Registry::default(),
@@ -255,7 +267,35 @@ impl Default for Metrics {
             "Seconds from a transition to its acknowledged delivery",
             metrics.delivery_seconds.clone(),
         );
+        registry.register(
+            "activity_posts",
+            "Audit webhook posts from the API server by outcome",
+            metrics.activity_posts.clone(),
+        );
+        registry.register(
+            "activity_events",
+            "Audit events received, by what they meant for the grants",
+            metrics.activity_events.clone(),
+        );
+        registry.register(
+            "activity_dropped",
+            "Activity detail shed under load, by what was dropped",
+            metrics.activity_dropped.clone(),
+        );
+        registry.register(
+            "activity_writes",
+            "Writes of status.activity by outcome",
+            metrics.activity_writes.clone(),
+        );
         // Series that exist from the start, so that a rate over them is 0, not absent.
+        for outcome in ["accepted", "unauthenticated", "malformed"] {
+            let _ = metrics.activity_posts.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            });
+        }
+        let _ = metrics.activity_dropped.get_or_create(&OutcomeLabels {
+            outcome: "audit_line".to_owned(),
+        });
         for step in ["observe", "decide", "apply", "status"] {
             let _ = metrics.reconcile_errors.get_or_create(&StepLabels {
                 step: step.to_owned(),
@@ -286,6 +326,17 @@ impl Metrics {
                 channel: channel.to_owned(),
             })
             .set(i64::try_from(waiting).unwrap_or(i64::MAX));
+    }
+
+    /// Adds `count` to the `outcome` series of an activity counter.
+    pub fn count(family: &Family<OutcomeLabels, Counter>, outcome: &str, count: u64) {
+        if count > 0 {
+            family
+                .get_or_create(&OutcomeLabels {
+                    outcome: outcome.to_owned(),
+                })
+                .inc_by(count);
+        }
     }
 
     /// A shared set of metrics.

@@ -62,6 +62,9 @@ pub enum Error {
     /// The webhook server could not start.
     #[error("webhook server failed")]
     Webhook(#[from] admission::server::Error),
+    /// The audit webhook (session activity) could not start.
+    #[error("audit webhook server failed")]
+    Activity(#[from] crate::activity::server::Error),
     /// The webhook configurations could not be registered.
     #[error("webhook registration failed")]
     Register(#[from] register::Error),
@@ -95,6 +98,9 @@ impl Error {
             }
             Self::Permissions(error) => error.hint(),
             Self::Server(_) | Self::Webhook(_) => "choose another --health-addr or --webhook-addr",
+            Self::Activity(_) => {
+                "check --activity-addr (free), --activity-cert-dir (tls.crt, tls.key) and --activity-token-file (readable, not empty)"
+            }
             Self::Certificate(_) => {
                 "check --webhook-cert-dir, or that the operator may create and update its --webhook-secret and patch its webhook configurations (the chart's Role and ClusterRole)"
             }
@@ -171,6 +177,13 @@ pub async fn run(args: Args) -> Result<(), Error> {
         &client, &args, &identity, &metrics, &sealer, &recorder, &stop,
     )
     .await?;
+    let activity_task = serve_activity(&client, &args, &metrics, &recorder, &stop).await?;
+    let webhook_task = tokio::spawn(async move {
+        let _ = webhook_task.await;
+        if let Some(activity) = activity_task {
+            let _ = activity.await;
+        }
+    });
     let readiness = health_metrics::Readiness::default();
     readiness.set_webhook_serving();
     let health =
@@ -319,6 +332,53 @@ async fn serve_webhook(
         info!(%url, "registered admission webhooks");
     }
     Ok((address, task))
+}
+
+/// Serves the API server's audit webhook and records session activity, when
+/// `--activity-addr` asks for it. Every replica does: the API server posts to any.
+async fn serve_activity(
+    client: &Client,
+    args: &Args,
+    metrics: &Arc<Metrics>,
+    audit: &Arc<crate::audit::Recorder>,
+    stop: &Stop,
+) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
+    let (Some(address), Some(directory), Some(token_file)) = (
+        args.activity_addr,
+        &args.activity_cert_dir,
+        &args.activity_token_file,
+    ) else {
+        return Ok(None);
+    };
+    let (serving, _) = certificate::serve(
+        client,
+        certificate::Source::Directory(directory.clone()),
+        args.resync_interval,
+        || stop.stopped(),
+    )
+    .await?;
+    let (recorder, lines) = crate::activity::recorder::Recorder::new(metrics.clone());
+    let server = crate::activity::server::AuditServer::bind(
+        address,
+        serving,
+        token_file,
+        recorder.clone(),
+        metrics.clone(),
+    )
+    .await?;
+    let bound = server.local_addr()?;
+    info!(address = %bound, path = crate::activity::server::AUDIT_PATH, "serving the audit webhook");
+    let serving = tokio::spawn(server.serve(stop.stopped()));
+    let audit = audit.clone();
+    let recording = tokio::spawn(recorder.run(
+        client.clone(),
+        lines,
+        move |event| audit.write_line(event),
+        stop.stopped(),
+    ));
+    Ok(Some(tokio::spawn(async move {
+        let _ = tokio::join!(serving, recording);
+    })))
 }
 
 /// The leader election settings `args` ask for.

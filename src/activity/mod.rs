@@ -3,11 +3,12 @@
 //! writes, which names the binding), which calls by a subject were refused while a grant was
 //! held, and the bounded summary that lands in `status.activity`.
 //!
-//! Pure: the webhook that receives the events and the writer of the summaries are built on
-//! this.
+//! The attribution and the tally are pure; `server` receives the API server's audit posts
+//! and `recorder` keeps the grants index, the pending counts and writes the summaries.
 
-// Not wired to the audit webhook endpoint yet (issue 16 in progress); only tests use it.
-#![allow(dead_code)]
+pub(crate) mod line;
+pub(crate) mod recorder;
+pub(crate) mod server;
 
 use std::collections::HashMap;
 
@@ -35,6 +36,8 @@ pub(crate) struct EventList {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct AuditEvent {
+    #[serde(default, rename = "auditID")]
+    pub audit_id: String,
     #[serde(default)]
     pub stage: String,
     #[serde(default)]
@@ -148,6 +151,7 @@ pub(crate) type RequestKey = String;
 #[derive(Clone, Debug)]
 pub(crate) struct ActiveGrant {
     pub request: RequestKey,
+    pub uid: String,
     pub binding: BindingRef,
     /// The subject as a request writes it: `alice`, `group:oncall` or
     /// `system:serviceaccount:NS:NAME`.
@@ -178,6 +182,12 @@ impl Grants {
         self.by_binding.is_empty()
     }
 
+    /// How many grants are indexed.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.by_binding.len()
+    }
+
     fn held_by<'a>(
         &'a self,
         user: &'a UserInfo,
@@ -197,13 +207,57 @@ fn is_subject(subject: &str, user: &UserInfo) -> bool {
     }
 }
 
-/// What an audit event means for the grants.
+/// Whether a call was a use of the grant or a refused attempt by its subject.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The grant allowed the call.
+    Used,
+    /// The subject of the grant was refused, while it held the grant.
+    Refused,
+}
+
+impl Outcome {
+    /// As metrics and audit lines name it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Used => "used",
+            Self::Refused => "refused",
+        }
+    }
+}
+
+/// One call, attributed to one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Attribution {
-    /// The grant of this request allowed the call.
-    Used(RequestKey, ActivityAction),
-    /// The subject of this request's grant was refused, while it held the grant.
-    Refused(RequestKey, ActivityAction),
+pub(crate) struct Attribution {
+    /// The request whose grant it concerns.
+    pub request: RequestKey,
+    /// That request's uid.
+    pub uid: String,
+    pub outcome: Outcome,
+    /// Who made the call, as the API server authenticated them.
+    pub user: String,
+    /// The API server's id of the call.
+    pub audit_id: String,
+    pub action: ActivityAction,
+}
+
+impl Attribution {
+    fn of(
+        grant: &ActiveGrant,
+        outcome: Outcome,
+        event: &AuditEvent,
+        user: &UserInfo,
+        time: Timestamp,
+    ) -> Self {
+        Self {
+            request: grant.request.clone(),
+            uid: grant.uid.clone(),
+            outcome,
+            user: cut(&user.username, 253),
+            audit_id: cut(&event.audit_id, 64),
+            action: action_of(event, time),
+        }
+    }
 }
 
 /// The attributions of one audit event: none for calls no grant allowed (a standing binding,
@@ -236,17 +290,12 @@ pub(crate) fn attribute(event: &AuditEvent, grants: &Grants) -> Vec<Attribution>
                 .by_binding
                 .get(&binding)
                 .filter(|grant| grant.granted_at <= time && time < grant.expires_at)
-                .map(|grant| {
-                    vec![Attribution::Used(
-                        grant.request.clone(),
-                        action_of(event, time),
-                    )]
-                })
+                .map(|grant| vec![Attribution::of(grant, Outcome::Used, event, user, time)])
                 .unwrap_or_default()
         }
         Some("forbid") => grants
             .held_by(user, time)
-            .map(|grant| Attribution::Refused(grant.request.clone(), action_of(event, time)))
+            .map(|grant| Attribution::of(grant, Outcome::Refused, event, user, time))
             .collect(),
         _ => Vec::new(),
     }
@@ -298,6 +347,9 @@ fn cut(text: &str, limit: usize) -> String {
     text.chars().take(limit).collect()
 }
 
+/// Most distinct verb and resource pairs a tally tells apart.
+const TALLY_PAIRS: usize = 1_000;
+
 /// One request's activity while it is being counted: every verb and resource pair, of which
 /// the summary shows the most frequent.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -332,27 +384,54 @@ impl Tally {
 
     /// Counts one attribution.
     pub fn add(&mut self, attribution: Attribution) {
-        let action = match attribution {
-            Attribution::Used(_, action) => {
+        let action = attribution.action;
+        match attribution.outcome {
+            Outcome::Used => {
                 self.actions += 1;
-                if self.first.as_ref().is_none_or(|first| action.time < *first) {
-                    self.first = Some(action.time.clone());
-                }
-                if self.last.as_ref().is_none_or(|last| action.time > *last) {
-                    self.last = Some(action.time.clone());
-                }
-                *self
-                    .counts
-                    .entry((action.verb.clone(), action.resource.clone()))
-                    .or_default() += 1;
-                action
+                self.saw(&action.time, &action.time);
+                self.count(&action.verb, &action.resource, 1);
             }
-            Attribution::Refused(_, action) => {
-                self.refused += 1;
-                action
-            }
-        };
-        self.recent.push(action);
+            Outcome::Refused => self.refused += 1,
+        }
+        self.keep_recent([action]);
+    }
+
+    /// Adds another tally's counts (pending ones, onto what was written).
+    pub fn merge(&mut self, other: &Self) {
+        self.actions += other.actions;
+        self.refused += other.refused;
+        if let (Some(first), Some(last)) = (&other.first, &other.last) {
+            self.saw(first, last);
+        }
+        for ((verb, resource), count) in &other.counts {
+            self.count(verb, resource, *count);
+        }
+        self.other += other.other;
+        self.keep_recent(other.recent.iter().cloned());
+    }
+
+    fn saw(&mut self, first: &Time, last: &Time) {
+        if self.first.as_ref().is_none_or(|known| first < known) {
+            self.first = Some(first.clone());
+        }
+        if self.last.as_ref().is_none_or(|known| last > known) {
+            self.last = Some(last.clone());
+        }
+    }
+
+    fn count(&mut self, verb: &str, resource: &str, count: i64) {
+        let key = (verb.to_owned(), resource.to_owned());
+        // Distinct pairs are bounded (a grant on non-resource URLs could name endless
+        // paths): past the bound, new pairs are summed as other.
+        if self.counts.len() >= TALLY_PAIRS && !self.counts.contains_key(&key) {
+            self.other += count;
+            return;
+        }
+        *self.counts.entry(key).or_default() += count;
+    }
+
+    fn keep_recent(&mut self, actions: impl IntoIterator<Item = ActivityAction>) {
+        self.recent.extend(actions);
         // Batches may arrive out of order: keep the newest, oldest first.
         self.recent
             .sort_by(|left, right| left.time.cmp(&right.time));
@@ -440,6 +519,7 @@ mod tests {
     fn grants() -> Grants {
         Grants::new([ActiveGrant {
             request: "team/alice-view".into(),
+            uid: "uid-1".into(),
             binding: BindingRef::RoleBinding {
                 namespace: "team".into(),
                 name: "jit-0b7c9f7e".into(),
@@ -489,10 +569,18 @@ mod tests {
         let grants = grants();
         let used = attribute(&event("alice", "list", "pods", "allow", GRANTED), &grants);
         assert_eq!(used.len(), 1);
-        let Attribution::Used(request, action) = &used[0] else {
+        let Attribution {
+            request,
+            outcome: Outcome::Used,
+            action,
+            user,
+            ..
+        } = &used[0]
+        else {
             panic!("{used:?}")
         };
         assert_eq!(request, "team/alice-view");
+        assert_eq!(user, "alice");
         assert_eq!(action.verb, "list");
         assert_eq!(action.resource, "pods");
         assert_eq!(action.namespace.as_deref(), Some("team"));
@@ -510,7 +598,7 @@ mod tests {
         let grants = grants();
         let refused = attribute(&event("alice", "get", "secrets", "forbid", ""), &grants);
         assert!(
-            matches!(&refused[..], [Attribution::Refused(request, action)] if request == "team/alice-view" && action.code == 403),
+            matches!(&refused[..], [Attribution { request, outcome: Outcome::Refused, action, .. }] if request == "team/alice-view" && action.code == 403),
             "{refused:?}"
         );
         // Someone else refused: nothing to do with the grant.
@@ -525,6 +613,7 @@ mod tests {
     fn a_group_grant_counts_its_members_refusals() {
         let grants = Grants::new([ActiveGrant {
             request: "team/oncall".into(),
+            uid: "uid-2".into(),
             binding: BindingRef::ClusterRoleBinding {
                 name: "jit-2".into(),
             },
@@ -589,6 +678,47 @@ mod tests {
             .map(|count| count.count)
             .sum();
         assert_eq!(shown + again.other_actions, total + 1);
+    }
+
+    #[test]
+    fn pending_counts_merged_onto_a_written_summary_equal_counting_everything_at_once() {
+        let calls: Vec<AuditEvent> = (0..25)
+            .map(|index| {
+                let (verb, decision, reason) = match index % 5 {
+                    4 => ("get", "forbid", ""),
+                    3 => ("watch", "allow", GRANTED),
+                    _ => ("list", "allow", GRANTED),
+                };
+                let mut call = event(
+                    "alice",
+                    verb,
+                    &format!("kind{}", index % 7),
+                    decision,
+                    reason,
+                );
+                call.request_received_timestamp =
+                    Some(at("2026-01-01T00:05:00Z") + jiff::SignedDuration::from_secs(index));
+                call
+            })
+            .collect();
+        let mut everything = Tally::default();
+        let mut written = Tally::default();
+        let mut pending = Tally::default();
+        for (index, call) in calls.iter().enumerate() {
+            for attribution in attribute(call, &grants()) {
+                everything.add(attribution.clone());
+                if index < 12 {
+                    written.add(attribution);
+                } else {
+                    pending.add(attribution);
+                }
+            }
+        }
+        let as_of = at("2026-01-01T00:10:00Z");
+        let mut resumed = Tally::from_summary(&written.summary(as_of));
+        resumed.merge(&pending);
+        assert_eq!(resumed.summary(as_of), everything.summary(as_of));
+        assert_eq!(everything.summary(as_of).refused, 5);
     }
 
     #[test]

@@ -28,6 +28,14 @@ pub enum Denial {
     /// The policy refuses.
     #[error(transparent)]
     Policy(#[from] Refusal),
+    /// An idle timeout shorter than session activity can tell.
+    #[error(
+        "spec.idleTimeout is {idle}; it must be at least 30s, since activity reaches a request up to 10s late (more with the API server's audit batch wait)"
+    )]
+    IdleTimeoutTooShort {
+        /// As written.
+        idle: String,
+    },
     /// A notification route names a channel that does not exist.
     #[error(
         "spec.notifications.routes names NotificationChannel {channel}, which does not exist; create it first or fix the name"
@@ -205,6 +213,15 @@ fn check_size(object: &AccessRequest, old: Option<&AccessRequest>) -> Result<(),
 /// Whether a policy may be written: its auto-approve expression must compile and stay within
 /// the cost limit (it runs for every pending request, and is checked again before each run).
 pub fn validate_policy(policy: &AccessPolicy) -> Result<(), Denial> {
+    if let Some(idle) = &policy.spec.idle_timeout
+        && idle
+            .to_std()
+            .map_or(true, |idle| idle < crate::policy::MIN_IDLE_TIMEOUT)
+    {
+        return Err(Denial::IdleTimeoutTooShort {
+            idle: idle.as_str().to_owned(),
+        });
+    }
     if let Some(auto_approve) = &policy.spec.auto_approve {
         policy::auto_approve::check(&auto_approve.expression)?;
     }

@@ -1,17 +1,13 @@
 //! The HTTPS server the API server calls for admission: `/mutate` and `/validate`, fed to the
 //! pure `mutate` and `validate`. Anything it cannot read is refused (fail closed).
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{
     Router,
     body::Bytes,
     extract::{DefaultBodyLimit, State},
     routing::post,
-};
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    service::TowerToHyperService,
 };
 use jiff::Timestamp;
 use kube::{
@@ -21,9 +17,9 @@ use kube::{
         admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation},
     },
 };
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::certificate::Reloadable;
 
@@ -103,15 +99,9 @@ impl WebhookServer {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| Error::Bind { address, source })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
-            .with_cert_resolver(certificate);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self {
             listener,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            acceptor: crate::https::acceptor(certificate)?,
             state: AppState {
                 client,
                 operator: operator.into(),
@@ -145,86 +135,16 @@ impl WebhookServer {
             )
             .layer(DefaultBodyLimit::max(MAX_REVIEW_BYTES))
             .with_state(self.state);
-        tokio::pin!(shutdown);
-        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-        let mut accept_backoff = ACCEPT_BACKOFF_MIN;
-        loop {
-            // At the connection limit, stop accepting: the kernel's backlog holds the rest.
-            let permit = tokio::select! {
-                () = &mut shutdown => break,
-                permit = connections.clone().acquire_owned() => permit,
-            };
-            let Ok(permit) = permit else { break };
-            let accepted = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = self.listener.accept() => accepted,
-            };
-            let (stream, peer) = match accepted {
-                Ok(accepted) => {
-                    accept_backoff = ACCEPT_BACKOFF_MIN;
-                    accepted
-                }
-                Err(error) => {
-                    // Out of file descriptors, say: wait rather than spin and flood the log.
-                    warn!(error = %error, retry_in = ?accept_backoff, "failed to accept a webhook connection");
-                    tokio::time::sleep(accept_backoff).await;
-                    accept_backoff = (accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    continue;
-                }
-            };
-            let acceptor = self.acceptor.clone();
-            let service = TowerToHyperService::new(router.clone());
-            tokio::spawn(async move {
-                let _permit = permit;
-                let tls =
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(error)) => {
-                            debug!(%peer, error = %error, "webhook TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            debug!(%peer, "webhook TLS handshake timed out");
-                            return;
-                        }
-                    };
-                let connection = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(TokioIo::new(tls), service);
-                tokio::pin!(connection);
-                // The API server keeps connections open between reviews; a connection is
-                // closed after a while all the same (the API server opens a new one), so that
-                // none is held forever, idle or trickling.
-                let result = tokio::select! {
-                    result = connection.as_mut() => result,
-                    () = tokio::time::sleep(CONNECTION_LIFETIME) => {
-                        connection.as_mut().graceful_shutdown();
-                        match tokio::time::timeout(HEADER_TIMEOUT, connection.as_mut()).await {
-                            Ok(result) => result,
-                            Err(_) => Ok(()),
-                        }
-                    }
-                };
-                if let Err(error) = result {
-                    debug!(%peer, error = %error, "webhook connection ended with an error");
-                }
-            });
-        }
+        crate::https::serve(
+            self.listener,
+            self.acceptor,
+            router,
+            "admission webhook",
+            shutdown,
+        )
+        .await;
     }
 }
-
-/// Most connections served at once; the API server needs a handful.
-const MAX_CONNECTIONS: usize = 256;
-/// Longest TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest wait for a request's headers, including on an idle kept-alive connection.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest life of one connection.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
-/// First and longest wait after a failed accept.
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 fn respond(response: AdmissionResponse) -> axum::Json<AdmissionReview<DynamicObject>> {
     axum::Json(response.into_review())

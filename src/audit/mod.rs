@@ -170,6 +170,11 @@ impl Recorder {
         })
     }
 
+    /// Writes one event that has no outbox (an attributed call) as an audit line.
+    pub(crate) fn write_line(&self, event: &serde_json::Value) {
+        self.lines.write(event);
+    }
+
     /// The outbox store.
     pub fn store(&self) -> &outbox::Store {
         &self.store

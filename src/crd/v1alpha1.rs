@@ -454,6 +454,12 @@ pub struct AccessPolicySpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub approval_timeout: Option<ApiDuration>,
+    /// A Kubernetes grant with no action for this long (as the API server's audit events
+    /// show, see `status.activity`) is revoked early, with reason `Idle`. At least 30s; needs
+    /// the operator's audit webhook (`--activity-addr`), or every grant ends this long after
+    /// it starts. Activity never extends a grant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<ApiDuration>,
     /// What a request's reason must look like.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<ReasonPolicy>,
@@ -518,6 +524,13 @@ pub struct Requester {
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     // A string, not a date: kubectl shows future dates as "<invalid>".
     printcolumn(name = "Expires", type_ = "string", json_path = ".status.expiresAt"),
+    printcolumn(
+        name = "Actions",
+        type_ = "integer",
+        json_path = ".status.activity.actions",
+        description = "Actions the grant allowed, as the API server's audit events show",
+        priority = "1"
+    ),
     printcolumn(
         name = "Age",
         type_ = "date",

@@ -15,6 +15,10 @@ use crate::{
     subject::{self, Subject},
 };
 
+/// The shortest `idleTimeout` a policy may set: activity reaches a request up to
+/// [`crate::activity::recorder::WRITE_INTERVAL`] late, plus the API server's batch wait.
+pub const MIN_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Why a policy refuses something. The messages are shown to people as they are.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Refusal {

@@ -771,10 +771,23 @@ impl<'a> Builder<'a> {
                 );
             }
         }
+        if let Some(idle_until) = policy.and_then(|policy| self.idle_until(policy)) {
+            if self.now >= idle_until {
+                let message = format!(
+                    "no action with the grant since {}; revoked early for the policy's idle timeout",
+                    self.last_used()
+                        .map_or_else(String::new, |time| time.to_string())
+                );
+                return self.end(Phase::Revoked, "Idle", None, &message);
+            }
+        }
         if let (Some(policy), Some(state)) = (policy, grant) {
             self.repair(policy, state, expires_at);
         }
         self.plan.requeue_after = until(self.now, expires_at).min(RESYNC);
+        if let Some(idle_until) = policy.and_then(|policy| self.idle_until(policy)) {
+            self.plan.requeue_after = self.plan.requeue_after.min(until(self.now, idle_until));
+        }
         if let Some(policy) = policy {
             self.warn_of_expiry(policy, expires_at);
         }
@@ -788,6 +801,29 @@ impl<'a> Builder<'a> {
         {
             self.plan.requeue_after = self.plan.requeue_after.min(until(self.now, due.0));
         }
+    }
+
+    /// When the last action with the grant was (its start, before any).
+    fn last_used(&self) -> Option<Timestamp> {
+        let status = &self.plan.status;
+        let granted_at = status.granted_at.as_ref()?.0;
+        let last_action = status
+            .activity
+            .as_ref()
+            .and_then(|activity| activity.last_action_time.as_ref())
+            .map(|time| time.0);
+        Some(last_action.map_or(granted_at, |last| last.max(granted_at)))
+    }
+
+    /// When an idle Kubernetes grant is revoked, if its policy sets `idleTimeout`. Only
+    /// Kubernetes grants: the clouds' activity arrives minutes late.
+    fn idle_until(&self, policy: &AccessPolicy) -> Option<Timestamp> {
+        let idle = policy.spec.idle_timeout.as_ref()?.to_std().ok()?;
+        let grant = self.plan.status.grant.as_ref()?;
+        if grant.provider != crate::target::Target::Kubernetes.as_str() {
+            return None;
+        }
+        add(self.last_used()?, idle)
     }
 
     /// Counts a look at the grant that failed and sets when the next one is due: a cloud

@@ -818,3 +818,89 @@ fn a_failing_revoke_of_a_deleted_request_keeps_its_finalizer_while_it_waits() {
     assert_eq!(plan.effect, Effect::Revoke);
     assert_eq!(plan.finalizer, FinalizerChange::Remove);
 }
+
+/// An active Kubernetes grant (granted at 00:02, for the fixture's hour) whose policy sets
+/// an idle timeout of `idle`, with its last action at `last_action`.
+fn idle_grant(idle: &str, last_action: Option<&str>) -> Observed {
+    let mut observed = active("2026-01-01T00:02:00Z");
+    observed.policy.as_mut().unwrap().spec.idle_timeout = Some(ApiDuration::parse(idle).unwrap());
+    let status = observed.request.status.as_mut().unwrap();
+    status.grant = Some(crate::crd::v1alpha1::Grant {
+        provider: "kubernetes".into(),
+        reference: "RoleBinding team/jit-1".into(),
+        cloud_enforced_expiry: false,
+    });
+    status.activity = last_action.map(|time| crate::crd::v1alpha1::Activity {
+        actions: 1,
+        last_action_time: Some(Time(at(time))),
+        ..Default::default()
+    });
+    observed
+}
+
+#[test]
+fn a_grant_unused_for_the_idle_timeout_is_revoked_as_idle() {
+    // Never used: idle from the grant's start.
+    let unused = idle_grant("10m", None);
+    let plan = decide(&unused, at("2026-01-01T00:11:59Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Active));
+    assert_eq!(
+        plan.requeue_after,
+        Duration::from_secs(1),
+        "looks again when idle"
+    );
+    let plan = decide(&unused, at("2026-01-01T00:12:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.status.phase, Some(Phase::Revoked));
+    assert_eq!(condition(&plan, GRANTED).reason, "Idle");
+    assert!(
+        plan.status
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("idle timeout"),
+        "{:?}",
+        plan.status.message
+    );
+}
+
+#[test]
+fn activity_keeps_a_grant_alive_but_never_past_its_end() {
+    let used = idle_grant("10m", Some("2026-01-01T00:20:00Z"));
+    let plan = decide(&used, at("2026-01-01T00:25:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Active));
+    assert_eq!(plan.requeue_after, Duration::from_secs(300));
+    assert_eq!(
+        decide(&used, at("2026-01-01T00:30:00Z")).status.phase,
+        Some(Phase::Revoked)
+    );
+    // Used a minute before the end: it still ends at its time, as expired.
+    let mut busy = idle_grant("10m", None);
+    let status = busy.request.status.as_mut().unwrap();
+    let expires_at = status.expires_at.clone().unwrap().0;
+    status.activity = Some(crate::crd::v1alpha1::Activity {
+        actions: 1,
+        last_action_time: Some(Time(expires_at - jiff::SignedDuration::from_secs(60))),
+        ..Default::default()
+    });
+    let plan = decide(&busy, expires_at);
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+}
+
+#[test]
+fn idle_timeouts_do_not_apply_to_cloud_grants() {
+    let mut cloud = idle_grant("10m", None);
+    cloud
+        .request
+        .status
+        .as_mut()
+        .unwrap()
+        .grant
+        .as_mut()
+        .unwrap()
+        .provider = "aws".into();
+    assert_eq!(
+        decide(&cloud, at("2026-01-01T00:30:00Z")).status.phase,
+        Some(Phase::Active)
+    );
+}

@@ -1,0 +1,501 @@
+//! The activity recorder: the index of Kubernetes grants that calls are attributed to (from a
+//! watch of the requests), the counts not yet written, the `dev.jit.activity.v1` audit lines,
+//! and the writes of `status.activity`, at most one per request per [`WRITE_INTERVAL`].
+//!
+//! Every replica runs one (the API server may post to any of them): a write merges this
+//! replica's pending counts onto the summary as it is stored, guarded by its
+//! resourceVersion, so replicas never overwrite each other's counts.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, PoisonError, RwLock},
+    time::Duration,
+};
+
+use futures::StreamExt;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{Patch, PatchParams},
+    core::DeserializeGuard,
+    runtime::{WatchStreamExt, reflector, watcher},
+};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use super::{ActiveGrant, Attribution, AuditEvent, BindingRef, Grants, RequestKey, Tally};
+use crate::{
+    crd::v1alpha1::{AccessRequest, Phase},
+    metrics::Metrics,
+    telemetry::error_chain,
+};
+
+/// Longest a request's summary waits behind its counts, and the shortest time between two
+/// writes of it, however busy its subject is.
+pub(crate) const WRITE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How long an ended grant still takes late calls: the API server posts in batches (up to
+/// `--audit-webhook-batch-max-wait`, 30 s by default) and retries a failed post.
+const LATE_CALLS: SignedDuration = SignedDuration::from_mins(10);
+
+/// The field manager of `status.activity`; the controller never writes that field.
+const FIELD_MANAGER: &str = "jit-operator-activity";
+
+/// Attributed calls waiting to be written as audit lines; past this, lines are shed (the
+/// counts are kept).
+const LINES_QUEUED: usize = 8_192;
+
+/// Summaries written at once.
+const WRITES_IN_FLIGHT: usize = 8;
+
+/// What the audit webhook hands the recorder, and what it keeps between writes.
+pub(crate) struct Recorder {
+    grants: RwLock<Arc<Grants>>,
+    pending: Mutex<HashMap<RequestKey, Tally>>,
+    lines: mpsc::Sender<Attribution>,
+    metrics: Arc<Metrics>,
+}
+
+/// The end of the recorder that writes audit lines.
+pub(crate) struct Lines(mpsc::Receiver<Attribution>);
+
+impl Recorder {
+    /// A recorder with no grants yet, and the receiving end of its audit lines.
+    pub fn new(metrics: Arc<Metrics>) -> (Arc<Self>, Lines) {
+        let (sender, receiver) = mpsc::channel(LINES_QUEUED);
+        (
+            Arc::new(Self {
+                grants: RwLock::new(Arc::new(Grants::default())),
+                pending: Mutex::default(),
+                lines: sender,
+                metrics,
+            }),
+            Lines(receiver),
+        )
+    }
+
+    /// Attributes a batch of the API server's audit events. Never waits for anything but a
+    /// short lock: the API server is waiting for the answer.
+    pub fn receive(&self, events: &[AuditEvent]) {
+        let grants = self
+            .grants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut unattributed = 0;
+        let mut attributions = Vec::new();
+        for event in events {
+            let found = super::attribute(event, &grants);
+            if found.is_empty() {
+                unattributed += 1;
+            }
+            attributions.extend(found);
+        }
+        Metrics::count(&self.metrics.activity_events, "unattributed", unattributed);
+        if attributions.is_empty() {
+            return;
+        }
+        {
+            let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+            for attribution in &attributions {
+                pending
+                    .entry(attribution.request.clone())
+                    .or_default()
+                    .add(attribution.clone());
+            }
+        }
+        let mut dropped = 0;
+        for attribution in attributions {
+            Metrics::count(
+                &self.metrics.activity_events,
+                attribution.outcome.as_str(),
+                1,
+            );
+            // Under a flood the per-call lines go first; the counts above are never shed.
+            if self.lines.try_send(attribution).is_err() {
+                dropped += 1;
+            }
+        }
+        Metrics::count(&self.metrics.activity_dropped, "audit_line", dropped);
+    }
+
+    fn set_grants(&self, grants: Grants) {
+        *self.grants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(grants);
+    }
+
+    /// Takes the pending counts of requests whose summary may be written now.
+    fn take_due(
+        &self,
+        written: &HashMap<RequestKey, tokio::time::Instant>,
+        now: tokio::time::Instant,
+    ) -> Vec<(RequestKey, Tally)> {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let due: Vec<RequestKey> = pending
+            .keys()
+            .filter(|key| {
+                written
+                    .get(*key)
+                    .is_none_or(|at| now.duration_since(*at) >= WRITE_INTERVAL)
+            })
+            .cloned()
+            .collect();
+        due.into_iter()
+            .filter_map(|key| pending.remove(&key).map(|tally| (key, tally)))
+            .collect()
+    }
+
+    /// Puts counts that could not be written back, to go with the next write.
+    fn put_back(&self, key: RequestKey, tally: &Tally) {
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_default()
+            .merge(tally);
+    }
+
+    /// Keeps the grants index and writes the summaries until `shutdown` completes; writes
+    /// the audit lines with `write_line` on a thread of its own.
+    pub async fn run(
+        self: Arc<Self>,
+        client: Client,
+        lines: Lines,
+        write_line: impl Fn(&serde_json::Value) + Send + 'static,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let mut receiver = lines.0;
+        // Writing lines blocks on stdout and the audit file: not on the runtime's workers.
+        let writer = tokio::task::spawn_blocking(move || {
+            while let Some(attribution) = receiver.blocking_recv() {
+                if let Some(event) = super::line::event_json(&attribution) {
+                    write_line(&event);
+                }
+            }
+        });
+        let requests = Api::<DeserializeGuard<AccessRequest>>::all(client.clone());
+        let (store, store_writer) = reflector::store::<DeserializeGuard<AccessRequest>>();
+        let stream = watcher(requests, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(trim)
+            .reflect(store_writer)
+            .touched_objects();
+        let watch = tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                if let Err(error) = event {
+                    debug!(error = %error_chain(&error), "activity watch error; retrying");
+                }
+            }
+        });
+        let mut known = HashMap::new();
+        let mut written = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        info!("recording session activity from the API server's audit events");
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = tick.tick() => {}
+            }
+            let requests: Vec<_> = store
+                .state()
+                .into_iter()
+                .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
+                .collect();
+            self.set_grants(index(&mut known, &requests, Timestamp::now()));
+            self.write_due(&client, &mut written).await;
+        }
+        // What is pending is written once more before stopping.
+        written.clear();
+        self.write_due(&client, &mut written).await;
+        watch.abort();
+        writer.abort();
+    }
+
+    async fn write_due(
+        &self,
+        client: &Client,
+        written: &mut HashMap<RequestKey, tokio::time::Instant>,
+    ) {
+        let now = tokio::time::Instant::now();
+        written.retain(|_, at| now.duration_since(*at) < WRITE_INTERVAL);
+        let due = self.take_due(written, now);
+        if due.is_empty() {
+            return;
+        }
+        let results: Vec<_> = futures::stream::iter(due)
+            .map(|(key, tally)| async move {
+                let outcome = write(client, &key, &tally, Timestamp::now()).await;
+                (key, tally, outcome)
+            })
+            .buffer_unordered(WRITES_IN_FLIGHT)
+            .collect()
+            .await;
+        for (key, tally, outcome) in results {
+            let label = match outcome {
+                Written::Yes => {
+                    written.insert(key, tokio::time::Instant::now());
+                    "written"
+                }
+                Written::Gone => "gone",
+                Written::NotYet(wait) => {
+                    // Another replica wrote it a moment ago.
+                    written.insert(key.clone(), now - WRITE_INTERVAL.saturating_sub(wait));
+                    self.put_back(key, &tally);
+                    "deferred"
+                }
+                Written::Conflict => {
+                    self.put_back(key, &tally);
+                    "conflict"
+                }
+                Written::Failed => {
+                    written.insert(key.clone(), tokio::time::Instant::now());
+                    self.put_back(key, &tally);
+                    "failed"
+                }
+            };
+            Metrics::count(&self.metrics.activity_writes, label, 1);
+        }
+    }
+}
+
+/// How a summary write went.
+enum Written {
+    Yes,
+    /// The request is gone; its counts go with it.
+    Gone,
+    /// Written by a replica less than [`WRITE_INTERVAL`] ago; due again after this wait.
+    NotYet(Duration),
+    /// Changed since it was read; written on the next round.
+    Conflict,
+    Failed,
+}
+
+/// Merges `pending` onto the request's stored summary and writes it, if the stored one is at
+/// least [`WRITE_INTERVAL`] old.
+async fn write(client: &Client, key: &str, pending: &Tally, now: Timestamp) -> Written {
+    let Some((namespace, name)) = key.split_once('/') else {
+        return Written::Gone;
+    };
+    let api = Api::<AccessRequest>::namespaced(client.clone(), namespace);
+    let request = match api.get_opt(name).await {
+        Ok(Some(request)) => request,
+        Ok(None) => return Written::Gone,
+        Err(error) => {
+            warn!(request = key, error = %error_chain(&error), "failed to read a request to record its activity");
+            return Written::Failed;
+        }
+    };
+    let stored = request
+        .status
+        .as_ref()
+        .and_then(|status| status.activity.clone());
+    if let Some(as_of) = stored.as_ref().and_then(|stored| stored.as_of.as_ref()) {
+        let age = now.duration_since(as_of.0).unsigned_abs();
+        if now >= as_of.0 && age < WRITE_INTERVAL {
+            return Written::NotYet(WRITE_INTERVAL - age);
+        }
+    }
+    let mut tally = stored.as_ref().map(Tally::from_summary).unwrap_or_default();
+    tally.merge(pending);
+    let patch = json!({
+        "metadata": { "resourceVersion": request.resource_version() },
+        "status": { "activity": tally.summary(now) },
+    });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    match api.patch_status(name, &params, &Patch::Merge(&patch)).await {
+        Ok(_) => Written::Yes,
+        Err(kube::Error::Api(status)) if status.code == 409 => Written::Conflict,
+        Err(kube::Error::Api(status)) if status.code == 404 => Written::Gone,
+        Err(error) => {
+            warn!(request = key, error = %error_chain(&error), "failed to write a request's activity");
+            Written::Failed
+        }
+    }
+}
+
+/// What the recorder's cache keeps of a request: status and spec; no labels, annotations or
+/// managedFields.
+fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
+    if let Ok(request) = guarded.0.as_mut() {
+        request.metadata.managed_fields = None;
+        request.metadata.labels = None;
+        request.metadata.annotations = None;
+    }
+}
+
+/// The grants calls are attributed to: every active Kubernetes grant, and those that ended
+/// less than [`LATE_CALLS`] ago (their window closed at the end), which `known` remembers
+/// since an ended request no longer names its binding.
+pub(crate) fn index(
+    known: &mut HashMap<RequestKey, ActiveGrant>,
+    requests: &[AccessRequest],
+    now: Timestamp,
+) -> Grants {
+    let mut present = std::collections::HashSet::new();
+    for request in requests {
+        let key = format!(
+            "{}/{}",
+            request.namespace().unwrap_or_default(),
+            request.name_any()
+        );
+        if let Some(grant) = active_grant(request, &key) {
+            known.insert(key.clone(), grant);
+        } else if let Some(grant) = known.get_mut(&key) {
+            // Ended: its window closed when it was revoked, or now.
+            let ended = request
+                .status
+                .as_ref()
+                .and_then(|status| status.revoked_at.as_ref())
+                .map_or(now, |time| time.0);
+            grant.expires_at = grant.expires_at.min(ended);
+        }
+        present.insert(key);
+    }
+    for (key, grant) in known.iter_mut() {
+        if !present.contains(key) {
+            grant.expires_at = grant.expires_at.min(now);
+        }
+    }
+    known.retain(|_, grant| {
+        grant
+            .expires_at
+            .checked_add(LATE_CALLS)
+            .is_ok_and(|until| now < until)
+    });
+    Grants::new(known.values().cloned())
+}
+
+/// The Kubernetes grant an active request holds.
+fn active_grant(request: &AccessRequest, key: &str) -> Option<ActiveGrant> {
+    let status = request.status.as_ref()?;
+    if status.phase != Some(Phase::Active) {
+        return None;
+    }
+    let grant = status.grant.as_ref()?;
+    if grant.provider != crate::target::Target::Kubernetes.as_str() {
+        return None;
+    }
+    Some(ActiveGrant {
+        request: key.to_owned(),
+        uid: request.uid().unwrap_or_default(),
+        binding: BindingRef::from_grant_reference(&grant.reference)?,
+        subject: crate::audit::event::subject_of(request),
+        granted_at: status.granted_at.as_ref()?.0,
+        expires_at: status.expires_at.as_ref().map(|time: &Time| time.0)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::crd::v1alpha1::{AccessRequestStatus, Grant};
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    fn request(name: &str, phase: Phase, reference: Option<&str>) -> AccessRequest {
+        let mut request: AccessRequest = serde_json::from_value(json!({
+            "apiVersion": "jit.dev/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": name, "namespace": "team", "uid": format!("uid-{name}")},
+            "spec": {"policy": "dev", "role": "view", "subject": "alice"},
+        }))
+        .unwrap();
+        request.status = Some(AccessRequestStatus {
+            phase: Some(phase),
+            granted_at: Some(Time(at("2026-01-01T00:00:00Z"))),
+            expires_at: Some(Time(at("2026-01-01T01:00:00Z"))),
+            grant: reference.map(|reference| Grant {
+                provider: "kubernetes".into(),
+                reference: reference.into(),
+                cloud_enforced_expiry: false,
+            }),
+            ..AccessRequestStatus::default()
+        });
+        request
+    }
+
+    #[test]
+    fn active_kubernetes_grants_are_indexed_and_ended_ones_kept_for_late_calls() {
+        let mut known = HashMap::new();
+        let now = at("2026-01-01T00:10:00Z");
+        let active = request("a", Phase::Active, Some("RoleBinding team/jit-a"));
+        let pending = request("b", Phase::Pending, None);
+        let grants = index(&mut known, &[active.clone(), pending], now);
+        assert_eq!(grants.len(), 1);
+        assert_eq!(known["team/a"].uid, "uid-a");
+        // Revoked at 00:20: calls before still count, for a while.
+        let mut revoked = request("a", Phase::Revoked, None);
+        if let Some(status) = revoked.status.as_mut() {
+            status.revoked_at = Some(Time(at("2026-01-01T00:20:00Z")));
+        }
+        let grants = index(&mut known, &[revoked.clone()], at("2026-01-01T00:21:00Z"));
+        assert_eq!(grants.len(), 1);
+        assert_eq!(known["team/a"].expires_at, at("2026-01-01T00:20:00Z"));
+        // Long after: forgotten.
+        let grants = index(&mut known, &[revoked], at("2026-01-01T00:31:00Z"));
+        assert!(grants.is_empty());
+        // A deleted request's window closes when it is seen gone.
+        let grants = index(&mut known, &[active], now);
+        assert_eq!(grants.len(), 1);
+        index(&mut known, &[], at("2026-01-01T00:11:00Z"));
+        assert_eq!(known["team/a"].expires_at, at("2026-01-01T00:11:00Z"));
+    }
+
+    #[test]
+    fn cloud_grants_are_not_indexed() {
+        let mut cloud = request("c", Phase::Active, Some("RoleBinding team/jit-c"));
+        if let Some(grant) = cloud
+            .status
+            .as_mut()
+            .and_then(|status| status.grant.as_mut())
+        {
+            grant.provider = "aws".into();
+        }
+        assert!(index(&mut HashMap::new(), &[cloud], at("2026-01-01T00:10:00Z")).is_empty());
+    }
+
+    #[test]
+    fn counts_that_could_not_be_written_wait_for_the_next_round() {
+        let (recorder, _lines) = Recorder::new(Metrics::shared());
+        let mut known = HashMap::new();
+        recorder.set_grants(index(
+            &mut known,
+            &[request("a", Phase::Active, Some("RoleBinding team/jit-a"))],
+            at("2026-01-01T00:10:00Z"),
+        ));
+        let call: AuditEvent = serde_json::from_value(json!({
+            "auditID": "1", "stage": "ResponseComplete", "verb": "list",
+            "user": {"username": "alice"},
+            "objectRef": {"resource": "pods", "namespace": "team"},
+            "responseStatus": {"code": 200},
+            "requestReceivedTimestamp": "2026-01-01T00:10:00Z",
+            "annotations": {
+                "authorization.k8s.io/decision": "allow",
+                "authorization.k8s.io/reason": "RBAC: allowed by RoleBinding \"jit-a/team\" of ClusterRole \"view\" to User \"alice\"",
+            },
+        }))
+        .unwrap();
+        recorder.receive(&[call.clone(), call]);
+        let now = tokio::time::Instant::now();
+        let mut written = HashMap::new();
+        let due = recorder.take_due(&written, now);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].1.summary(Timestamp::UNIX_EPOCH).actions, 2);
+        recorder.put_back(due[0].0.clone(), &due[0].1);
+        // Just written: not due again within the interval.
+        written.insert("team/a".to_owned(), now);
+        assert!(recorder.take_due(&written, now).is_empty());
+        let later = recorder.take_due(&written, now + WRITE_INTERVAL);
+        assert_eq!(later[0].1.summary(Timestamp::UNIX_EPOCH).actions, 2);
+    }
+}
