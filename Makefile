@@ -67,7 +67,10 @@ ifeq ($(origin KUBECONFIG),undefined)
 	@$(MAKE) --no-print-directory dev-cluster
 	@echo "running the operator as jit-operator; it registers its admission webhooks"
 	KUBECONFIG=$(abspath $(LOCAL_DIR))/kubeconfig-jit-operator \
-		$(CARGO) run --locked --bin jit-operator -- --register-webhooks $(ARGS)
+		$(CARGO) run --locked --bin jit-operator -- --register-webhooks \
+		--activity-addr 127.0.0.1:$$(cat $(LOCAL_DIR)/activity-port) \
+		--activity-cert-dir $(abspath $(LOCAL_DIR))/pki/activity \
+		--activity-token-file $(abspath $(LOCAL_DIR))/pki/activity-token $(ARGS)
 else
 	kubectl apply --server-side --field-manager=jit-operator-install -f crds/
 	kubectl wait --for=condition=Established --timeout=60s -f crds/

@@ -183,7 +183,6 @@ impl Grants {
     }
 
     /// How many grants are indexed.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.by_binding.len()
     }
@@ -198,6 +197,33 @@ impl Grants {
         })
     }
 }
+
+/// Whether `event` was allowed by a binding the operator made (named `jit-...`) that the index
+/// does not know yet: the binding is in place a moment before the request's status says so,
+/// and a call in that moment is attributed once the index catches up.
+pub(crate) fn awaits_index(event: &AuditEvent, grants: &Grants) -> bool {
+    event.stage == "ResponseComplete"
+        && event
+            .annotations
+            .get(DECISION_ANNOTATION)
+            .map(String::as_str)
+            == Some("allow")
+        && event
+            .annotations
+            .get(REASON_ANNOTATION)
+            .and_then(|reason| BindingRef::from_reason(reason))
+            .is_some_and(|binding| {
+                let name = match &binding {
+                    BindingRef::RoleBinding { name, .. }
+                    | BindingRef::ClusterRoleBinding { name } => name,
+                };
+                name.starts_with(OPERATOR_BINDING_PREFIX)
+                    && !grants.by_binding.contains_key(&binding)
+            })
+}
+
+/// How the names of the bindings the operator makes start (`jit-<request uid>`).
+const OPERATOR_BINDING_PREFIX: &str = "jit-";
 
 /// Whether `user` is (or is in) the request subject `subject`.
 fn is_subject(subject: &str, user: &UserInfo) -> bool {
@@ -587,6 +613,14 @@ mod tests {
         assert_eq!(action.code, 200);
         // Allowed by her own standing binding: not the grant's use.
         assert!(attribute(&event("alice", "get", "pods", "allow", STANDING), &grants).is_empty());
+        // A binding of ours the index does not know yet: attributed later.
+        let early = event("alice", "list", "pods", "allow", GRANTED);
+        assert!(awaits_index(&early, &Grants::default()));
+        assert!(!awaits_index(&early, &grants));
+        assert!(!awaits_index(
+            &event("alice", "get", "pods", "allow", STANDING),
+            &Grants::default()
+        ));
         // Only the final stage counts.
         let mut started = event("alice", "list", "pods", "allow", GRANTED);
         started.stage = "ResponseStarted".into();

@@ -47,6 +47,14 @@ const FIELD_MANAGER: &str = "jit-operator-activity";
 /// counts are kept).
 const LINES_QUEUED: usize = 8_192;
 
+/// Calls allowed by a binding of ours that the index does not know yet, kept to be
+/// attributed when it does; past the bound, or after [`PARKED_FOR`], they are let go.
+const PARKED_MAX: usize = 10_000;
+const PARKED_FOR: Duration = Duration::from_secs(30);
+
+/// How long a change waits for others before the index is rebuilt.
+const REINDEX_COALESCE: Duration = Duration::from_millis(50);
+
 /// Summaries written at once.
 const WRITES_IN_FLIGHT: usize = 8;
 
@@ -54,6 +62,7 @@ const WRITES_IN_FLIGHT: usize = 8;
 pub(crate) struct Recorder {
     grants: RwLock<Arc<Grants>>,
     pending: Mutex<HashMap<RequestKey, Tally>>,
+    parked: Mutex<std::collections::VecDeque<(tokio::time::Instant, AuditEvent)>>,
     lines: mpsc::Sender<Attribution>,
     metrics: Arc<Metrics>,
 }
@@ -69,6 +78,7 @@ impl Recorder {
             Arc::new(Self {
                 grants: RwLock::new(Arc::new(Grants::default())),
                 pending: Mutex::default(),
+                parked: Mutex::default(),
                 lines: sender,
                 metrics,
             }),
@@ -79,21 +89,49 @@ impl Recorder {
     /// Attributes a batch of the API server's audit events. Never waits for anything but a
     /// short lock: the API server is waiting for the answer.
     pub fn receive(&self, events: &[AuditEvent]) {
-        let grants = self
-            .grants
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
+        let grants = self.grants();
         let mut unattributed = 0;
         let mut attributions = Vec::new();
+        let mut early = Vec::new();
         for event in events {
             let found = super::attribute(event, &grants);
             if found.is_empty() {
-                unattributed += 1;
+                if super::awaits_index(event, &grants) {
+                    early.push(event.clone());
+                } else {
+                    unattributed += 1;
+                }
             }
             attributions.extend(found);
         }
         Metrics::count(&self.metrics.activity_events, "unattributed", unattributed);
+        tracing::trace!(
+            events = events.len(),
+            attributed = attributions.len(),
+            early = early.len(),
+            grants = grants.len(),
+            "received audit events"
+        );
+        if !early.is_empty() {
+            let now = tokio::time::Instant::now();
+            let mut parked = self.parked.lock().unwrap_or_else(PoisonError::into_inner);
+            let room = PARKED_MAX.saturating_sub(parked.len());
+            let dropped = early.len().saturating_sub(room);
+            parked.extend(early.into_iter().take(room).map(|event| (now, event)));
+            Metrics::count(&self.metrics.activity_dropped, "early_call", dropped as u64);
+        }
+        self.count(attributions);
+    }
+
+    fn grants(&self) -> Arc<Grants> {
+        self.grants
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Adds attributions to the pending counts and queues their audit lines.
+    fn count(&self, attributions: Vec<Attribution>) {
         if attributions.is_empty() {
             return;
         }
@@ -119,6 +157,35 @@ impl Recorder {
             }
         }
         Metrics::count(&self.metrics.activity_dropped, "audit_line", dropped);
+    }
+
+    /// Attributes the parked calls the index now knows; lets go of those parked too long.
+    fn attribute_parked(&self, now: tokio::time::Instant) {
+        let grants = self.grants();
+        let parked: Vec<_> =
+            std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner)).into();
+        if parked.is_empty() {
+            return;
+        }
+        let mut attributions = Vec::new();
+        let mut still = Vec::new();
+        let mut expired = 0;
+        for (at, event) in parked {
+            let found = super::attribute(&event, &grants);
+            if !found.is_empty() {
+                attributions.extend(found);
+            } else if now.duration_since(at) < PARKED_FOR {
+                still.push((at, event));
+            } else {
+                expired += 1;
+            }
+        }
+        Metrics::count(&self.metrics.activity_events, "unattributed", expired);
+        self.parked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(still);
+        self.count(attributions);
     }
 
     fn set_grants(&self, grants: Grants) {
@@ -181,11 +248,16 @@ impl Recorder {
             .modify(trim)
             .reflect(store_writer)
             .touched_objects();
+        let changed = Arc::new(tokio::sync::Notify::new());
+        let notify = changed.clone();
         let watch = tokio::spawn(async move {
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
-                if let Err(error) = event {
-                    debug!(error = %error_chain(&error), "activity watch error; retrying");
+                match event {
+                    Ok(_) => notify.notify_one(),
+                    Err(error) => {
+                        debug!(error = %error_chain(&error), "activity watch error; retrying");
+                    }
                 }
             }
         });
@@ -196,16 +268,24 @@ impl Recorder {
         tokio::pin!(shutdown);
         info!("recording session activity from the API server's audit events");
         loop {
+            // A request that changed is indexed at once: its calls may be on their way.
             tokio::select! {
                 () = &mut shutdown => break,
+                () = changed.notified() => {
+                    // A burst of changes is indexed once.
+                    tokio::time::sleep(REINDEX_COALESCE).await;
+                }
                 _ = tick.tick() => {}
             }
-            let requests: Vec<_> = store
-                .state()
-                .into_iter()
-                .filter_map(|guarded| guarded.0.as_ref().ok().cloned())
-                .collect();
-            self.set_grants(index(&mut known, &requests, Timestamp::now()));
+            let requests = store.state();
+            self.set_grants(index(
+                &mut known,
+                requests
+                    .iter()
+                    .filter_map(|guarded| guarded.0.as_ref().ok()),
+                Timestamp::now(),
+            ));
+            self.attribute_parked(tokio::time::Instant::now());
             self.write_due(&client, &mut written).await;
         }
         // What is pending is written once more before stopping.
@@ -333,9 +413,9 @@ fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
 /// The grants calls are attributed to: every active Kubernetes grant, and those that ended
 /// less than [`LATE_CALLS`] ago (their window closed at the end), which `known` remembers
 /// since an ended request no longer names its binding.
-pub(crate) fn index(
+pub(crate) fn index<'a>(
     known: &mut HashMap<RequestKey, ActiveGrant>,
-    requests: &[AccessRequest],
+    requests: impl IntoIterator<Item = &'a AccessRequest>,
     now: Timestamp,
 ) -> Grants {
     let mut present = std::collections::HashSet::new();

@@ -13,6 +13,12 @@
 # (approvers), mallory (no groups), jit-operator (the operator's own identity, no groups) and
 # approver-1 to approver-5 (approvers, for concurrency tests),
 # plus bin (a link to the binaries), logs/, pki/ and the etcd data.
+#
+# kube-apiserver sends its audit events (batch mode, 1 s batches) to the operator's audit
+# webhook at https://127.0.0.1:$(cat DIR/activity-port)/audit, with the token in
+# DIR/pki/activity-token; the operator serves it with DIR/pki/activity/tls.{crt,key}:
+#   jit-operator --activity-addr 127.0.0.1:PORT --activity-cert-dir DIR/pki/activity \
+#                --activity-token-file DIR/pki/activity-token
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -102,7 +108,55 @@ make_pki() {
 		# token,user,uid[,"group1,group2"]: an empty group column would make a group named "".
 		echo "$(openssl rand -hex 24),$user,uid-$user${groups:+,\"$groups\"}" >>"$pki/tokens.csv"
 	done
-	chmod 600 "$pki"/*.key "$pki/tokens.csv"
+	# The operator's audit webhook: its serving certificate, and the token the API server
+	# presents to it.
+	mkdir -p "$pki/activity"
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+		-subj "/CN=jit-operator audit webhook" \
+		-keyout "$pki/activity/tls.key" -out "$pki/activity.csr" 2>/dev/null
+	openssl x509 -req -in "$pki/activity.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" \
+		-CAcreateserial -days 3650 -out "$pki/activity/tls.crt" -extfile <(printf '%s\n' \
+			"subjectAltName=IP:127.0.0.1,DNS:localhost" "basicConstraints=critical,CA:FALSE" \
+			"keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth") 2>/dev/null
+	openssl rand -hex 32 >"$pki/activity-token"
+	chmod 600 "$pki"/*.key "$pki/activity/tls.key" "$pki/tokens.csv" "$pki/activity-token"
+}
+
+# The audit policy and the webhook backend's kubeconfig: every call at the Metadata level,
+# once (ResponseComplete), except the operator's own and the API server's, and health checks.
+write_audit_config() {
+	local activity="$1"
+	cat >"$dir/audit-policy.yaml" <<-EOF
+		apiVersion: audit.k8s.io/v1
+		kind: Policy
+		omitStages: [RequestReceived, ResponseStarted]
+		omitManagedFields: true
+		rules:
+		- level: None
+		  users: [jit-operator, system:apiserver]
+		- level: None
+		  nonResourceURLs: [/healthz*, /livez*, /readyz*]
+		- level: Metadata
+	EOF
+	cat >"$dir/audit-webhook.kubeconfig" <<-EOF
+		apiVersion: v1
+		kind: Config
+		clusters:
+		- name: jit-operator
+		  cluster:
+		    server: https://127.0.0.1:$activity/audit
+		    certificate-authority: $dir/pki/ca.crt
+		users:
+		- name: kube-apiserver
+		  user:
+		    token: $(cat "$dir/pki/activity-token")
+		contexts:
+		- name: audit
+		  context: {cluster: jit-operator, user: kube-apiserver}
+		current-context: audit
+	EOF
+	chmod 600 "$dir/audit-webhook.kubeconfig"
+	echo "$activity" >"$dir/activity-port"
 }
 
 write_kubeconfigs() {
@@ -164,6 +218,10 @@ launch_apiserver() {
 		--service-account-signing-key-file="$dir/pki/service-account.key" \
 		--service-cluster-ip-range=10.96.0.0/24 \
 		--disable-admission-plugins=ServiceAccount \
+		--audit-policy-file="$dir/audit-policy.yaml" \
+		--audit-webhook-config-file="$dir/audit-webhook.kubeconfig" \
+		--audit-webhook-mode=batch --audit-webhook-batch-max-wait=1s \
+		--audit-webhook-initial-backoff=1s \
 		--profiling=false
 
 }
@@ -182,9 +240,10 @@ start() {
 	chmod 700 "$dir/etcd"
 	make_pki
 
-	local etcd_client etcd_peer apiserver
-	read -r etcd_client etcd_peer apiserver <<<"$(free_ports 3)"
+	local etcd_client etcd_peer apiserver activity
+	read -r etcd_client etcd_peer apiserver activity <<<"$(free_ports 4)"
 	echo "https://127.0.0.1:$apiserver" >"$dir/endpoint"
+	write_audit_config "$activity"
 
 	launch etcd "$bin/etcd" \
 		--name=jit-dev --data-dir="$dir/etcd" --unsafe-no-fsync --log-level=warn \

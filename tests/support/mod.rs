@@ -97,6 +97,20 @@ impl ControlPlane {
         self.dir.join(format!("kubeconfig-{user}"))
     }
 
+    /// The flags that make the operator serve the audit webhook this control plane's
+    /// kube-apiserver posts its audit events to.
+    pub fn activity_args(&self) -> Vec<String> {
+        let port = std::fs::read_to_string(self.dir.join("activity-port")).expect("activity-port");
+        vec![
+            "--activity-addr".into(),
+            format!("127.0.0.1:{}", port.trim()),
+            "--activity-cert-dir".into(),
+            self.dir.join("pki/activity").display().to_string(),
+            "--activity-token-file".into(),
+            self.dir.join("pki/activity-token").display().to_string(),
+        ]
+    }
+
     /// Stops kube-apiserver and starts it again on the same port and data, as an outage.
     pub fn restart_apiserver(&self) {
         let script = repo_root().join("tests/control-plane/cluster.sh");

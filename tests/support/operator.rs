@@ -110,7 +110,10 @@ impl Operator {
             .args(args)
             .envs(environment.iter().copied())
             .env("KUBECONFIG", control_plane.kubeconfig(user))
-            .env("RUST_LOG", "info,jit_operator=debug")
+            .env(
+                "RUST_LOG",
+                "info,jit_operator=debug,jit_operator::activity=trace",
+            )
             .stdin(Stdio::piped())
             .stdout(output.try_clone().expect("log file"))
             .stderr(output)
