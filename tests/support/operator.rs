@@ -159,6 +159,24 @@ impl Operator {
         }
     }
 
+    /// The operator's metrics, in the Prometheus text format, from its health endpoint.
+    pub async fn metrics(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ready: serde_json::Value =
+            serde_json::from_str(&self.wait_for_log("\"operator ready\"", START_LIMIT))
+                .expect("the ready line is JSON");
+        let address = ready["health_addr"].as_str().expect("health_addr");
+        let mut stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let request =
+            format!("GET /metrics HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.expect("send");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.expect("read");
+        response
+    }
+
     /// The operator's resident memory, in KiB, from /proc.
     pub fn rss_kib(&self) -> u64 {
         let children = Command::new("pgrep")
