@@ -771,15 +771,15 @@ impl<'a> Builder<'a> {
                 );
             }
         }
-        if let Some(idle_until) = policy.and_then(|policy| self.idle_until(policy)) {
-            if self.now >= idle_until {
-                let message = format!(
-                    "no action with the grant since {}; revoked early for the policy's idle timeout",
-                    self.last_used()
-                        .map_or_else(String::new, |time| time.to_string())
-                );
-                return self.end(Phase::Revoked, "Idle", None, &message);
-            }
+        if let Some(idle_until) = policy.and_then(|policy| self.idle_until(policy))
+            && self.now >= idle_until
+        {
+            let message = format!(
+                "no action with the grant since {}; revoked early for the policy's idle timeout",
+                self.last_used()
+                    .map_or_else(String::new, |time| time.to_string())
+            );
+            return self.end(Phase::Revoked, "Idle", None, &message);
         }
         if let (Some(policy), Some(state)) = (policy, grant) {
             self.repair(policy, state, expires_at);
