@@ -2,7 +2,7 @@
 //! header and lifetime timeouts, and the accept backoff that the admission webhook and the
 //! audit (activity) webhook share.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::Router;
 use hyper_util::{
@@ -15,8 +15,40 @@ use tracing::{debug, warn};
 
 use crate::certificate::Reloadable;
 
+/// Why an HTTPS server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The address is taken or not ours.
+    #[error("failed to listen on {address}")]
+    Bind {
+        /// The address asked for.
+        address: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The certificate was not accepted by rustls.
+    #[error("failed to configure TLS")]
+    Tls(#[from] rustls::Error),
+    /// Reading the bound address failed.
+    #[error("failed to read the bound address")]
+    Address(#[source] std::io::Error),
+}
+
+/// Listens on `address`.
+pub(crate) async fn bind(address: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| Error::Bind { address, source })
+}
+
+/// The address `listener` is bound to.
+pub(crate) fn local_addr(listener: &TcpListener) -> Result<SocketAddr, Error> {
+    listener.local_addr().map_err(Error::Address)
+}
+
 /// A TLS acceptor presenting `certificate` (replaceable while serving), HTTP/1.1 only.
-pub(crate) fn acceptor(certificate: Arc<Reloadable>) -> Result<TlsAcceptor, rustls::Error> {
+pub(crate) fn acceptor(certificate: Arc<Reloadable>) -> Result<TlsAcceptor, Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?

@@ -5,7 +5,10 @@ use cloudevents::{EventBuilder, EventBuilderV10};
 use serde::Serialize;
 
 use super::Attribution;
-use crate::{audit::event::source_of, crd::v1alpha1::ActivityAction};
+use crate::{
+    audit::event::{chrono_time, source_of},
+    crd::v1alpha1::ActivityAction,
+};
 
 /// The CloudEvents `type` of an attributed call.
 pub(crate) const ACTIVITY_TYPE: &str = "dev.jit.activity.v1";
@@ -39,11 +42,7 @@ pub(crate) fn event_json(attribution: &Attribution) -> Option<serde_json::Value>
         .request
         .split_once('/')
         .unwrap_or(("", &attribution.request));
-    let time = attribution.action.time.0;
-    let time = chrono::DateTime::<chrono::Utc>::from_timestamp(
-        time.as_second(),
-        time.subsec_nanosecond().unsigned_abs(),
-    )?;
+    let time = chrono_time(attribution.action.time.0)?;
     let data = ActivityData {
         request: RequestData {
             namespace,

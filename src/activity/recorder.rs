@@ -286,11 +286,11 @@ impl Recorder {
                 Timestamp::now(),
             ));
             self.attribute_parked(tokio::time::Instant::now());
-            self.write_due(&client, &mut written).await;
+            self.write_due(&client, &store, &mut written).await;
         }
         // What is pending is written once more before stopping.
         written.clear();
-        self.write_due(&client, &mut written).await;
+        self.write_due(&client, &store, &mut written).await;
         watch.abort();
         writer.abort();
     }
@@ -298,6 +298,7 @@ impl Recorder {
     async fn write_due(
         &self,
         client: &Client,
+        store: &reflector::Store<DeserializeGuard<AccessRequest>>,
         written: &mut HashMap<RequestKey, tokio::time::Instant>,
     ) {
         let now = tokio::time::Instant::now();
@@ -308,7 +309,7 @@ impl Recorder {
         }
         let results: Vec<_> = futures::stream::iter(due)
             .map(|(key, tally)| async move {
-                let outcome = write(client, &key, &tally, Timestamp::now()).await;
+                let outcome = write(client, store, &key, &tally, Timestamp::now()).await;
                 (key, tally, outcome)
             })
             .buffer_unordered(WRITES_IN_FLIGHT)
@@ -355,19 +356,33 @@ enum Written {
 }
 
 /// Merges `pending` onto the request's stored summary and writes it, if the stored one is at
-/// least [`WRITE_INTERVAL`] old.
-async fn write(client: &Client, key: &str, pending: &Tally, now: Timestamp) -> Written {
+/// least [`WRITE_INTERVAL`] old. The summary is read from the watch's cache; a stale one fails
+/// the resourceVersion precondition and is written on the next round.
+async fn write(
+    client: &Client,
+    store: &reflector::Store<DeserializeGuard<AccessRequest>>,
+    key: &str,
+    pending: &Tally,
+    now: Timestamp,
+) -> Written {
     let Some((namespace, name)) = key.split_once('/') else {
         return Written::Gone;
     };
     let api = Api::<AccessRequest>::namespaced(client.clone(), namespace);
-    let request = match api.get_opt(name).await {
-        Ok(Some(request)) => request,
-        Ok(None) => return Written::Gone,
-        Err(error) => {
-            warn!(request = key, error = %error_chain(&error), "failed to read a request to record its activity");
-            return Written::Failed;
-        }
+    let cached = store
+        .get(&reflector::ObjectRef::new(name).within(namespace))
+        .and_then(|guarded| guarded.0.as_ref().ok().cloned());
+    let request = match cached {
+        Some(request) => request,
+        // Not in the cache (yet, or any more): ask.
+        None => match api.get_opt(name).await {
+            Ok(Some(request)) => request,
+            Ok(None) => return Written::Gone,
+            Err(error) => {
+                warn!(request = key, error = %error_chain(&error), "failed to read a request to record its activity");
+                return Written::Failed;
+            }
+        },
     };
     let stored = request
         .status

@@ -28,18 +28,9 @@ const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// Why the audit webhook server could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The address is taken or not ours.
-    #[error("failed to listen on {address}")]
-    Bind {
-        /// The address asked for.
-        address: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The certificate was not accepted by rustls.
-    #[error("failed to configure TLS")]
-    Tls(#[from] rustls::Error),
+    /// Binding, TLS or the bound address.
+    #[error(transparent)]
+    Serve(#[from] crate::https::Error),
     /// The token file could not be read, or is empty.
     #[error("failed to read the audit webhook token from {path}")]
     Token {
@@ -49,9 +40,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// Reading the bound address failed.
-    #[error("failed to read the bound address")]
-    Address(#[source] std::io::Error),
 }
 
 /// The token the API server presents, kept as its digest: comparing digests takes the same
@@ -120,9 +108,7 @@ impl AuditServer {
         metrics: Arc<Metrics>,
     ) -> Result<Self, Error> {
         let token = Token::read(token_file)?;
-        let listener = TcpListener::bind(address)
-            .await
-            .map_err(|source| Error::Bind { address, source })?;
+        let listener = crate::https::bind(address).await?;
         Ok(Self {
             listener,
             acceptor: crate::https::acceptor(certificate)?,
@@ -136,7 +122,7 @@ impl AuditServer {
 
     /// The address actually bound.
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
-        self.listener.local_addr().map_err(Error::Address)
+        Ok(crate::https::local_addr(&self.listener)?)
     }
 
     /// Serves until `shutdown` completes.

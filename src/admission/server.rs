@@ -33,25 +33,7 @@ use crate::{
     telemetry::error_chain,
 };
 
-/// Why the webhook server could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// The address is taken or not ours.
-    #[error("failed to listen on {address}")]
-    Bind {
-        /// The address asked for.
-        address: SocketAddr,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The certificate was not accepted by rustls.
-    #[error("failed to configure TLS")]
-    Tls(#[from] rustls::Error),
-    /// Reading the bound address failed.
-    #[error("failed to read the bound address")]
-    Address(#[source] std::io::Error),
-}
+pub use crate::https::Error;
 
 /// The largest admission review the webhook reads: an UPDATE review carries the object twice
 /// (new and old, with managedFields), and the API server stores objects of up to 1.5 MiB, so
@@ -96,9 +78,7 @@ impl WebhookServer {
         administrators: Administrators,
         sealer: Sealer,
     ) -> Result<Self, Error> {
-        let listener = TcpListener::bind(address)
-            .await
-            .map_err(|source| Error::Bind { address, source })?;
+        let listener = crate::https::bind(address).await?;
         Ok(Self {
             listener,
             acceptor: crate::https::acceptor(certificate)?,
@@ -121,7 +101,7 @@ impl WebhookServer {
 
     /// The address actually bound.
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
-        self.listener.local_addr().map_err(Error::Address)
+        crate::https::local_addr(&self.listener)
     }
 
     /// Serves until `shutdown` completes.

@@ -268,6 +268,11 @@ fn definition_of(role: &PolicyRole) -> serde_json::Value {
     value
 }
 
+/// `time` as the CloudEvents SDK takes it; `None` out of chrono's range.
+pub(crate) fn chrono_time(time: Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(time.as_second(), time.subsec_nanosecond().unsigned_abs())
+}
+
 /// The CloudEvent for `data` of `kind`, with this id and time.
 pub fn cloud_event(
     kind: AuditEventType,
@@ -275,11 +280,7 @@ pub fn cloud_event(
     time: Timestamp,
     data: &AuditData,
 ) -> Result<cloudevents::Event, Error> {
-    let time = chrono::DateTime::<chrono::Utc>::from_timestamp(
-        time.as_second(),
-        time.subsec_nanosecond().unsigned_abs(),
-    )
-    .ok_or_else(|| Error::Time(time.to_string()))?;
+    let time = chrono_time(time).ok_or_else(|| Error::Time(time.to_string()))?;
     let json = serde_json::to_value(data).unwrap_or_default();
     Ok(EventBuilderV10::new()
         .id(id)
