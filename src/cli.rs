@@ -73,6 +73,11 @@ pub struct Args {
     #[arg(long, env = "JIT_GCP_ENDPOINT")]
     pub gcp_endpoint: Option<String>,
 
+    /// Where the Cloud Logging API is (an emulator, a private endpoint), read for what the
+    /// holders of Google Cloud grants did; Google's public endpoint when unset.
+    #[arg(long, env = "JIT_GCP_LOGGING_ENDPOINT")]
+    pub gcp_logging_endpoint: Option<String>,
+
     /// How to authenticate to Google Cloud: adc, or anonymous (emulators only).
     #[arg(long, env = "JIT_GCP_CREDENTIALS", value_enum, default_value_t = GcpCredentials::ApplicationDefault)]
     pub gcp_credentials: GcpCredentials,
@@ -147,6 +152,16 @@ pub struct Args {
     /// the operator deletes it; its audit trail is delivered regardless. 720h is 30 days.
     #[arg(long, env = "JIT_RETAIN_ENDED", default_value = "720h", value_parser = parse_duration)]
     pub retain_ended: Duration,
+
+    /// How often the clouds' activity logs (CloudTrail, Cloud Audit Logs, the Azure Activity
+    /// Log) are read for what the holder of an active cloud grant did.
+    #[arg(long, env = "JIT_CLOUD_ACTIVITY_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub cloud_activity_interval: Duration,
+
+    /// How long after a cloud grant ends its log is read the last time; unset, each cloud's
+    /// documented delivery delay (CloudTrail 15m, Cloud Audit Logs 10m, Azure 20m).
+    #[arg(long, env = "JIT_CLOUD_ACTIVITY_DELAY", value_parser = parse_duration)]
+    pub cloud_activity_delay: Option<Duration>,
 
     /// Serve the API server's audit webhook backend here (HTTPS, path /audit) to record what
     /// each subject does with a Kubernetes grant (`status.activity`, `dev.jit.activity.v1`

@@ -143,6 +143,9 @@ pub struct Metrics {
     pub activity_dropped: Family<OutcomeLabels, Counter>,
     /// Writes of `status.activity` by outcome.
     pub activity_writes: Family<OutcomeLabels, Counter>,
+    /// Reads of the clouds' activity logs by provider and outcome (`ok` or the error's
+    /// category).
+    pub cloud_activity_reads: Family<ProviderErrorLabels, Counter>,
     failing: Mutex<HashSet<String>>,
     tracked: Mutex<HashMap<String, Tracked>>,
 }
@@ -173,6 +176,7 @@ impl Default for Metrics {
             activity_events: Family::default(),
             activity_dropped: Family::default(),
             activity_writes: Family::default(),
+            cloud_activity_reads: Family::default(),
             failing: Mutex::new(HashSet::new()),
             tracked: Mutex::new(HashMap::new()),
             registry: Registry::default(),
@@ -286,6 +290,11 @@ impl Default for Metrics {
             "activity_writes",
             "Writes of status.activity by outcome",
             metrics.activity_writes.clone(),
+        );
+        registry.register(
+            "cloud_activity_reads",
+            "Reads of the clouds' activity logs by provider and outcome (category ok or the error's)",
+            metrics.cloud_activity_reads.clone(),
         );
         // Series that exist from the start, so that a rate over them is 0, not absent.
         for outcome in ["accepted", "unauthenticated", "malformed"] {

@@ -232,6 +232,16 @@ pub async fn run(args: Args) -> Result<(), Error> {
         metrics,
         stop.stopped(),
     ));
+    let cloud_activity = tokio::spawn(crate::activity::cloud::run(
+        context.client.clone(),
+        context.providers.clone(),
+        crate::activity::cloud::Settings {
+            interval: args.cloud_activity_interval,
+            delay: args.cloud_activity_delay,
+        },
+        context.metrics.clone(),
+        stop.stopped(),
+    ));
     let synced = readiness.clone();
     let controller = tokio::spawn(request_controller::run(
         context,
@@ -273,6 +283,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         let _ = controller.await;
         debug!("controller stopped");
         let _ = sweeper.await;
+        let _ = cloud_activity.await;
         let _ = webhook_task.await;
         server.await
     };
@@ -456,6 +467,7 @@ fn provider_settings(args: &Args) -> provider::Settings {
         enabled: args.providers.clone(),
         namespace: args.namespace.clone(),
         gcp_endpoint: args.gcp_endpoint.clone(),
+        gcp_logging_endpoint: args.gcp_logging_endpoint.clone(),
         gcp_credentials: args.gcp_credentials,
         azure: provider::azure::Settings {
             endpoint: args.azure_endpoint.clone(),

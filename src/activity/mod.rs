@@ -6,6 +6,7 @@
 //! The attribution and the tally are pure; `server` receives the API server's audit posts
 //! and `recorder` keeps the grants index, the pending counts and writes the summaries.
 
+pub(crate) mod cloud;
 pub(crate) mod line;
 pub(crate) mod recorder;
 pub(crate) mod server;
@@ -17,7 +18,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Deserialize;
 
 use crate::crd::v1alpha1::{
-    ACTIVITY_RECENT, ACTIVITY_TOP, Activity, ActivityAction, ActivityCount, ActivitySource,
+    ACTIVITY_RECENT, ACTIVITY_TOP, Activity, ActivityAction, ActivityCompleteness, ActivityCount,
+    ActivitySource,
 };
 
 /// The audit annotation the API server sets to its authorization decision.
@@ -410,8 +412,12 @@ impl Tally {
 
     /// Counts one attribution.
     pub fn add(&mut self, attribution: Attribution) {
-        let action = attribution.action;
-        match attribution.outcome {
+        self.count_action(attribution.outcome, attribution.action);
+    }
+
+    /// Counts one action.
+    pub fn count_action(&mut self, outcome: Outcome, action: ActivityAction) {
+        match outcome {
             Outcome::Used => {
                 self.actions += 1;
                 self.saw(&action.time, &action.time);
@@ -465,8 +471,23 @@ impl Tally {
         self.recent.drain(..excess);
     }
 
-    /// The bounded summary for `status.activity`, complete up to `as_of`.
+    /// The bounded summary for `status.activity` of the Kubernetes audit, complete up to
+    /// `as_of`.
     pub fn summary(&self, as_of: Timestamp) -> Activity {
+        self.summary_of(
+            ActivitySource::KubernetesAudit,
+            ActivityCompleteness::Live,
+            as_of,
+        )
+    }
+
+    /// The bounded summary for `status.activity`, from `source`, made at `as_of`.
+    pub fn summary_of(
+        &self,
+        source: ActivitySource,
+        completeness: ActivityCompleteness,
+        as_of: Timestamp,
+    ) -> Activity {
         let mut counts: Vec<ActivityCount> = self
             .counts
             .iter()
@@ -491,7 +512,7 @@ impl Tally {
             .sum();
         counts.truncate(ACTIVITY_TOP);
         Activity {
-            source: Some(ActivitySource::KubernetesAudit),
+            source: Some(source),
             actions: self.actions,
             refused: self.refused,
             first_action_time: self.first.clone(),
@@ -500,6 +521,8 @@ impl Tally {
             other_actions: self.other + rest,
             recent: self.recent.clone(),
             as_of: Some(Time(as_of)),
+            completeness: Some(completeness),
+            read_error: None,
         }
     }
 }

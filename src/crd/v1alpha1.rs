@@ -5,7 +5,8 @@ mod activity;
 mod channel;
 
 pub use activity::{
-    ACTIVITY_RECENT, ACTIVITY_TOP, Activity, ActivityAction, ActivityCount, ActivitySource,
+    ACTIVITY_RECENT, ACTIVITY_TOP, Activity, ActivityAction, ActivityCompleteness, ActivityCount,
+    ActivityLookup, ActivityMatch, ActivitySource,
 };
 pub use channel::{
     AuditEventType, ChannelType, EmailSettings, NotificationChannel, NotificationChannelSpec,
@@ -758,6 +759,10 @@ pub struct AccessRequestStatus {
     /// What the subject did with the grant; written by the activity recorder alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub activity: Option<Activity>,
+    /// How the cloud's activity log names the holder of a cloud grant; recorded when it is
+    /// granted, kept after it ends so that the log can be read once more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activity_lookup: Option<ActivityLookup>,
 }
 
 fn is_zero(count: &i32) -> bool {

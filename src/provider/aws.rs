@@ -2,9 +2,11 @@
 //! attachments, group memberships, the right to assume a role (through its trust policy, with
 //! the subject's live sessions ended on revoke) and IAM Identity Center account assignments.
 //! Credentials, region and endpoint come from the SDK's standard chain (`AWS_*` variables,
-//! IRSA web identity, instance profile), so an emulator needs no special flag.
+//! IRSA web identity, instance profile), so an emulator needs no special flag. What the
+//! holder did is read from CloudTrail (`trail`).
 
 pub mod documents;
+mod trail;
 
 use std::time::Duration;
 
@@ -20,12 +22,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{
-    Error, Failure, GrantSpec, GrantState, RequestRef,
+    ActivityLog, Error, Failure, GrantSpec, GrantState, RequestRef,
     cloud::{Cloud, Replacement},
     identity::Identity,
 };
 use crate::{
-    crd::v1alpha1::{AwsTarget, IdentityCenterPrincipalType},
+    crd::v1alpha1::{
+        ActivityLookup, ActivityMatch, ActivitySource, AwsTarget, IdentityCenterPrincipalType,
+    },
     target::Target,
 };
 /// Attempts per AWS call; the SDK backs off between them on throttling, 5xx and dropped
@@ -187,6 +191,38 @@ impl AwsGrant {
     pub fn cloud_enforced(&self) -> bool {
         matches!(self, Self::InlinePolicy { .. } | Self::AssumeRole { .. })
     }
+
+    /// How CloudTrail names the holder: an IAM user by name, a role's sessions by the source
+    /// identity they must carry. A policy on a role or a group, and an Identity Center
+    /// assignment, are used by whoever holds the role or belongs to the group: nobody's
+    /// actions in particular.
+    pub fn activity_lookup(&self) -> Option<ActivityLookup> {
+        let lookup = |matches, principal: &str, scope: Option<&str>| ActivityLookup {
+            source: ActivitySource::AwsCloudTrail,
+            matches,
+            principal: principal.to_owned(),
+            scope: scope.map(str::to_owned),
+        };
+        match self {
+            Self::InlinePolicy { principal, .. } | Self::ManagedPolicy { principal, .. } => {
+                (principal.kind == PrincipalKind::User)
+                    .then(|| lookup(ActivityMatch::AwsUserName, &principal.name, None))
+            }
+            Self::GroupMembership { user_name, .. } => {
+                Some(lookup(ActivityMatch::AwsUserName, user_name, None))
+            }
+            Self::AssumeRole {
+                role_name,
+                source_identity,
+                ..
+            } => Some(lookup(
+                ActivityMatch::AwsSourceIdentity,
+                source_identity,
+                Some(role_name),
+            )),
+            Self::IdentityCenter { .. } => None,
+        }
+    }
 }
 
 /// The Sid of our trust statement: the grant key without its dashes (a Sid is alphanumeric).
@@ -315,6 +351,7 @@ macro_rules! per_kind {
 pub(crate) struct Aws {
     iam: aws_sdk_iam::Client,
     sso: aws_sdk_ssoadmin::Client,
+    trail: aws_sdk_cloudtrail::Client,
 }
 
 impl Aws {
@@ -328,6 +365,7 @@ impl Aws {
         Self {
             iam: aws_sdk_iam::Client::new(&config),
             sso: aws_sdk_ssoadmin::Client::new(&config),
+            trail: aws_sdk_cloudtrail::Client::new(&config),
         }
     }
 
@@ -879,6 +917,22 @@ impl Cloud for Aws {
         grant.cloud_enforced()
     }
 
+    fn activity_lookup(grant: &AwsGrant) -> Option<ActivityLookup> {
+        grant.activity_lookup()
+    }
+
+    async fn activity(
+        &self,
+        lookup: &ActivityLookup,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Option<ActivityLog>, Error> {
+        if lookup.source != ActivitySource::AwsCloudTrail {
+            return Ok(None);
+        }
+        trail::read(&self.trail, lookup, from, to).await.map(Some)
+    }
+
     async fn held_elsewhere(&self, grant: &AwsGrant) -> Result<bool, Error> {
         self.exists(grant).await
     }
@@ -1077,6 +1131,52 @@ mod tests {
             }
         );
         assert!(assume.cloud_enforced() && inline.cloud_enforced() && !group.cloud_enforced());
+    }
+
+    #[test]
+    fn cloudtrail_is_searched_for_the_user_or_the_sessions_source_identity() {
+        let by_user = |grant: &AwsGrant| {
+            grant
+                .activity_lookup()
+                .map(|lookup| (lookup.matches, lookup.principal, lookup.scope))
+        };
+        let user = Principal::parse("arn:aws:iam::123456789012:user/alice").unwrap();
+        let inline = AwsGrant::InlinePolicy {
+            principal: user.clone(),
+            policy_name: "jit-1".into(),
+        };
+        assert_eq!(
+            by_user(&inline),
+            Some((ActivityMatch::AwsUserName, "alice".into(), None))
+        );
+        let member = AwsGrant::GroupMembership {
+            user_name: "alice".into(),
+            group_name: "readers".into(),
+        };
+        assert_eq!(
+            by_user(&member),
+            Some((ActivityMatch::AwsUserName, "alice".into(), None))
+        );
+        let assume = AwsGrant::AssumeRole {
+            role_name: "prod-admin".into(),
+            sid: "jit1".into(),
+            principal: user.arn.clone(),
+            source_identity: "alice".into(),
+        };
+        assert_eq!(
+            by_user(&assume),
+            Some((
+                ActivityMatch::AwsSourceIdentity,
+                "alice".into(),
+                Some("prod-admin".into())
+            ))
+        );
+        // Shared by whoever holds the role or is in the group: nobody's actions in particular.
+        let on_role = AwsGrant::ManagedPolicy {
+            principal: Principal::parse("arn:aws:iam::123456789012:role/ops").unwrap(),
+            policy_arn: "arn:aws:iam::aws:policy/ReadOnlyAccess".into(),
+        };
+        assert_eq!(by_user(&on_role), None);
     }
 
     #[test]

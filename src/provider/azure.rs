@@ -3,7 +3,9 @@
 //! at the expiry (`pim`). Calls go to Azure Resource Manager through azure_core's pipeline
 //! (bearer token from azure_identity, retries of 429 with Retry-After, 5xx and dropped
 //! connections); every call can be repeated after a crash because every name is derived.
+//! What the holder did is read from the Activity Log (`activity_log`).
 
+mod activity_log;
 pub mod requests;
 
 use std::{path::PathBuf, sync::Arc, time::Duration};
@@ -32,12 +34,12 @@ use self::requests::{
     RoleAssignment, Schedule, ScheduleRequest,
 };
 use super::{
-    Error, Failure, GrantSpec, GrantState, RequestRef,
+    ActivityLog, Error, Failure, GrantSpec, GrantState, RequestRef,
     cloud::{Cloud, Replacement},
     identity::Identity,
 };
 use crate::{
-    crd::v1alpha1::{AzureMode, AzureTarget},
+    crd::v1alpha1::{ActivityLookup, ActivitySource, AzureMode, AzureTarget},
     target::Target,
 };
 /// Azure Resource Manager in Azure's public cloud.
@@ -210,6 +212,17 @@ impl Arm {
         first: Url,
         action: &str,
     ) -> Result<Vec<T>, CallFailure> {
+        Ok(self.list_up_to(first, action, usize::MAX).await?.0)
+    }
+
+    /// The items of a list up to `limit` (a page past it is not fetched), and whether there
+    /// were more.
+    async fn list_up_to<T: DeserializeOwned>(
+        &self,
+        first: Url,
+        action: &str,
+        limit: usize,
+    ) -> Result<(Vec<T>, bool), CallFailure> {
         let mut items = Vec::new();
         let mut next = Some(first);
         while let Some(url) = next.take() {
@@ -219,6 +232,9 @@ impl Arm {
                 .json(action)?;
             items.extend(page.value);
             if let Some(link) = page.next_link.filter(|link| !link.is_empty()) {
+                if items.len() >= limit {
+                    return Ok((items, true));
+                }
                 if !link.starts_with(&format!("{}/", self.endpoint)) {
                     return Err(CallFailure::Other(Error::cloud(
                         Target::Azure,
@@ -237,7 +253,7 @@ impl Arm {
                 })?);
             }
         }
-        Ok(items)
+        Ok((items, false))
     }
 }
 
@@ -699,6 +715,24 @@ impl Cloud for Azure {
     /// Only PIM schedules end by themselves; direct assignments are deleted by the operator.
     fn cloud_enforced(grant: &AzureGrant) -> bool {
         grant.mode == AzureMode::Pim
+    }
+
+    fn activity_lookup(grant: &AzureGrant) -> Option<ActivityLookup> {
+        activity_log::lookup(grant)
+    }
+
+    async fn activity(
+        &self,
+        lookup: &ActivityLookup,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Option<ActivityLog>, Error> {
+        if lookup.source != ActivitySource::AzureActivityLog {
+            return Ok(None);
+        }
+        activity_log::read(&self.arm, lookup, from, to)
+            .await
+            .map(Some)
     }
 
     async fn make(&self, grant: &AzureGrant, spec: &GrantSpec<'_>) -> Result<(), Error> {

@@ -11,8 +11,10 @@ use jiff::Timestamp;
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::{debug, info, warn};
 
-use super::{Error, GrantRecord, GrantSpec, GrantState, Provider, RequestRef, ledger::Ledger};
-use crate::target::Target;
+use super::{
+    ActivityLog, Error, GrantRecord, GrantSpec, GrantState, Provider, RequestRef, ledger::Ledger,
+};
+use crate::{crd::v1alpha1::ActivityLookup, target::Target};
 
 /// How a grant is replaced when the role it was made for changed while it is active (drift
 /// repair re-grants under the role as the policy defines it now).
@@ -62,6 +64,22 @@ pub(crate) trait Cloud: Send + Sync + 'static {
 
     /// The grant as the cloud has it, compared with the spec.
     async fn state(&self, grant: &Self::Grant, spec: &GrantSpec<'_>) -> Result<GrantState, Error>;
+
+    /// How the cloud's activity log names the grant's holder; `None` when it cannot tell
+    /// their actions apart (a grant to a group or a shared role is used by many).
+    fn activity_lookup(_grant: &Self::Grant) -> Option<ActivityLookup> {
+        None
+    }
+
+    /// The holder's actions in the cloud's activity log between `from` and `to`.
+    async fn activity(
+        &self,
+        _lookup: &ActivityLookup,
+        _from: Timestamp,
+        _to: Timestamp,
+    ) -> Result<Option<ActivityLog>, Error> {
+        Ok(None)
+    }
 }
 
 /// A [`Provider`] for a cloud, with its ledger.
@@ -152,6 +170,7 @@ impl<C: Cloud> Provider for CloudProvider<C> {
             target: C::TARGET,
             reference: C::reference(&made),
             cloud_enforced_expiry: C::cloud_enforced(&made),
+            activity_lookup: C::activity_lookup(&made),
         })
     }
 
@@ -182,5 +201,14 @@ impl<C: Cloud> Provider for CloudProvider<C> {
 
     async fn holds(&self, request: &RequestRef) -> Result<bool, Error> {
         Ok(self.ledger.holds(&request.uid).await?)
+    }
+
+    async fn activity(
+        &self,
+        lookup: &ActivityLookup,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Option<ActivityLog>, Error> {
+        self.cloud.activity(lookup, from, to).await
     }
 }

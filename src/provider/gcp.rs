@@ -2,8 +2,10 @@
 //! that Google itself stops honouring at the expiry, written by read-modify-write with the etag
 //! just read. A stale etag means someone else changed the policy: re-read and try again,
 //! never overwrite a change not read. Retry policy is ours (the client does not retry these
-//! POSTs): conflicts, 429 (honouring Retry-After), 5xx and dropped replies.
+//! POSTs): conflicts, 429 (honouring Retry-After), 5xx and dropped replies. What the holder
+//! did is read from Cloud Audit Logs (`audit_logs`).
 
+mod audit_logs;
 pub mod bindings;
 
 use std::time::Duration;
@@ -11,17 +13,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use google_cloud_gax::error::Error as GaxError;
 use google_cloud_iam_v1::model::{GetPolicyOptions, Policy};
+use google_cloud_logging_v2::client::LoggingServiceV2;
 use google_cloud_resourcemanager_v3::client::{Folders, Organizations, Projects};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use super::{
-    Error, Failure, GrantSpec, GrantState, RequestRef,
+    ActivityLog, Error, Failure, GrantSpec, GrantState, RequestRef,
     cloud::{Cloud, Replacement},
     identity::Identity,
 };
-use crate::{crd::v1alpha1::GcpTarget, target::Target};
+use crate::{
+    crd::v1alpha1::{ActivityLookup, ActivityMatch, ActivitySource, GcpTarget},
+    target::Target,
+};
 /// Attempts at one read-modify-write before the reconcile is requeued.
 const MAX_ATTEMPTS: u32 = 6;
 /// Longest wait between attempts, whatever Retry-After says.
@@ -69,6 +75,21 @@ impl GcpGrant {
             "{} on {} for {} (condition {})",
             self.role, self.resource, self.member, self.title
         )
+    }
+
+    /// How the audit logs name the holder: a user's or service account's email. Members of a
+    /// group or a domain act under their own names: nobody's actions in particular.
+    pub fn activity_lookup(&self) -> Option<ActivityLookup> {
+        let email = self
+            .member
+            .strip_prefix("user:")
+            .or_else(|| self.member.strip_prefix("serviceAccount:"))?;
+        Some(ActivityLookup {
+            source: ActivitySource::GcpAuditLogs,
+            matches: ActivityMatch::GcpPrincipalEmail,
+            principal: email.to_owned(),
+            scope: Some(self.resource.clone()),
+        })
     }
 }
 
@@ -128,6 +149,7 @@ impl ResourceKind {
 /// Grants Google Cloud IAM roles.
 pub(crate) struct Gcp {
     clients: Clients,
+    logging: LoggingServiceV2,
 }
 
 /// What one failed call came to.
@@ -142,9 +164,11 @@ struct Classified {
 }
 
 impl Gcp {
-    /// The clients, talking to `endpoint` (the public one when `None`).
+    /// The clients, talking to `endpoint` and `logging_endpoint` (the public ones when
+    /// `None`).
     pub(crate) async fn new(
         endpoint: Option<&str>,
+        logging_endpoint: Option<&str>,
         credentials: Credentials,
     ) -> Result<Self, Error> {
         // The Google clients use rustls without choosing a crypto provider; use ring, as the
@@ -161,9 +185,12 @@ impl Gcp {
                 })?,
         };
         macro_rules! client {
-            ($kind:ty) => {{
+            ($kind:ty) => {
+                client!($kind, endpoint)
+            };
+            ($kind:ty, $endpoint:expr) => {{
                 let mut builder = <$kind>::builder().with_credentials(credentials.clone());
-                if let Some(endpoint) = endpoint {
+                if let Some(endpoint) = $endpoint {
                     builder = builder.with_endpoint(endpoint);
                 }
                 builder.build().await.map_err(|error| Error::Invalid {
@@ -177,6 +204,7 @@ impl Gcp {
                 folders: client!(Folders),
                 organizations: client!(Organizations),
             },
+            logging: client!(LoggingServiceV2, logging_endpoint),
         })
     }
 
@@ -332,6 +360,27 @@ impl Cloud for Gcp {
 
     fn cloud_enforced(_grant: &GcpGrant) -> bool {
         true
+    }
+
+    fn activity_lookup(grant: &GcpGrant) -> Option<ActivityLookup> {
+        grant.activity_lookup()
+    }
+
+    async fn activity(
+        &self,
+        lookup: &ActivityLookup,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> Result<Option<ActivityLog>, Error> {
+        if lookup.source != ActivitySource::GcpAuditLogs {
+            return Ok(None);
+        }
+        let Some(resource) = lookup.scope.as_deref() else {
+            return Err(audit_logs::unsearchable(&lookup.principal));
+        };
+        audit_logs::read(&self.logging, resource, &lookup.principal, from, to)
+            .await
+            .map(Some)
     }
 
     async fn make(&self, grant: &GcpGrant, spec: &GrantSpec<'_>) -> Result<(), Error> {

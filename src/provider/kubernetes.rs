@@ -381,6 +381,7 @@ impl Provider for KubernetesProvider {
             target: Target::Kubernetes,
             reference,
             cloud_enforced_expiry: false,
+            activity_lookup: None,
         })
     }
 

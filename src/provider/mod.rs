@@ -19,7 +19,7 @@ use kube::ResourceExt;
 
 pub use self::set::{Providers, Settings};
 use crate::{
-    crd::v1alpha1::{AccessRequest, PolicyRole},
+    crd::v1alpha1::{AccessRequest, ActivityLookup, PolicyRole},
     provider::identity::Identity,
     target::Target,
 };
@@ -105,6 +105,8 @@ pub struct GrantRecord {
     pub reference: String,
     /// Whether the target ends the access at `expires_at` by itself.
     pub cloud_enforced_expiry: bool,
+    /// How the cloud's activity log names the holder, when it can be searched for them.
+    pub activity_lookup: Option<ActivityLookup>,
 }
 
 /// What a grant looks like compared with what it should be.
@@ -116,6 +118,39 @@ pub enum GrantState {
     Missing,
     /// There, but changed; says how.
     Drifted(String),
+}
+
+/// The most actions one read of a cloud's activity log takes in; past it the summary says it
+/// is truncated. Bounds the memory and the calls (CloudTrail answers 50 events a call, at two
+/// calls a second) one busy subject can cost.
+pub const ACTIVITY_READ_LIMIT: usize = 5_000;
+
+/// One action a cloud's activity log recorded for a grant's holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedAction {
+    /// When the cloud received it.
+    pub time: Timestamp,
+    /// The operation as the log names it: `GetObject`, `storage.buckets.list`,
+    /// `Microsoft.Compute/virtualMachines/write`.
+    pub operation: String,
+    /// The service: `s3.amazonaws.com`, `storage.googleapis.com`, `Microsoft.Compute`.
+    pub service: String,
+    /// What it acted on, when the log says.
+    pub resource: Option<String>,
+    /// Whether the cloud refused it for lack of permission.
+    pub denied: bool,
+    /// The status as HTTP would say it: 200, 403 for a refusal, 400 or 500 for other errors.
+    pub code: i32,
+}
+
+/// What one read of a cloud's activity log found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ActivityLog {
+    /// The holder's actions in the window, oldest first.
+    pub actions: Vec<LoggedAction>,
+    /// Whether the log held more than [`ACTIVITY_READ_LIMIT`] (or more pages than the cloud's
+    /// quota allows in one read).
+    pub truncated: bool,
 }
 
 /// Why a provider call failed.
@@ -332,5 +367,16 @@ pub trait Provider: Send + Sync {
     /// general answer lists everything managed; providers with a ledger read the one entry.
     async fn holds(&self, request: &RequestRef) -> Result<bool, Error> {
         Ok(self.list_managed().await?.contains(&request.uid))
+    }
+
+    /// What the cloud's own activity log recorded for the holder `lookup` names between
+    /// `from` and `to`; `None` when this target keeps no log the operator reads.
+    async fn activity(
+        &self,
+        _lookup: &ActivityLookup,
+        _from: Timestamp,
+        _to: Timestamp,
+    ) -> Result<Option<ActivityLog>, Error> {
+        Ok(None)
     }
 }

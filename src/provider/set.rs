@@ -26,6 +26,8 @@ pub struct Settings {
     pub namespace: String,
     /// Google's Resource Manager endpoint, when not the public one.
     pub gcp_endpoint: Option<String>,
+    /// Google's Cloud Logging endpoint, when not the public one.
+    pub gcp_logging_endpoint: Option<String>,
     /// How to authenticate to Google.
     pub gcp_credentials: gcp::Credentials,
     /// Where Azure is and how to reach it.
@@ -75,9 +77,12 @@ impl Providers {
                     if settings.gcp_credentials == gcp::Credentials::Anonymous {
                         warn!("gcp: anonymous credentials; only an emulator accepts them");
                     }
-                    let cloud =
-                        Gcp::new(settings.gcp_endpoint.as_deref(), settings.gcp_credentials)
-                            .await?;
+                    let cloud = Gcp::new(
+                        settings.gcp_endpoint.as_deref(),
+                        settings.gcp_logging_endpoint.as_deref(),
+                        settings.gcp_credentials,
+                    )
+                    .await?;
                     Arc::new(CloudProvider::new(cloud, ledger(target)))
                 }
                 Target::Azure => Arc::new(CloudProvider::new(

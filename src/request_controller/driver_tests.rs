@@ -76,6 +76,7 @@ impl Provider for InMemory {
             target: Target::Kubernetes,
             reference: "RoleBinding prod/jit".into(),
             cloud_enforced_expiry: false,
+            activity_lookup: None,
         })
     }
 

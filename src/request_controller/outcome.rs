@@ -254,6 +254,9 @@ pub fn after_success(
             reference: record.reference.clone(),
             cloud_enforced_expiry: record.cloud_enforced_expiry,
         });
+        if record.activity_lookup.is_some() {
+            status.activity_lookup = record.activity_lookup.clone();
+        }
     }
     if *effect != Effect::None {
         clear_failures(&mut status);

@@ -262,6 +262,7 @@ impl World {
                         target: crate::target::Target::Kubernetes,
                         reference: "RoleBinding team/jit".into(),
                         cloud_enforced_expiry: false,
+                        activity_lookup: None,
                     }),
                     unaccounted: None,
                 })
