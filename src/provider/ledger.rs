@@ -57,6 +57,17 @@ pub enum Error {
         /// What does not match.
         reason: &'static str,
     },
+    /// The request's entry records a grant in another target: one request holds one grant,
+    /// and that one is revoked before another is recorded.
+    #[error("grant ledger entry {name} records a grant in {held_in}, not in {wanted_in}")]
+    HeldElsewhere {
+        /// The ConfigMap.
+        name: String,
+        /// The target the entry records.
+        held_in: String,
+        /// The target asked to record.
+        wanted_in: String,
+    },
     /// An entry does not parse; it is left for a person to look at.
     #[error("grant ledger entry {name} does not parse: {reason}")]
     Corrupt {
@@ -75,7 +86,7 @@ impl Error {
                 source,
                 kube::Error::Api(status) if matches!(status.code, 400 | 403 | 422)
             ),
-            Self::Corrupt { .. } | Self::Tampered { .. } => false,
+            Self::Corrupt { .. } | Self::Tampered { .. } | Self::HeldElsewhere { .. } => false,
         }
     }
 }
@@ -99,8 +110,15 @@ impl Ledger {
     }
 
     /// The targets of an entry read for `uid`, once its labels and seal show the operator
-    /// wrote it as it is.
-    fn checked(&self, uid: &str, name: &str, entry: &ConfigMap) -> Result<Vec<Value>, Error> {
+    /// wrote it as it is; `None` for an entry another provider's ledger wrote as it is (the
+    /// entry is the request's, whichever target holds its grant: with several providers
+    /// running, each is asked on revoke, and another's entry is nothing held here).
+    fn checked(
+        &self,
+        uid: &str,
+        name: &str,
+        entry: &ConfigMap,
+    ) -> Result<Option<Vec<Value>>, Error> {
         let tampered = |reason| Error::Tampered {
             name: name.to_owned(),
             reason,
@@ -111,11 +129,14 @@ impl Ledger {
                 .and_then(|labels| labels.get(key))
                 .map(String::as_str)
         };
-        if label(REQUEST_UID_LABEL) != Some(uid)
-            || label(PROVIDER_LABEL) != Some(self.target.as_str())
-        {
+        if label(REQUEST_UID_LABEL) != Some(uid) {
             return Err(tampered("its labels name another request or provider"));
         }
+        // The seal covers the provider: a label changed to another provider's name does not
+        // verify as that provider's entry.
+        let Some(provider) = label(PROVIDER_LABEL).and_then(Target::parse) else {
+            return Err(tampered("its labels name another request or provider"));
+        };
         let data = entry.data.as_ref();
         let text = data.and_then(|data| data.get(TARGETS_KEY));
         let seal = data.and_then(|data| data.get(SEAL_KEY));
@@ -123,10 +144,13 @@ impl Ledger {
             (Some(text), Some(seal))
                 if self
                     .sealer
-                    .verify_ledger(self.target.as_str(), uid, text, seal) => {}
+                    .verify_ledger(provider.as_str(), uid, text, seal) => {}
             _ => return Err(tampered("its seal does not match its content")),
         }
-        Self::parse(name, entry)
+        if provider != self.target {
+            return Ok(None);
+        }
+        Self::parse(name, entry).map(Some)
     }
 
     /// Puts `targets` into the entry, with the seal over them.
@@ -175,7 +199,7 @@ impl Ledger {
         Ok(self
             .entry(uid)
             .await?
-            .is_some_and(|entry| self.checked(uid, &name, &entry).is_ok()))
+            .is_some_and(|entry| matches!(self.checked(uid, &name, &entry), Ok(Some(_)))))
     }
 
     /// What is recorded for the request with this UID; empty when nothing is.
@@ -184,7 +208,10 @@ impl Ledger {
         let Some(entry) = self.entry(uid).await? else {
             return Ok(Vec::new());
         };
-        self.checked(uid, &name, &entry)?
+        let Some(recorded) = self.checked(uid, &name, &entry)? else {
+            return Ok(Vec::new());
+        };
+        recorded
             .into_iter()
             .map(|value| {
                 serde_json::from_value(value).map_err(|error| Error::Corrupt {
@@ -206,7 +233,20 @@ impl Ledger {
         let wanted = Self::to_value(&name, target)?;
         let existing = self.entry(&request.uid).await?;
         let mut targets = match &existing {
-            Some(entry) => self.checked(&request.uid, &name, entry)?,
+            Some(entry) => {
+                self.checked(&request.uid, &name, entry)?
+                    .ok_or_else(|| Error::HeldElsewhere {
+                        name: name.clone(),
+                        held_in: entry
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|labels| labels.get(PROVIDER_LABEL))
+                            .cloned()
+                            .unwrap_or_default(),
+                        wanted_in: self.target.as_str().to_owned(),
+                    })?
+            }
             None => Vec::new(),
         };
         if targets.contains(&wanted) {
@@ -270,8 +310,11 @@ impl Ledger {
         let Some(mut entry) = self.entry(&request.uid).await? else {
             return Ok(());
         };
-        if self.checked(&request.uid, &name, &entry)? == [wanted.clone()] {
-            return Ok(());
+        match self.checked(&request.uid, &name, &entry)? {
+            // Another provider's: nothing of this one's to keep.
+            None => return Ok(()),
+            Some(recorded) if recorded == [wanted.clone()] => return Ok(()),
+            Some(_) => {}
         }
         self.fill(&request.uid, &mut entry, &[wanted]);
         self.api
@@ -322,7 +365,8 @@ impl Ledger {
                 let name = entry.metadata.name.clone().unwrap_or_default();
                 let uid = name.strip_prefix("jit-grant-")?.to_owned();
                 match self.checked(&uid, &name, &entry) {
-                    Ok(_) => Some(uid),
+                    Ok(Some(_)) => Some(uid),
+                    Ok(None) => None,
                     Err(error) => {
                         warn!(error = %error, "ignoring a grant ledger entry in the sweep");
                         None
@@ -330,5 +374,77 @@ impl Ledger {
                 }
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A ledger whose client is never called: `checked` reads only the entry it is given.
+    fn ledger(target: Target) -> Ledger {
+        let (service, _handle) = tower_test::mock::pair::<
+            hyper::Request<kube::client::Body>,
+            hyper::Response<kube::client::Body>,
+        >();
+        let client = Client::new(service, "default");
+        Ledger::new(client, "jit-system", target, Sealer::new(b"k"))
+    }
+
+    fn request() -> RequestRef {
+        RequestRef {
+            uid: "u1".into(),
+            namespace: "team".into(),
+            name: "fix".into(),
+        }
+    }
+
+    fn entry_of(ledger: &Ledger) -> ConfigMap {
+        let mut entry = ledger.new_entry(&request(), "jit-grant-u1");
+        ledger.fill(
+            "u1",
+            &mut entry,
+            &[serde_json::json!({"resource": "projects/p"})],
+        );
+        entry
+    }
+
+    #[tokio::test]
+    async fn another_providers_entry_is_nothing_held_here_but_a_relabelled_one_is_tampered() {
+        let (gcp, aws) = (ledger(Target::Gcp), ledger(Target::Aws));
+        let entry = entry_of(&gcp);
+        assert_eq!(
+            gcp.checked("u1", "jit-grant-u1", &entry)
+                .unwrap()
+                .unwrap()
+                .len(),
+            1
+        );
+        // With several providers running, each is asked on revoke: the Google grant's entry
+        // is nothing the AWS provider holds, and no reason for its revoke to fail.
+        assert_eq!(aws.checked("u1", "jit-grant-u1", &entry).unwrap(), None);
+        // The provider label changed by hand: the seal says which provider wrote it.
+        let mut relabelled = entry.clone();
+        relabelled
+            .metadata
+            .labels
+            .as_mut()
+            .unwrap()
+            .insert(PROVIDER_LABEL.into(), "aws".into());
+        assert!(matches!(
+            aws.checked("u1", "jit-grant-u1", &relabelled),
+            Err(Error::Tampered { .. })
+        ));
+        assert!(matches!(
+            gcp.checked("u1", "jit-grant-u1", &relabelled),
+            Err(Error::Tampered { .. })
+        ));
+        // Another request's entry.
+        assert!(matches!(
+            gcp.checked("u2", "jit-grant-u1", &entry),
+            Err(Error::Tampered { .. })
+        ));
     }
 }
