@@ -15,6 +15,13 @@
 //!   .../roleAssignmentSchedules?$filter=principalId eq '...'`, paged with nextLink); errors
 //!   as `{"error": {"code", "message"}}`. PIM ends a schedule at its `endDateTime`.
 //!
+//! - The Activity Log (`GET /subscriptions/{id}/providers/Microsoft.Insights/eventtypes/
+//!   management/values`, api-version 2015-04-01): `$filter` in the forms the reference lists
+//!   (a time range, optionally with `resourceGroupName`, `resourceUri`, `resourceProvider` or
+//!   `correlationId`; no other syntax: 400 `BadRequest`), a start within the last 90 days,
+//!   paged with `nextLink` and an opaque `$skipToken`, events as tests record them; faults
+//!   can be queued for its next reads (429 with Retry-After, 500).
+//!
 //! Faults can be queued per scope for its next write: 429 with Retry-After, 500, and a reply
 //! dropped after the write took effect. One fake per test binary, on its own thread.
 
@@ -96,6 +103,13 @@ struct State {
     /// Scopes whose repeated AdminAssign is answered with the assignment-exists code rather
     /// than Azure's request-exists one (both are 409s the operator may meet).
     assignment_exists_first: HashSet<String>,
+    /// Activity Log events.
+    activity: Vec<Value>,
+    /// Faults for the next Activity Log reads.
+    activity_faults: VecDeque<Fault>,
+    /// Activity Log pages answered, and reads refused by a fault.
+    activity_pages: usize,
+    activity_faulted: usize,
 }
 
 type Shared = Arc<Mutex<State>>;
@@ -207,6 +221,26 @@ impl AzureFake {
             .principals
             .insert(id.clone(), "User".into());
         id
+    }
+
+    /// Records an Activity Log event (as the service lists it).
+    pub fn record_activity(&self, event: Value) {
+        self.state.lock().unwrap().activity.push(event);
+    }
+
+    /// Queues faults for the next Activity Log reads.
+    pub fn fail_activity_reads(&self, faults: &[Fault]) {
+        self.state
+            .lock()
+            .unwrap()
+            .activity_faults
+            .extend(faults.iter().cloned());
+    }
+
+    /// Activity Log pages answered, and reads refused by a queued fault.
+    pub fn activity_reads(&self) -> (usize, usize) {
+        let state = self.state.lock().unwrap();
+        (state.activity_pages, state.activity_faulted)
     }
 
     /// Queues faults for the next writes at `scope`.
@@ -436,6 +470,9 @@ async fn handle(state: Shared, request: Request<Incoming>) -> Reply {
             "InvalidAuthenticationToken",
             "The access token is invalid.",
         )),
+        Some(_) if path.to_lowercase().ends_with(ACTIVITY_LOG_PATH) => {
+            Ok(activity_log(state, &path, &query))
+        }
         Some(_) => arm(state, &method, &path, &query, &body),
     };
     let status = reply
@@ -1065,6 +1102,172 @@ fn schedules_list(
         }
         body["nextLink"] = json!(next);
     }
+    respond(200, &body)
+}
+
+const ACTIVITY_LOG_PATH: &str = "/providers/microsoft.insights/eventtypes/management/values";
+const ACTIVITY_LOG_API: &str = "2015-04-01";
+/// Activity Log events per page, small so that paging is exercised.
+const ACTIVITY_PAGE_SIZE: usize = 3;
+
+/// The Activity Log of a subscription.
+fn activity_log(state: &mut State, path: &str, query: &str) -> Response<Full<Bytes>> {
+    let api_version = query_value(query, "api-version").unwrap_or_default();
+    if api_version != ACTIVITY_LOG_API {
+        return arm_error(
+            400,
+            "InvalidApiVersionParameter",
+            &format!(
+                "The api-version '{api_version}' is invalid. The supported versions include '{ACTIVITY_LOG_API}'."
+            ),
+        );
+    }
+    let subscription = path
+        .trim_start_matches('/')
+        .split('/')
+        .nth(1)
+        .unwrap_or_default()
+        .to_lowercase();
+    match state.activity_faults.pop_front() {
+        Some(Fault::TooManyRequests(seconds)) => {
+            state.activity_faulted += 1;
+            let mut response = arm_error(429, "TooManyRequests", "The request is being throttled.");
+            response.headers_mut().insert("retry-after", seconds.into());
+            return response;
+        }
+        Some(Fault::ServerError) | Some(Fault::DropReply) => {
+            state.activity_faulted += 1;
+            return arm_error(
+                500,
+                "InternalServerError",
+                "Encountered internal server error.",
+            );
+        }
+        None => {}
+    }
+    let filter = query_value(query, "$filter").unwrap_or_default();
+    let bad = |why: &str| {
+        arm_error(
+            400,
+            "BadRequest",
+            &format!("The $filter '{filter}' is not supported: {why}"),
+        )
+    };
+    // eventTimestamp ge 'T' and eventTimestamp le 'T'[ and FIELD eq 'V']
+    let parts: Vec<&str> = filter.split(" and ").collect();
+    let quoted = |text: &str, prefix: &str| -> Option<String> {
+        text.strip_prefix(prefix)?
+            .strip_prefix('\'')?
+            .strip_suffix('\'')
+            .map(str::to_owned)
+    };
+    let (Some(from), Some(to)) = (
+        parts
+            .first()
+            .and_then(|part| quoted(part, "eventTimestamp ge ")),
+        parts
+            .get(1)
+            .and_then(|part| quoted(part, "eventTimestamp le ")),
+    ) else {
+        return bad("it must start with eventTimestamp ge '...' and eventTimestamp le '...'");
+    };
+    let (Ok(from), Ok(to)) = (from.parse::<Timestamp>(), to.parse::<Timestamp>()) else {
+        return bad("the times are not ISO 8601");
+    };
+    if from < Timestamp::now() - jiff::SignedDuration::from_hours(90 * 24) {
+        return bad("the start time is more than 90 days ago");
+    }
+    let narrowed = match parts.get(2..).unwrap_or_default() {
+        [] => None,
+        [term] => {
+            let Some((field, value)) = [
+                "resourceGroupName",
+                "resourceUri",
+                "resourceProvider",
+                "correlationId",
+            ]
+            .iter()
+            .find_map(|field| quoted(term, &format!("{field} eq ")).map(|value| (*field, value))) else {
+                return bad("no other syntax is allowed");
+            };
+            Some((field, value.to_lowercase()))
+        }
+        _ => return bad("no other syntax is allowed"),
+    };
+    let mut matching: Vec<&Value> = state
+        .activity
+        .iter()
+        .filter(|event| {
+            let resource = event["resourceId"]
+                .as_str()
+                .unwrap_or_default()
+                .to_lowercase();
+            let time: Timestamp = event["eventTimestamp"].as_str().unwrap().parse().unwrap();
+            resource.starts_with(&format!("/subscriptions/{subscription}/"))
+                && time >= from
+                && time <= to
+                && narrowed.as_ref().is_none_or(|(field, value)| match *field {
+                    "resourceGroupName" => {
+                        event["resourceGroupName"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_lowercase()
+                            == *value
+                    }
+                    "resourceUri" => resource == *value,
+                    "resourceProvider" => {
+                        event["resourceProviderName"]["value"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_lowercase()
+                            == *value
+                    }
+                    _ => {
+                        event["correlationId"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_lowercase()
+                            == *value
+                    }
+                })
+        })
+        .collect();
+    // Newest first, as the service lists them.
+    matching.sort_by_key(|event| {
+        std::cmp::Reverse(
+            event["eventTimestamp"]
+                .as_str()
+                .unwrap()
+                .parse::<Timestamp>()
+                .unwrap(),
+        )
+    });
+    let skip: usize = query_value(query, "$skipToken")
+        .and_then(|token| {
+            token
+                .strip_prefix("page-")
+                .and_then(|skip| skip.parse().ok())
+        })
+        .unwrap_or(0);
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(skip)
+        .take(ACTIVITY_PAGE_SIZE)
+        .map(|event| (*event).clone())
+        .collect();
+    let mut body = json!({"value": page});
+    if skip + ACTIVITY_PAGE_SIZE < matching.len() {
+        let endpoint = FAKE
+            .get()
+            .map(|fake| fake.endpoint.clone())
+            .unwrap_or_default();
+        body["nextLink"] = json!(format!(
+            "{endpoint}{path}?api-version={ACTIVITY_LOG_API}&$filter={}&$skipToken=page-{}",
+            urlencoding::encode(&filter),
+            skip + ACTIVITY_PAGE_SIZE
+        ));
+    }
+    state.activity_pages += 1;
     respond(200, &body)
 }
 

@@ -266,6 +266,7 @@ pub fn read_yaml(relative: &str) -> serde_json::Value {
         .unwrap_or_else(|error| panic!("failed to parse {}: {error}", path.display()))
 }
 
+pub mod activity_logs;
 pub mod aws;
 pub mod azure;
 pub mod clouds;
