@@ -240,6 +240,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             delay: args.cloud_activity_delay,
         },
         context.metrics.clone(),
+        context.audit.clone(),
         stop.stopped(),
     ));
     let synced = readiness.clone();

@@ -13,7 +13,7 @@
 mod support;
 
 use std::{
-    sync::{Mutex, OnceLock},
+    sync::{Mutex, OnceLock, PoisonError},
     time::Duration,
 };
 
@@ -84,6 +84,18 @@ fn operator() -> &'static Mutex<Operator> {
             &environment,
         ))
     })
+}
+
+/// The `dev.jit.activity.v1` audit lines the operator wrote about request `uid`.
+fn activity_lines(operator: &Operator, uid: &str) -> Vec<Value> {
+    std::fs::read_to_string(&operator.log)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| {
+            event["type"] == "dev.jit.activity.v1" && event["data"]["request"]["uid"] == uid
+        })
+        .collect()
 }
 
 /// Has bob approve alice's request and waits until it is active.
@@ -281,6 +293,24 @@ async fn cloudtrail_shows_exactly_what_the_iam_user_did_in_the_window() {
     let last = activity_reaches(&env, &name, ActivityCompleteness::Final, 69).await;
     assert_eq!(last.refused, 2);
     assert_eq!(last.read_error, None);
+    // The last read is the record: each of her calls is an audit line, once.
+    let uid = active.uid().unwrap();
+    let lines = activity_lines(
+        &operator().lock().unwrap_or_else(PoisonError::into_inner),
+        &uid,
+    );
+    assert_eq!(lines.len(), 71, "69 used and 2 refused");
+    let refused = lines
+        .iter()
+        .filter(|line| line["data"]["outcome"] == "refused")
+        .count();
+    assert_eq!(refused, 2);
+    let ids: std::collections::HashSet<&str> = lines
+        .iter()
+        .map(|line| line["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 71, "one line per CloudTrail event");
+    assert_eq!(lines[0]["subject"], place.user.as_str());
     let (answered, throttled) = trail.lookups();
     assert!(
         answered >= 4 && throttled >= 2,

@@ -4,8 +4,13 @@
 //! summary is recounted from the log rather than added to: late events and repeated reads
 //! count once. Only the leader reads (the clouds' quotas are per account, not per replica).
 //!
-//! When to read and what the summary says are pure (`next_read`, `window`, `summarize`); the
-//! runner watches the requests, calls the provider and writes `status.activity`.
+//! The last read also writes each action to the JSON-lines audit log as a
+//! `dev.jit.activity.v1` event (earlier reads may still miss late events; the last one is
+//! the record).
+//!
+//! When to read and what the summary says are pure (`next_read`, `window`, `summarize`,
+//! `attributions`); the runner watches the requests, calls the provider and writes
+//! `status.activity`.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
@@ -20,7 +25,7 @@ use kube::{
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::{Outcome, Tally, cut};
+use super::{Attribution, Outcome, Tally, cut, line};
 use crate::{
     crd::v1alpha1::{
         AccessRequest, AccessRequestStatus, Activity, ActivityAction, ActivityCompleteness,
@@ -184,6 +189,37 @@ pub(crate) fn summarize(
     tally.summary_of(source, completeness, as_of)
 }
 
+/// Each action of a last read, attributed to the request, for the audit log. Pure.
+pub(crate) fn attributions(
+    request: &str,
+    uid: &str,
+    lookup: &ActivityLookup,
+    log: &ActivityLog,
+) -> Vec<Attribution> {
+    log.actions
+        .iter()
+        .map(|logged| Attribution {
+            request: request.to_owned(),
+            uid: uid.to_owned(),
+            outcome: if logged.denied {
+                Outcome::Refused
+            } else {
+                Outcome::Used
+            },
+            user: cut(&lookup.principal, 253),
+            audit_id: cut(&logged.id, 64),
+            action: ActivityAction {
+                time: Time(logged.time),
+                verb: cut(&logged.operation, 64),
+                resource: cut(&logged.service, 512),
+                namespace: None,
+                name: logged.resource.as_deref().map(|name| cut(name, 253)),
+                code: logged.code,
+            },
+        })
+        .collect()
+}
+
 /// The target whose provider reads this source.
 fn target_of(source: ActivitySource) -> Option<Target> {
     match source {
@@ -219,6 +255,7 @@ pub async fn run(
     providers: Providers,
     settings: Settings,
     metrics: Arc<Metrics>,
+    audit: Option<Arc<crate::audit::Recorder>>,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     let requests = Api::<DeserializeGuard<AccessRequest>>::all(client.clone());
@@ -293,9 +330,9 @@ pub async fn run(
         }
         let results: Vec<(String, Result<(), crate::provider::Error>)> = futures::stream::iter(due)
             .map(|due| {
-                let (client, providers, metrics) = (&client, &providers, &metrics);
+                let (client, providers, metrics, audit) = (&client, &providers, &metrics, &audit);
                 async move {
-                    let result = read_and_write(client, providers, metrics, &due, now).await;
+                    let result = read_and_write(client, providers, metrics, audit, &due, now).await;
                     (due.uid, result)
                 }
             })
@@ -335,6 +372,7 @@ async fn read_and_write(
     client: &Client,
     providers: &Providers,
     metrics: &Metrics,
+    audit: &Option<Arc<crate::audit::Recorder>>,
     due: &Due,
     now: Timestamp,
 ) -> Result<(), crate::provider::Error> {
@@ -370,6 +408,22 @@ async fn read_and_write(
             count("ok");
             let summary = summarize(due.lookup.source, &log, due.window.last, now);
             debug!(request = %format!("{}/{}", due.namespace, due.name), actions = summary.actions, refused = summary.refused, completeness = ?summary.completeness, "read a cloud grant's activity");
+            if due.window.last
+                && let Some(audit) = audit
+            {
+                let request = format!("{}/{}", due.namespace, due.name);
+                let lines = attributions(&request, &due.uid, &due.lookup, &log);
+                let audit = audit.clone();
+                // File writes, off the runtime's threads.
+                let _ = tokio::task::spawn_blocking(move || {
+                    for attribution in &lines {
+                        if let Some(event) = line::event_json(attribution) {
+                            audit.write_line(&event);
+                        }
+                    }
+                })
+                .await;
+            }
             let mut activity = serde_json::to_value(&summary).unwrap_or_default();
             // Merge patch: clear what an earlier, failed read said.
             activity["readError"] = serde_json::Value::Null;
@@ -534,6 +588,7 @@ mod tests {
 
     fn logged(second: i64, operation: &str, denied: bool) -> LoggedAction {
         LoggedAction {
+            id: format!("e{second}"),
             time: at("2026-01-01T10:00:00Z") + SignedDuration::from_secs(second),
             operation: operation.into(),
             service: "s3.amazonaws.com".into(),

@@ -128,6 +128,9 @@ pub const ACTIVITY_READ_LIMIT: usize = 5_000;
 /// One action a cloud's activity log recorded for a grant's holder.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoggedAction {
+    /// The cloud's id of the event (CloudTrail's `eventID`, the audit log entry's `insertId`,
+    /// the Activity Log's `eventDataId`).
+    pub id: String,
     /// When the cloud received it.
     pub time: Timestamp,
     /// The operation as the log names it: `GetObject`, `storage.buckets.list`,

@@ -150,7 +150,11 @@ pub fn cloudtrail() -> &'static CloudTrailFake {
 impl CloudTrailFake {
     /// Records a CloudTrail record (the JSON CloudTrail writes for a call) as its event
     /// history would list it.
-    pub fn record(&self, record: Value) {
+    pub fn record(&self, mut record: Value) {
+        let event_id = uuid::Uuid::new_v4().to_string();
+        if record.get("eventID").is_none() {
+            record["eventID"] = json!(event_id);
+        }
         let identity = &record["userIdentity"];
         let username = match identity["type"].as_str() {
             Some("IAMUser") => identity["userName"].clone(),
@@ -165,7 +169,7 @@ impl CloudTrailFake {
         };
         let time: Timestamp = record["eventTime"].as_str().unwrap().parse().unwrap();
         let event = json!({
-            "EventId": uuid::Uuid::new_v4().to_string(),
+            "EventId": record["eventID"],
             "EventName": record["eventName"],
             "ReadOnly": record["readOnly"].as_bool().unwrap_or(true).to_string(),
             "EventTime": time.as_millisecond() as f64 / 1000.0,

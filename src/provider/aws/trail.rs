@@ -125,6 +125,7 @@ pub(crate) fn action_of(lookup: &ActivityLookup, record: &Value) -> Option<Logge
         .and_then(|resource| resource["ARN"].as_str())
         .map(str::to_owned);
     Some(LoggedAction {
+        id: record["eventID"].as_str().unwrap_or_default().to_owned(),
         time,
         operation: record["eventName"].as_str()?.to_owned(),
         service: record["eventSource"]
@@ -158,6 +159,7 @@ mod tests {
     fn user_event(user: &str, error: Option<&str>) -> Value {
         let mut event = json!({
             "eventVersion": "1.09",
+            "eventID": "0e1f4c7a-3b2d-4d7e-9f3a-1c2b3d4e5f60",
             "userIdentity": {"type": "IAMUser", "userName": user,
                              "arn": format!("arn:aws:iam::123456789012:user/{user}")},
             "eventTime": "2026-11-29T10:00:00Z",
@@ -192,6 +194,7 @@ mod tests {
             ("ListBuckets", "s3.amazonaws.com", 200)
         );
         assert_eq!(used.resource.as_deref(), Some("arn:aws:s3:::logs"));
+        assert_eq!(used.id, "0e1f4c7a-3b2d-4d7e-9f3a-1c2b3d4e5f60");
         assert!(!used.denied);
         let refused = action_of(&alice, &user_event("alice", Some("AccessDenied"))).unwrap();
         assert!(refused.denied);

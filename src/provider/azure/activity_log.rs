@@ -93,6 +93,7 @@ pub(crate) fn action_of(object_id: &str, event: &Value) -> Option<LoggedAction> 
         _ => 400,
     };
     Some(LoggedAction {
+        id: event["eventDataId"].as_str().unwrap_or_default().to_owned(),
         time: event["eventTimestamp"].as_str()?.parse().ok()?,
         operation: event["operationName"]["value"].as_str()?.to_owned(),
         service: event["resourceProviderName"]["value"]

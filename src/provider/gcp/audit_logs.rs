@@ -35,6 +35,7 @@ pub(crate) fn filter(principal_email: &str, from: Timestamp, to: Timestamp) -> S
 /// the principal made it. Pure.
 pub(crate) fn action_of(
     principal_email: &str,
+    id: &str,
     time: Timestamp,
     payload: &Value,
 ) -> Option<LoggedAction> {
@@ -53,6 +54,7 @@ pub(crate) fn action_of(
         _ => 400,
     };
     Some(LoggedAction {
+        id: id.to_owned(),
         time,
         operation: payload["methodName"].as_str()?.to_owned(),
         service: payload["serviceName"]
@@ -128,7 +130,7 @@ pub(super) async fn read(
             let Ok(payload) = serde_json::to_value(payload.as_ref()) else {
                 continue;
             };
-            if let Some(logged) = action_of(principal_email, time, &payload) {
+            if let Some(logged) = action_of(principal_email, &entry.insert_id, time, &payload) {
                 log.actions.push(logged);
             }
         }
@@ -198,6 +200,7 @@ mod tests {
         let time = Timestamp::UNIX_EPOCH;
         let used = action_of(
             "alice@example.com",
+            "i1",
             time,
             &payload("alice@example.com", 0, true),
         )
@@ -213,6 +216,7 @@ mod tests {
         );
         let refused = action_of(
             "alice@example.com",
+            "i1",
             time,
             &payload("alice@example.com", 7, false),
         )
@@ -222,6 +226,7 @@ mod tests {
         assert_eq!(
             action_of(
                 "alice@example.com",
+                "i1",
                 time,
                 &payload("bob@example.com", 0, true)
             ),
