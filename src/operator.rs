@@ -232,17 +232,24 @@ pub async fn run(args: Args) -> Result<(), Error> {
         metrics,
         stop.stopped(),
     ));
-    let cloud_activity = tokio::spawn(crate::activity::cloud::run(
-        context.client.clone(),
-        context.providers.clone(),
-        crate::activity::cloud::Settings {
-            interval: args.cloud_activity_interval,
-            delay: args.cloud_activity_delay,
-        },
-        context.metrics.clone(),
-        context.audit.clone(),
-        stop.stopped(),
-    ));
+    // Cloud grants' activity, read from the clouds' logs; nothing to read without a cloud.
+    let clouds_enabled = context
+        .providers
+        .all()
+        .any(|provider| provider.target() != crate::target::Target::Kubernetes);
+    let cloud_activity = clouds_enabled.then(|| {
+        tokio::spawn(crate::activity::cloud::run(
+            context.client.clone(),
+            context.providers.clone(),
+            crate::activity::cloud::Settings {
+                interval: args.cloud_activity_interval,
+                delay: args.cloud_activity_delay,
+            },
+            context.metrics.clone(),
+            context.audit.clone(),
+            stop.stopped(),
+        ))
+    });
     let synced = readiness.clone();
     let controller = tokio::spawn(request_controller::run(
         context,
@@ -284,7 +291,9 @@ pub async fn run(args: Args) -> Result<(), Error> {
         let _ = controller.await;
         debug!("controller stopped");
         let _ = sweeper.await;
-        let _ = cloud_activity.await;
+        if let Some(cloud_activity) = cloud_activity {
+            let _ = cloud_activity.await;
+        }
         let _ = webhook_task.await;
         server.await
     };

@@ -249,6 +249,34 @@ struct Due {
     shown_error: Option<String>,
 }
 
+/// Keeps of a request only what deciding when to read needs: requests may be large (labels,
+/// annotations, a long timeline), and this cache holds every one of them.
+fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
+    let Ok(request) = guarded.0.as_mut() else {
+        return;
+    };
+    let metadata = &mut request.metadata;
+    metadata.managed_fields = None;
+    metadata.labels = None;
+    metadata.annotations = None;
+    if let Some(status) = request.status.take() {
+        request.status = Some(AccessRequestStatus {
+            phase: status.phase,
+            granted_at: status.granted_at,
+            expires_at: status.expires_at,
+            revoked_at: status.revoked_at,
+            activity: status.activity.map(|activity| Activity {
+                source: activity.source,
+                as_of: activity.as_of,
+                read_error: activity.read_error,
+                ..Activity::default()
+            }),
+            activity_lookup: status.activity_lookup,
+            ..AccessRequestStatus::default()
+        });
+    }
+}
+
 /// Reads the clouds' logs for cloud grants until `stop` completes.
 pub async fn run(
     client: Client,
@@ -262,12 +290,7 @@ pub async fn run(
     let (store, writer) = reflector::store::<DeserializeGuard<AccessRequest>>();
     let stream = watcher(requests, watcher::Config::default().any_semantic())
         .default_backoff()
-        .modify(|guarded: &mut DeserializeGuard<AccessRequest>| {
-            if let Ok(request) = guarded.0.as_mut() {
-                request.metadata.managed_fields = None;
-                request.metadata.annotations = None;
-            }
-        })
+        .modify(trim)
         .reflect(writer)
         .touched_objects();
     let watch = tokio::spawn(async move {
