@@ -21,8 +21,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::{
-    ACT_LIMIT, TestEnv, annotate, bindings_of, control_plane, create_policy, eventually,
-    eventually_within, operator::Operator, phase, request_view, wait_for_request,
+    ACT_LIMIT, TestEnv, activity_lines, annotate, bindings_of, control_plane, create_policy,
+    eventually, eventually_within, operator::Operator, phase, request_view, wait_for_request,
 };
 
 /// The operator of this binary, serving the audit webhook its control plane posts to.
@@ -73,18 +73,6 @@ fn activity_of(request: &AccessRequest) -> Activity {
         .as_ref()
         .and_then(|status| status.activity.clone())
         .unwrap_or_default()
-}
-
-/// The `dev.jit.activity.v1` audit lines the operator wrote about request `uid`.
-fn activity_lines(operator: &Operator, uid: &str) -> Vec<Value> {
-    std::fs::read_to_string(&operator.log)
-        .unwrap()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|event| {
-            event["type"] == "dev.jit.activity.v1" && event["data"]["request"]["uid"] == uid
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -19,13 +19,13 @@ use std::{
 
 use jiff::{SignedDuration, Timestamp};
 use jit_operator::crd::v1alpha1::{
-    AccessRequest, Activity, ActivityCompleteness, ActivityMatch, ActivitySource, Phase,
-    annotations,
+    AccessRequest, Activity, ActivityCompleteness, ActivityLookup, ActivityMatch, ActivitySource,
+    Phase, annotations,
 };
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 use support::{
-    Ending, TestEnv,
+    Ending, TestEnv, activity_lines,
     activity_logs::{cloud_logging, cloudtrail},
     alice_requests, annotate,
     aws::{Fixture, Kind, aws_policy, fixture},
@@ -86,40 +86,33 @@ fn operator() -> &'static Mutex<Operator> {
     })
 }
 
-/// The `dev.jit.activity.v1` audit lines the operator wrote about request `uid`.
-fn activity_lines(operator: &Operator, uid: &str) -> Vec<Value> {
-    std::fs::read_to_string(&operator.log)
-        .unwrap()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|event| {
-            event["type"] == "dev.jit.activity.v1" && event["data"]["request"]["uid"] == uid
-        })
-        .collect()
+/// An active request, with how its cloud's log names the holder and when it was granted.
+struct Granted {
+    request: AccessRequest,
+    lookup: ActivityLookup,
+    start: Timestamp,
 }
 
 /// Has bob approve alice's request and waits until it is active.
-async fn approved(env: &TestEnv, request: &AccessRequest) -> AccessRequest {
+async fn approved(env: &TestEnv, request: &AccessRequest) -> Granted {
     let name = request.name_any();
     annotate(&env.bob, &env.namespace, &name, annotations::APPROVE, "ok")
         .await
         .unwrap();
     let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
-    wait_for_request(&requests, &name, "active", |request| {
+    let active = wait_for_request(&requests, &name, "active", |request| {
         phase(request) == Some(Phase::Active)
     })
-    .await
-}
-
-fn granted_at(request: &AccessRequest) -> Timestamp {
-    request
-        .status
-        .as_ref()
-        .unwrap()
-        .granted_at
-        .as_ref()
-        .unwrap()
-        .0
+    .await;
+    let status = active.status.as_ref().unwrap();
+    Granted {
+        lookup: status
+            .activity_lookup
+            .clone()
+            .expect("the holder, as the cloud's log names them, is recorded at grant"),
+        start: status.granted_at.as_ref().unwrap().0,
+        request: active,
+    }
 }
 
 fn activity_of(request: &AccessRequest) -> Activity {
@@ -207,14 +200,11 @@ async fn cloudtrail_shows_exactly_what_the_iam_user_did_in_the_window() {
     let policy = aws_policy(&env, Kind::Inline, &place, 1).await;
     let request = support::aws::request(&env, &policy, "10m").await;
     let name = request.name_any();
-    let active = approved(&env, &request).await;
-    let lookup = active
-        .status
-        .as_ref()
-        .unwrap()
-        .activity_lookup
-        .clone()
-        .unwrap();
+    let Granted {
+        request: active,
+        lookup,
+        start,
+    } = approved(&env, &request).await;
     assert_eq!(
         (lookup.source, lookup.matches, lookup.principal.as_str()),
         (
@@ -224,7 +214,6 @@ async fn cloudtrail_shows_exactly_what_the_iam_user_did_in_the_window() {
         ),
         "the holder, as CloudTrail names them, recorded at grant"
     );
-    let start = granted_at(&active);
     let trail = cloudtrail();
     // 70 calls of hers (three pages of 50 at most), two of them refused.
     for second in 0..68 {
@@ -326,16 +315,8 @@ async fn cloudtrail_attributes_role_sessions_by_their_source_identity() {
     let policy = aws_policy(&env, Kind::AssumeRole, &place, 1).await;
     let request = support::aws::request(&env, &policy, "10m").await;
     let name = request.name_any();
-    let active = approved(&env, &request).await;
-    let lookup = active
-        .status
-        .as_ref()
-        .unwrap()
-        .activity_lookup
-        .clone()
-        .unwrap();
+    let Granted { lookup, start, .. } = approved(&env, &request).await;
     assert_eq!(lookup.matches, ActivityMatch::AwsSourceIdentity);
-    let start = granted_at(&active);
     let trail = cloudtrail();
     // Her sessions of the role, whatever she named them; bob's session of the same role; her
     // session of another role.
@@ -398,14 +379,7 @@ async fn cloud_audit_logs_show_exactly_what_the_principal_did_on_the_project() {
     )
     .await;
     let name = request.name_any();
-    let active = approved(&env, &request).await;
-    let lookup = active
-        .status
-        .as_ref()
-        .unwrap()
-        .activity_lookup
-        .clone()
-        .unwrap();
+    let Granted { lookup, start, .. } = approved(&env, &request).await;
     assert_eq!(
         (
             lookup.matches,
@@ -418,7 +392,6 @@ async fn cloud_audit_logs_show_exactly_what_the_principal_did_on_the_project() {
             Some(project.as_str())
         )
     );
-    let start = granted_at(&active);
     let logging = cloud_logging();
     // Nine calls of hers (pages of four), one refused; bob's; hers on another project; hers
     // before the grant.
@@ -520,19 +493,11 @@ async fn the_azure_activity_log_shows_exactly_what_the_object_did_in_the_resourc
     let policy = azure::azure_policy(&env, &scope, "direct", &alice, 1).await;
     let request = azure::request(&env, &policy, "10m").await;
     let name = request.name_any();
-    let active = approved(&env, &request).await;
-    let lookup = active
-        .status
-        .as_ref()
-        .unwrap()
-        .activity_lookup
-        .clone()
-        .unwrap();
+    let Granted { lookup, start, .. } = approved(&env, &request).await;
     assert_eq!(
         (lookup.matches, lookup.principal.as_str()),
         (ActivityMatch::AzureObjectId, alice.as_str())
     );
-    let start = granted_at(&active);
     let restart = "Microsoft.Compute/virtualMachines/restart/action";
     // Four operations of hers (each logged as Started, then Succeeded), one refused; bob's;
     // hers in another resource group; hers before the grant.

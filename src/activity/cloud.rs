@@ -33,7 +33,6 @@ use crate::{
     },
     metrics::{Metrics, ProviderErrorLabels},
     provider::{ActivityLog, Providers},
-    target::Target,
     telemetry::error_chain,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -220,16 +219,6 @@ pub(crate) fn attributions(
         .collect()
 }
 
-/// The target whose provider reads this source.
-fn target_of(source: ActivitySource) -> Option<Target> {
-    match source {
-        ActivitySource::AwsCloudTrail => Some(Target::Aws),
-        ActivitySource::GcpAuditLogs => Some(Target::Gcp),
-        ActivitySource::AzureActivityLog => Some(Target::Azure),
-        ActivitySource::KubernetesAudit => None,
-    }
-}
-
 /// What the runner remembers per request (by uid): its last read, and its failures.
 #[derive(Clone, Copy, Debug, Default)]
 struct Memory {
@@ -404,7 +393,7 @@ async fn read_and_write(
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
     };
-    let Some(target) = target_of(due.lookup.source) else {
+    let Some(target) = crate::provider::target_of(due.lookup.source) else {
         return Ok(());
     };
     let count = |outcome: &str| {

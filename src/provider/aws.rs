@@ -927,9 +927,6 @@ impl Cloud for Aws {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Option<ActivityLog>, Error> {
-        if lookup.source != ActivitySource::AwsCloudTrail {
-            return Ok(None);
-        }
         trail::read(&self.trail, lookup, from, to).await.map(Some)
     }
 

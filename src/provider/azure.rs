@@ -39,7 +39,7 @@ use super::{
     identity::Identity,
 };
 use crate::{
-    crd::v1alpha1::{ActivityLookup, ActivitySource, AzureMode, AzureTarget},
+    crd::v1alpha1::{ActivityLookup, AzureMode, AzureTarget},
     target::Target,
 };
 /// Azure Resource Manager in Azure's public cloud.
@@ -727,9 +727,6 @@ impl Cloud for Azure {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Option<ActivityLog>, Error> {
-        if lookup.source != ActivitySource::AzureActivityLog {
-            return Ok(None);
-        }
         activity_log::read(&self.arm, lookup, from, to)
             .await
             .map(Some)

@@ -71,7 +71,8 @@ pub(crate) trait Cloud: Send + Sync + 'static {
         None
     }
 
-    /// The holder's actions in the cloud's activity log between `from` and `to`.
+    /// The holder's actions in the cloud's activity log between `from` and `to`; asked only
+    /// with a lookup of this cloud's log.
     async fn activity(
         &self,
         _lookup: &ActivityLookup,
@@ -209,6 +210,9 @@ impl<C: Cloud> Provider for CloudProvider<C> {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Option<ActivityLog>, Error> {
+        if super::target_of(lookup.source) != Some(C::TARGET) {
+            return Ok(None);
+        }
         self.cloud.activity(lookup, from, to).await
     }
 }

@@ -372,9 +372,6 @@ impl Cloud for Gcp {
         from: Timestamp,
         to: Timestamp,
     ) -> Result<Option<ActivityLog>, Error> {
-        if lookup.source != ActivitySource::GcpAuditLogs {
-            return Ok(None);
-        }
         let Some(resource) = lookup.scope.as_deref() else {
             return Err(audit_logs::unsearchable(&lookup.principal));
         };

@@ -19,7 +19,7 @@ use kube::ResourceExt;
 
 pub use self::set::{Providers, Settings};
 use crate::{
-    crd::v1alpha1::{AccessRequest, ActivityLookup, PolicyRole},
+    crd::v1alpha1::{AccessRequest, ActivityLookup, ActivitySource, PolicyRole},
     provider::identity::Identity,
     target::Target,
 };
@@ -144,6 +144,16 @@ pub struct LoggedAction {
     pub denied: bool,
     /// The status as HTTP would say it: 200, 403 for a refusal, 400 or 500 for other errors.
     pub code: i32,
+}
+
+/// The target whose provider reads this activity log.
+pub(crate) fn target_of(source: ActivitySource) -> Option<Target> {
+    match source {
+        ActivitySource::AwsCloudTrail => Some(Target::Aws),
+        ActivitySource::GcpAuditLogs => Some(Target::Gcp),
+        ActivitySource::AzureActivityLog => Some(Target::Azure),
+        ActivitySource::KubernetesAudit => None,
+    }
 }
 
 /// What one read of a cloud's activity log found.

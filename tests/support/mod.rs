@@ -568,3 +568,15 @@ pub async fn wait_for_bindings(
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// The `dev.jit.activity.v1` audit lines `operator` wrote about request `uid`.
+pub fn activity_lines(operator: &operator::Operator, uid: &str) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(&operator.log)
+        .unwrap()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| {
+            event["type"] == "dev.jit.activity.v1" && event["data"]["request"]["uid"] == uid
+        })
+        .collect()
+}
