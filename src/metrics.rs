@@ -143,6 +143,8 @@ pub struct Metrics {
     pub activity_dropped: Family<OutcomeLabels, Counter>,
     /// Writes of `status.activity` by outcome.
     pub activity_writes: Family<OutcomeLabels, Counter>,
+    /// Activity events channels took, by channel.
+    pub activity_sent: Family<ChannelLabels, Counter>,
     /// Reads of the clouds' activity logs by provider and outcome (`ok` or the error's
     /// category).
     pub cloud_activity_reads: Family<ProviderErrorLabels, Counter>,
@@ -177,6 +179,7 @@ impl Default for Metrics {
             activity_dropped: Family::default(),
             activity_writes: Family::default(),
             cloud_activity_reads: Family::default(),
+            activity_sent: Family::default(),
             failing: Mutex::new(HashSet::new()),
             tracked: Mutex::new(HashMap::new()),
             registry: Registry::default(),
@@ -290,6 +293,11 @@ impl Default for Metrics {
             "activity_writes",
             "Writes of status.activity by outcome",
             metrics.activity_writes.clone(),
+        );
+        registry.register(
+            "activity_sent",
+            "Activity events NotificationChannels took, by channel",
+            metrics.activity_sent.clone(),
         );
         registry.register(
             "cloud_activity_reads",

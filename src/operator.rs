@@ -177,7 +177,14 @@ pub async fn run(args: Args) -> Result<(), Error> {
         &client, &args, &identity, &metrics, &sealer, &recorder, &stop,
     )
     .await?;
-    let activity_task = serve_activity(&client, &args, &metrics, &recorder, &stop).await?;
+    // Every replica offers the actions it attributes to the channels that asked for them.
+    let fanout = crate::activity::channels::start(
+        client.clone(),
+        args.namespace.clone(),
+        metrics.clone(),
+        stop.stopped(),
+    );
+    let activity_task = serve_activity(&client, &args, &metrics, &recorder, &fanout, &stop).await?;
     let webhook_task = tokio::spawn(async move {
         let _ = webhook_task.await;
         if let Some(activity) = activity_task {
@@ -247,6 +254,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
             },
             context.metrics.clone(),
             context.audit.clone(),
+            fanout.clone(),
             stop.stopped(),
         ))
     });
@@ -362,6 +370,7 @@ async fn serve_activity(
     args: &Args,
     metrics: &Arc<Metrics>,
     audit: &Arc<crate::audit::Recorder>,
+    fanout: &crate::activity::channels::Fanout,
     stop: &Stop,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
     let (Some(address), Some(directory), Some(token_file)) = (
@@ -394,7 +403,13 @@ async fn serve_activity(
     let recording = tokio::spawn(recorder.run(
         client.clone(),
         lines,
-        move |event| audit.write_line(event),
+        {
+            let fanout = fanout.clone();
+            move |attribution: &crate::activity::Attribution, event: &serde_json::Value| {
+                audit.write_line(event);
+                fanout.offer(&attribution.policy, event);
+            }
+        },
         stop.stopped(),
     ));
     Ok(Some(tokio::spawn(async move {

@@ -22,7 +22,11 @@ use kube::{
 use serde_json::{Value, json};
 use support::{
     ACT_LIMIT, TestEnv, activity_lines, annotate, bindings_of, control_plane, create_policy,
-    eventually, eventually_within, operator::Operator, phase, request_view, wait_for_request,
+    eventually, eventually_within,
+    operator::Operator,
+    phase,
+    receiver::{Receiver, channel},
+    request_view, wait_for_request,
 };
 
 /// The operator of this binary, serving the audit webhook its control plane posts to.
@@ -87,7 +91,24 @@ async fn what_the_grant_allowed_is_counted_exactly_and_nothing_else_is() {
         .create(&PostParams::default(), &settings)
         .await
         .unwrap();
-    let policy = policy(&env, json!({})).await;
+    // A SIEM that asked for activity, and a webhook that hears every transition (but not one
+    // event per call: it did not ask).
+    let sink = Receiver::start();
+    let siem = channel(&env, "cloudevents", Some(&sink.url)).await;
+    let everything = channel(
+        &env,
+        "webhook",
+        Some(&format!("{}plain/everything", sink.url)),
+    )
+    .await;
+    let policy = policy(
+        &env,
+        json!({"notifications": {"routes": [
+            {"channel": siem, "events": ["Activity"]},
+            {"channel": everything},
+        ]}}),
+    )
+    .await;
     let request = granted(&env, "used", &policy).await;
     let uid = request.uid().unwrap();
 
@@ -203,6 +224,44 @@ async fn what_the_grant_allowed_is_counted_exactly_and_nothing_else_is() {
         .collect();
     assert_eq!(outcomes.iter().filter(|o| **o == "used").count(), 2);
     assert_eq!(outcomes.iter().filter(|o| **o == "refused").count(), 1);
+
+    // The channel that asked got the same events, in CloudEvents batched mode, read back by
+    // the official SDK; the one that hears "everything" got transitions only.
+    let delivered = eventually("three activity events at the SIEM", || async {
+        let events: Vec<Value> = sink
+            .events()
+            .into_iter()
+            .filter(|event| {
+                event["type"] == "dev.jit.activity.v1" && event["data"]["request"]["uid"] == uid
+            })
+            .collect();
+        (events.len() >= 3).then_some(events)
+    })
+    .await;
+    assert_eq!(delivered.len(), 3, "{delivered:#?}");
+    assert!(delivered.iter().all(|event| event["batched"] == true));
+    let mut ids: Vec<&str> = delivered
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
+    let mut written: Vec<&str> = lines.iter().map(|l| l["id"].as_str().unwrap()).collect();
+    ids.sort_unstable();
+    written.sort_unstable();
+    assert_eq!(ids, written, "the events the audit log holds");
+    assert!(sink.rejects().is_empty(), "{:?}", sink.rejects());
+    let heard_everything = sink.bodies();
+    assert!(
+        heard_everything
+            .iter()
+            .any(|body| body["body"]["type"] == "dev.jit.accessrequest.granted.v1"),
+        "{heard_everything:#?}"
+    );
+    assert!(
+        !heard_everything
+            .iter()
+            .any(|body| body["body"].is_array() || body["body"]["type"] == "dev.jit.activity.v1"),
+        "{heard_everything:#?}"
+    );
 
     // `kubectl get ar -o wide` shows the count.
     let output = std::process::Command::new(control_plane().kubectl())

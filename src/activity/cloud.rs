@@ -25,7 +25,7 @@ use kube::{
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::{Attribution, Outcome, Tally, cut, line};
+use super::{Attribution, Outcome, Tally, channels::Fanout, cut, line};
 use crate::{
     crd::v1alpha1::{
         AccessRequest, AccessRequestStatus, Activity, ActivityAction, ActivityCompleteness,
@@ -192,6 +192,7 @@ pub(crate) fn summarize(
 pub(crate) fn attributions(
     request: &str,
     uid: &str,
+    policy: &str,
     lookup: &ActivityLookup,
     log: &ActivityLog,
 ) -> Vec<Attribution> {
@@ -200,6 +201,7 @@ pub(crate) fn attributions(
         .map(|logged| Attribution {
             request: request.to_owned(),
             uid: uid.to_owned(),
+            policy: policy.to_owned(),
             outcome: if logged.denied {
                 Outcome::Refused
             } else {
@@ -230,6 +232,7 @@ struct Memory {
 /// One due read.
 struct Due {
     uid: String,
+    policy: String,
     namespace: String,
     name: String,
     lookup: ActivityLookup,
@@ -273,6 +276,7 @@ pub async fn run(
     settings: Settings,
     metrics: Arc<Metrics>,
     audit: Option<Arc<crate::audit::Recorder>>,
+    fanout: Fanout,
     stop: impl Future<Output = ()> + Send + 'static,
 ) {
     let requests = Api::<DeserializeGuard<AccessRequest>>::all(client.clone());
@@ -326,6 +330,7 @@ pub async fn run(
             };
             due.push(Due {
                 uid,
+                policy: request.spec.policy.clone(),
                 namespace,
                 name: request.name_any(),
                 lookup,
@@ -342,9 +347,11 @@ pub async fn run(
         }
         let results: Vec<(String, Result<(), crate::provider::Error>)> = futures::stream::iter(due)
             .map(|due| {
-                let (client, providers, metrics, audit) = (&client, &providers, &metrics, &audit);
+                let (client, providers, metrics) = (&client, &providers, &metrics);
+                let (audit, fanout) = (&audit, &fanout);
                 async move {
-                    let result = read_and_write(client, providers, metrics, audit, &due, now).await;
+                    let result =
+                        read_and_write(client, providers, metrics, audit, fanout, &due, now).await;
                     (due.uid, result)
                 }
             })
@@ -385,6 +392,7 @@ async fn read_and_write(
     providers: &Providers,
     metrics: &Metrics,
     audit: &Option<Arc<crate::audit::Recorder>>,
+    fanout: &Fanout,
     due: &Due,
     now: Timestamp,
 ) -> Result<(), crate::provider::Error> {
@@ -420,17 +428,18 @@ async fn read_and_write(
             count("ok");
             let summary = summarize(due.lookup.source, &log, due.window.last, now);
             debug!(request = %format!("{}/{}", due.namespace, due.name), actions = summary.actions, refused = summary.refused, completeness = ?summary.completeness, "read a cloud grant's activity");
-            if due.window.last
-                && let Some(audit) = audit
-            {
+            if due.window.last {
                 let request = format!("{}/{}", due.namespace, due.name);
-                let lines = attributions(&request, &due.uid, &due.lookup, &log);
-                let audit = audit.clone();
+                let lines = attributions(&request, &due.uid, &due.policy, &due.lookup, &log);
+                let (audit, fanout) = (audit.clone(), fanout.clone());
                 // File writes, off the runtime's threads.
                 let _ = tokio::task::spawn_blocking(move || {
                     for attribution in &lines {
                         if let Some(event) = line::event_json(attribution) {
-                            audit.write_line(&event);
+                            if let Some(audit) = &audit {
+                                audit.write_line(&event);
+                            }
+                            fanout.offer(&attribution.policy, &event);
                         }
                     }
                 })

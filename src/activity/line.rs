@@ -86,6 +86,7 @@ mod tests {
         let attribution = Attribution {
             request: "team/alice-view".into(),
             uid: "0b7c9f7e".into(),
+            policy: "dev".into(),
             outcome: Outcome::Refused,
             user: "alice".into(),
             audit_id: "4c7b1d7e".into(),

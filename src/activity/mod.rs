@@ -6,6 +6,7 @@
 //! The attribution and the tally are pure; `server` receives the API server's audit posts
 //! and `recorder` keeps the grants index, the pending counts and writes the summaries.
 
+pub(crate) mod channels;
 pub(crate) mod cloud;
 pub(crate) mod line;
 pub(crate) mod recorder;
@@ -154,6 +155,8 @@ pub(crate) type RequestKey = String;
 pub(crate) struct ActiveGrant {
     pub request: RequestKey,
     pub uid: String,
+    /// The request's policy, whose routes may want its activity.
+    pub policy: String,
     pub binding: BindingRef,
     /// The subject as a request writes it: `alice`, `group:oncall` or
     /// `system:serviceaccount:NS:NAME`.
@@ -261,6 +264,8 @@ pub(crate) struct Attribution {
     pub request: RequestKey,
     /// That request's uid.
     pub uid: String,
+    /// That request's policy.
+    pub policy: String,
     pub outcome: Outcome,
     /// Who made the call, as the API server authenticated them.
     pub user: String,
@@ -280,6 +285,7 @@ impl Attribution {
         Self {
             request: grant.request.clone(),
             uid: grant.uid.clone(),
+            policy: grant.policy.clone(),
             outcome,
             user: cut(&user.username, 253),
             audit_id: cut(&event.audit_id, 64),
@@ -569,6 +575,7 @@ mod tests {
         Grants::new([ActiveGrant {
             request: "team/alice-view".into(),
             uid: "uid-1".into(),
+            policy: "dev".into(),
             binding: BindingRef::RoleBinding {
                 namespace: "team".into(),
                 name: "jit-0b7c9f7e".into(),
@@ -671,6 +678,7 @@ mod tests {
         let grants = Grants::new([ActiveGrant {
             request: "team/oncall".into(),
             uid: "uid-2".into(),
+            policy: "oncall".into(),
             binding: BindingRef::ClusterRoleBinding {
                 name: "jit-2".into(),
             },

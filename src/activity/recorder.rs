@@ -229,7 +229,7 @@ impl Recorder {
         self: Arc<Self>,
         client: Client,
         lines: Lines,
-        write_line: impl Fn(&serde_json::Value) + Send + 'static,
+        write_line: impl Fn(&Attribution, &serde_json::Value) + Send + 'static,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) {
         let mut receiver = lines.0;
@@ -237,7 +237,7 @@ impl Recorder {
         let writer = tokio::task::spawn_blocking(move || {
             while let Some(attribution) = receiver.blocking_recv() {
                 if let Some(event) = super::line::event_json(&attribution) {
-                    write_line(&event);
+                    write_line(&attribution, &event);
                 }
             }
         });
@@ -480,6 +480,7 @@ fn active_grant(request: &AccessRequest, key: &str) -> Option<ActiveGrant> {
     Some(ActiveGrant {
         request: key.to_owned(),
         uid: request.uid().unwrap_or_default(),
+        policy: request.spec.policy.clone(),
         binding: BindingRef::from_grant_reference(&grant.reference)?,
         subject: crate::audit::event::subject_of(request),
         granted_at: status.granted_at.as_ref()?.0,

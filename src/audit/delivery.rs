@@ -17,7 +17,7 @@ use std::{
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::{
-    api::core::v1::{ConfigMap, Secret},
+    api::core::v1::ConfigMap,
     apimachinery::pkg::apis::meta::v1::{Condition, Time},
 };
 use kube::{
@@ -399,42 +399,8 @@ impl Deliverer {
             return Ok((secret, http));
         }
         let namespace = self.recorder.store().namespace().to_owned();
-        let secret_name = &channel.spec.secret_ref.name;
-        let api = Api::<Secret>::namespaced(self.client.clone(), &namespace);
-        let secret = match api.get_opt(secret_name).await {
-            Ok(Some(secret)) => secret,
-            Ok(None) => {
-                return Err((
-                    "SecretMissing".into(),
-                    format!("Secret {secret_name} does not exist in namespace {namespace}"),
-                ));
-            }
-            Err(error) => {
-                return Err((
-                    "SecretUnreadable".into(),
-                    format!(
-                        "cannot read Secret {secret_name} in namespace {namespace}: {}",
-                        error_chain(&error)
-                    ),
-                ));
-            }
-        };
-        let text = |key: &str| {
-            secret
-                .data
-                .as_ref()
-                .and_then(|data| data.get(key))
-                .and_then(|value| String::from_utf8(value.0.clone()).ok())
-                .map(|value| value.trim().to_owned())
-                .filter(|value| !value.is_empty())
-        };
-        let parsed = ChannelSecret {
-            address: text("address"),
-            token: text("token"),
-            username: text("username"),
-            password: text("password"),
-            ca: text("ca.crt").map(String::into_bytes),
-        };
+        let parsed =
+            send::read_secret(&self.client, &namespace, &channel.spec.secret_ref.name).await?;
         let http = send::http_client(&parsed)
             .map_err(|error| ("Misconfigured".to_owned(), error.to_string()))?;
         if let Some(state) = self.state().channels.get_mut(&name) {

@@ -7,7 +7,7 @@ pub(crate) mod delivery;
 pub(crate) mod event;
 pub(crate) mod outbox;
 pub(crate) mod render;
-mod send;
+pub(crate) mod send;
 
 use std::{
     collections::HashMap,
@@ -410,7 +410,8 @@ impl Audience {
             AuditEventType::Refused
             | AuditEventType::GrantRepaired
             | AuditEventType::RevocationFailing
-            | AuditEventType::RevocationRecovered => Self::Nobody,
+            | AuditEventType::RevocationRecovered
+            | AuditEventType::Activity => Self::Nobody,
         }
     }
 }

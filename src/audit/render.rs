@@ -106,6 +106,8 @@ pub fn message_of(kind: AuditEventType, data: &AuditData) -> Message {
             )
         }
         AuditEventType::Deleted => format!("Deleted: {request}"),
+        // Never rendered for people: activity goes to cloudevents and webhook channels only.
+        AuditEventType::Activity => format!("Activity: {what} of {}", data.subject),
     };
     let mut facts = vec![("Request".to_owned(), request)];
     let mut fact = |label: &str, value: Option<String>| {

@@ -126,7 +126,53 @@ fn message(record: &Record) -> Result<render::Message, Error> {
         .ok_or_else(|| Error::Setup("the event does not describe a request".into()))
 }
 
-async fn post(
+/// Reads a channel's Secret `name` in `namespace`; `(reason, message)` when it is missing or
+/// unreadable.
+pub(crate) async fn read_secret(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+) -> Result<ChannelSecret, (String, String)> {
+    let api =
+        kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), namespace);
+    let secret = match api.get_opt(name).await {
+        Ok(Some(secret)) => secret,
+        Ok(None) => {
+            return Err((
+                "SecretMissing".into(),
+                format!("Secret {name} does not exist in namespace {namespace}"),
+            ));
+        }
+        Err(error) => {
+            return Err((
+                "SecretUnreadable".into(),
+                format!(
+                    "cannot read Secret {name} in namespace {namespace}: {}",
+                    crate::telemetry::error_chain(&error)
+                ),
+            ));
+        }
+    };
+    let text = |key: &str| {
+        secret
+            .data
+            .as_ref()
+            .and_then(|data| data.get(key))
+            .and_then(|value| String::from_utf8(value.0.clone()).ok())
+            .map(|value| value.trim().to_owned())
+            .filter(|value| !value.is_empty())
+    };
+    Ok(ChannelSecret {
+        address: text("address"),
+        token: text("token"),
+        username: text("username"),
+        password: text("password"),
+        ca: text("ca.crt").map(String::into_bytes),
+    })
+}
+
+/// POSTs `body` to the channel's address with its token.
+pub(crate) async fn post(
     http: &reqwest::Client,
     credentials: &ChannelSecret,
     content_type: &str,

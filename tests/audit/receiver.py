@@ -1,6 +1,8 @@
 """A CloudEvents sink for the tests: every POST is parsed by the official CloudEvents SDK
-(`cloudevents.http.from_http`, structured or binary mode) and appended as one JSON line
-(attributes and data) to the events file; a body the SDK refuses is answered 400 and logged to
+(`cloudevents.http.from_http`, structured or binary mode; in batched mode,
+`application/cloudevents-batch+json`, each element of the array as a structured event) and
+appended as one JSON line (attributes and data, and `batched` for batched mode) to the events
+file; a body the SDK refuses is answered 400 and logged to
 the rejects file. Each kept event also carries `received` (when it arrived, RFC 3339). A POST
 to a path under /plain/ (Slack, Teams, plain webhooks) is not a CloudEvent: its path, content
 type and JSON body are appended to the bodies file instead.
@@ -70,20 +72,34 @@ class Handler(BaseHTTPRequestHandler):
             self.send_response(200)
             self.end_headers()
             return
+        batched = (self.headers.get("Content-Type") or "").startswith(
+            "application/cloudevents-batch+json"
+        )
         try:
-            event = from_http(dict(self.headers), body)
+            if batched:
+                structured = {"content-type": "application/cloudevents+json"}
+                parsed = [
+                    from_http(structured, json.dumps(element).encode())
+                    for element in json.loads(body)
+                ]
+            else:
+                parsed = [from_http(dict(self.headers), body)]
         except Exception as error:  # the SDK's refusal is the test's finding
             with lock, open(rejects_file, "a") as rejects:
                 rejects.write(json.dumps({"error": str(error), "body": body.decode()}) + "\n")
             self.send_response(400)
             self.end_headers()
             return
-        record = {key: value for key, value in event.get_attributes().items()}
-        record["data"] = event.data
-        record["authorization"] = self.headers.get("Authorization")
-        record["received"] = now()
+        records = []
+        for event in parsed:
+            record = {key: value for key, value in event.get_attributes().items()}
+            record["data"] = event.data
+            record["authorization"] = self.headers.get("Authorization")
+            record["received"] = now()
+            record["batched"] = batched
+            records.append(json.dumps(record, default=str) + "\n")
         with lock, open(events_file, "a") as events:
-            events.write(json.dumps(record, default=str) + "\n")
+            events.writelines(records)
         self.send_response(202)
         self.end_headers()
 

@@ -179,6 +179,10 @@ pub enum AuditEventType {
     RevocationRecovered,
     /// The request object was deleted.
     Deleted,
+    /// One action the subject took with the grant (`dev.jit.activity.v1`), from the API
+    /// server's audit events or the cloud's log. Only routes that list it hear it, and only
+    /// `cloudevents` and `webhook` channels, in batches.
+    Activity,
 }
 
 impl AuditEventType {
@@ -205,6 +209,7 @@ impl AuditEventType {
     /// The type as routes and the timeline write it.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Self::Activity => "Activity",
             Self::Requested => "Requested",
             Self::Refused => "Refused",
             Self::Approval => "Approval",
@@ -226,6 +231,9 @@ impl AuditEventType {
 
     /// The CloudEvents `type`, e.g. `dev.jit.accessrequest.granted.v1`.
     pub fn cloud_event_type(self) -> String {
+        if self == Self::Activity {
+            return "dev.jit.activity.v1".to_owned();
+        }
         format!(
             "dev.jit.accessrequest.{}.v1",
             self.as_str().to_ascii_lowercase()
@@ -256,8 +264,12 @@ pub struct NotificationRoute {
 }
 
 impl NotificationRoute {
-    /// Whether this route sends events of `kind`.
+    /// Whether this route sends events of `kind`. Activity (one event per action) only when
+    /// listed: a route that hears "everything" should not start hearing every call.
     pub fn hears(&self, kind: AuditEventType) -> bool {
+        if kind == AuditEventType::Activity {
+            return self.events.contains(&kind);
+        }
         self.events.is_empty() || self.events.contains(&kind)
     }
 }
