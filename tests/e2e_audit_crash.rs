@@ -250,17 +250,33 @@ async fn a_burst_through_crashes_and_a_flaky_sink_delivers_every_transition_in_o
     receiver.control(json!({"fail_ratio": 0.0})).await;
     let expected = &transitions;
     let receiver = &receiver;
-    let events = eventually_within(BURST_LIMIT, "every transition arrives", || async move {
+    // Every transition arrives; when one never does, say which (and what the channel says).
+    let deadline = Instant::now() + BURST_LIMIT;
+    let events = loop {
         let events = receiver.events();
-        let complete = expected.iter().all(|(uid, count)| {
-            (0..*count).all(|ordinal| {
-                let id = format!("{uid}.{ordinal}");
-                events.iter().any(|event| event["id"] == id.as_str())
-            })
-        });
-        complete.then_some(events)
-    })
-    .await;
+        let missing: Vec<String> = expected
+            .iter()
+            .flat_map(|(uid, count)| (0..*count).map(move |ordinal| format!("{uid}.{ordinal}")))
+            .filter(|id| !events.iter().any(|event| event["id"] == id.as_str()))
+            .collect();
+        if missing.is_empty() {
+            break events;
+        }
+        if Instant::now() > deadline {
+            let channel = Api::<NotificationChannel>::all(env.admin.clone())
+                .get(&channel)
+                .await
+                .ok()
+                .and_then(|channel| channel.status);
+            panic!(
+                "not every transition arrived within {BURST_LIMIT:?}: {} missing, e.g. {:?}; \
+                 the channel's status: {channel:#?}",
+                missing.len(),
+                &missing[..missing.len().min(10)]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
 
     let mut by_id: HashMap<String, Vec<&Value>> = HashMap::new();
     for event in &events {

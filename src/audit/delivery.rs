@@ -467,17 +467,28 @@ impl Deliverer {
         }
         let deliverer = self.clone();
         tokio::spawn(async move {
-            let result = deliverer
-                .recorder
-                .record_deleted(&outbox, Timestamp::now())
-                .await;
+            // Read fresh: the cache may not hold the request's last transitions yet (recorded
+            // just before it was released), and `Deleted` takes the ordinal after them.
+            let result = match deliverer.recorder.store().read(&outbox.uid).await {
+                Ok(Some(fresh)) if !fresh.gone => {
+                    deliverer
+                        .recorder
+                        .record_deleted(&fresh, Timestamp::now())
+                        .await
+                }
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.into()),
+            };
+            // Once recorded, never again in this process: the outbox cache may not show
+            // `gone` for a moment, and a second record would give the same event id a second
+            // time. The mark goes with the outbox (spawn_removal).
             if let Err(error) = &result {
                 warn!(outbox = %outbox.uid, error = %error_chain(error), "failed to record a deleted request; retrying");
+                deliverer
+                    .state()
+                    .busy
+                    .remove(&format!("deleted/{}", outbox.uid));
             }
-            deliverer
-                .state()
-                .busy
-                .remove(&format!("deleted/{}", outbox.uid));
         });
     }
 
@@ -492,6 +503,7 @@ impl Deliverer {
                     debug!(outbox = %uid, "every channel has this request's events; outbox removed");
                     let mut state = deliverer.state();
                     state.sent.retain(|(sent_uid, _), _| *sent_uid != uid);
+                    state.busy.remove(&format!("deleted/{uid}"));
                 }
                 Err(error) => {
                     warn!(outbox = %uid, error = %error_chain(&error), "failed to remove a delivered outbox")
