@@ -308,6 +308,13 @@ fn a_chart_with_every_option_changed_installs() {
             "networkPolicy.enabled=false",
             "logFormat=text",
             "image.tag=dev",
+            "activity.enabled=true",
+            "activity.port=9444",
+            "activity.tlsSecret=apiserver-audit-tls",
+            "activity.tokenSecret=apiserver-audit-token",
+            "activity.cloudInterval=2m",
+            "activity.cloudDelay=30m",
+            "cloud.gcp.loggingEndpoint=https://logging.example.internal",
         ],
     )
     .unwrap();
@@ -340,6 +347,44 @@ fn a_chart_with_every_option_changed_installs() {
     let parsed = parse_operator_args(&objects);
     assert!(!parsed.leader_elect);
     assert_eq!(parsed.providers.len(), 4);
+    // Session activity: the audit webhook on its port, its certificate and token mounted from
+    // the Secrets named, the Service exposing it; the clouds' logs read as set.
+    assert_eq!(parsed.activity_addr, Some("0.0.0.0:9444".parse().unwrap()));
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let mounts = container["volumeMounts"].to_string();
+    let cert_dir = parsed.activity_cert_dir.clone().unwrap();
+    let token_file = parsed.activity_token_file.clone().unwrap();
+    assert!(mounts.contains(cert_dir.to_str().unwrap()), "{mounts}");
+    assert!(
+        mounts.contains(token_file.parent().unwrap().to_str().unwrap()),
+        "{mounts}"
+    );
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(
+        volumes.contains("apiserver-audit-tls") && volumes.contains("apiserver-audit-token"),
+        "{volumes}"
+    );
+    assert_eq!(
+        parsed.cloud_activity_interval,
+        std::time::Duration::from_secs(120)
+    );
+    assert_eq!(
+        parsed.cloud_activity_delay,
+        Some(std::time::Duration::from_secs(1800))
+    );
+    assert_eq!(
+        parsed.gcp_logging_endpoint.as_deref(),
+        Some("https://logging.example.internal")
+    );
+    let service = find(&objects, "Service")[0];
+    assert!(
+        service["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|port| port["name"] == "activity" && port["port"] == 9444),
+        "{service}"
+    );
     assert!(!args.contains("--leader-elect"), "{args}");
     assert_eq!(find(&objects, "Certificate").len(), 1);
     assert_eq!(find(&objects, "ServiceMonitor").len(), 1);
@@ -371,6 +416,8 @@ fn values_outside_the_schema_are_refused_with_the_reason() {
         ("webhook.certificate.mode=self", "mode"),
         ("cloud.azure.endpoint=http://plain", "endpoint"),
         ("unknown=1", "unknown"),
+        ("activity.enabled=true", "tlsSecret"),
+        ("activity.cloudInterval=soon", "cloudInterval"),
     ] {
         let error = template("bad", "jit-system", &[value]).unwrap_err();
         assert!(error.contains(reason), "{value}: {error}");
