@@ -32,7 +32,7 @@ use crate::{
         ActivityLookup, ActivitySource, Phase,
     },
     metrics::{Metrics, ProviderErrorLabels},
-    provider::{ActivityLog, Providers},
+    provider::{ActivityLog, LoggedAction, Providers},
     telemetry::error_chain,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -163,19 +163,7 @@ pub(crate) fn summarize(
 ) -> Activity {
     let mut tally = Tally::default();
     for logged in &log.actions {
-        let outcome = if logged.denied {
-            Outcome::Refused
-        } else {
-            Outcome::Used
-        };
-        let action = ActivityAction {
-            time: Time(logged.time),
-            verb: cut(&logged.operation, 64),
-            resource: cut(&logged.service, 512),
-            namespace: None,
-            name: logged.resource.as_deref().map(|name| cut(name, 253)),
-            code: logged.code,
-        };
+        let (outcome, action) = action_of(logged);
         tally.count_action(outcome, action);
     }
     let completeness = if log.truncated {
@@ -198,27 +186,38 @@ pub(crate) fn attributions(
 ) -> Vec<Attribution> {
     log.actions
         .iter()
-        .map(|logged| Attribution {
-            request: request.to_owned(),
-            uid: uid.to_owned(),
-            policy: policy.to_owned(),
-            outcome: if logged.denied {
-                Outcome::Refused
-            } else {
-                Outcome::Used
-            },
-            user: cut(&lookup.principal, 253),
-            audit_id: cut(&logged.id, 64),
-            action: ActivityAction {
-                time: Time(logged.time),
-                verb: cut(&logged.operation, 64),
-                resource: cut(&logged.service, 512),
-                namespace: None,
-                name: logged.resource.as_deref().map(|name| cut(name, 253)),
-                code: logged.code,
-            },
+        .map(|logged| {
+            let (outcome, action) = action_of(logged);
+            Attribution {
+                request: request.to_owned(),
+                uid: uid.to_owned(),
+                policy: policy.to_owned(),
+                outcome,
+                user: cut(&lookup.principal, 253),
+                audit_id: cut(&logged.id, 64),
+                action,
+            }
         })
         .collect()
+}
+
+/// A logged action in the shape `status.activity` and the audit lines use: the operation as
+/// the verb, the service as the resource, within the schema's lengths. Pure.
+fn action_of(logged: &LoggedAction) -> (Outcome, ActivityAction) {
+    let outcome = if logged.denied {
+        Outcome::Refused
+    } else {
+        Outcome::Used
+    };
+    let action = ActivityAction {
+        time: Time(logged.time),
+        verb: cut(&logged.operation, 64),
+        resource: cut(&logged.service, 512),
+        namespace: None,
+        name: logged.resource.as_deref().map(|name| cut(name, 253)),
+        code: logged.code,
+    };
+    (outcome, action)
 }
 
 /// What the runner remembers per request (by uid): its last read, and its failures.
