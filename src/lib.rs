@@ -13,6 +13,7 @@ pub mod crd;
 pub(crate) mod failpoint;
 pub(crate) mod health_metrics;
 pub(crate) mod https;
+pub mod kubectl_jit;
 pub(crate) mod leader;
 pub(crate) mod metrics;
 pub mod operator;

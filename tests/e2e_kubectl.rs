@@ -201,3 +201,173 @@ spec:
     );
     assert_eq!(timeline, "Requested Approval Approved Granted Revoked");
 }
+
+/// Runs `kubectl jit` (the plugin binary) as `user`, with stdin closed (not a terminal).
+fn jit(user: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kubectl-jit"))
+        .args(args)
+        .env("KUBECONFIG", control_plane().kubeconfig(user))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run kubectl-jit")
+}
+
+fn text(output: &Output) -> (i32, String, String) {
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn kubectl_jit_takes_a_request_from_policies_to_revoke_without_yaml() {
+    shared_operator();
+    let env = TestEnv::new().await;
+    let policy = support::view_policy(&env, 1).await;
+    let ns = env.namespace.as_str();
+
+    // Who I am comes from the API server.
+    let (code, out, _) = text(&jit("alice", &["whoami"]));
+    assert_eq!(code, 0);
+    assert!(out.starts_with("alice (groups: devs"), "{out}");
+
+    // What I may request; mallory may request nothing.
+    let (code, out, _) = text(&jit("alice", &["policies"]));
+    assert_eq!(code, 0, "{out}");
+    let row = out
+        .lines()
+        .find(|line| line.starts_with(&policy))
+        .unwrap_or_else(|| panic!("{policy} not offered to alice: {out}"));
+    assert!(
+        row.contains("view") && row.contains("kubernetes jit-dev-view in"),
+        "{row}"
+    );
+    let (code, out, _) = text(&jit("mallory", &["policies"]));
+    assert_eq!(code, 0);
+    assert!(!out.contains(&policy), "{out}");
+
+    // A mistake is caught before the API call, with the valid choices.
+    let (code, _, err) = text(&jit("alice", &["request", &policy, "admin", "-n", ns]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("view"), "the roles she may request: {err}");
+
+    // Request and wait; bob sees it pending for him and approves.
+    let waiting = Command::new(env!("CARGO_BIN_EXE_kubectl-jit"))
+        .args([
+            "request",
+            &policy,
+            "view",
+            "--for",
+            "10m",
+            "--reason",
+            "INC-1 pods crash",
+            "--wait",
+            "--timeout",
+            "60s",
+            "-n",
+            ns,
+        ])
+        .env("KUBECONFIG", control_plane().kubeconfig("alice"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + support::ACT_LIMIT;
+    let name = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob never saw the request pending"
+        );
+        let (_, out, _) = text(&jit(
+            "bob",
+            &["list", "--pending-for-me", "-n", ns, "-o", "name"],
+        ));
+        if let Some(line) = out.lines().next() {
+            break line.trim_start_matches("accessrequest/").to_owned();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    // The requester cannot approve her own: the API server says so.
+    let (code, _, err) = text(&jit("alice", &["approve", &name, "-n", ns]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("update"), "{err}");
+    let (code, out, err) = text(&jit(
+        "bob",
+        &["approve", &name, "--comment", "ok", "-n", ns],
+    ));
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("INC-1 pods crash"),
+        "the approver sees the reason: {out}"
+    );
+    let waited = waiting.wait_with_output().unwrap();
+    let (code, out, err) = text(&waited);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("granted until"), "{out}");
+
+    // Listed as active, as JSON that parses back.
+    let (code, out, _) = text(&jit("alice", &["list", "--active", "-n", ns, "-o", "json"]));
+    assert_eq!(code, 0);
+    let listed: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["status"]["phase"], "Active");
+    let (_, table, _) = text(&jit("alice", &["list", "-n", ns]));
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap()
+        .split("   ")
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header
+            .iter()
+            .filter(|h| !h.is_empty())
+            .copied()
+            .collect::<Vec<_>>(),
+        [
+            "NAME",
+            "POLICY",
+            "ROLE",
+            "SUBJECT",
+            "PHASE",
+            "EXPIRES IN",
+            "AGE"
+        ]
+    );
+    assert!(
+        table.contains("Active") && (table.contains("in 9m") || table.contains("in 10m")),
+        "{table}"
+    );
+
+    // Everything about it, for people.
+    let (code, shown, _) = text(&jit("alice", &["show", &name, "-n", ns]));
+    assert_eq!(code, 0);
+    for expected in [
+        "Phase:     Active",
+        "Reason:    INC-1 pods crash",
+        "Decision:  Approved by bob",
+        "Granted:   RoleBinding",
+        "Timeline:",
+    ] {
+        assert!(shown.contains(expected), "{expected:?} in {shown}");
+    }
+    let (code, script, _) = text(&jit("alice", &["completion", "bash"]));
+    assert_eq!(code, 0);
+    assert!(
+        script.contains("kubectl__jit") || script.contains("kubectl-jit"),
+        "{script}"
+    );
+
+    // Ended early.
+    let (code, _, err) = text(&jit("alice", &["revoke", &name, "-n", ns]));
+    assert_eq!(code, 0, "{err}");
+    let requests =
+        kube::Api::<jit_operator::crd::v1alpha1::AccessRequest>::namespaced(env.admin.clone(), ns);
+    support::wait_for_request(&requests, &name, "revoked", |request| {
+        support::phase(request) == Some(jit_operator::crd::v1alpha1::Phase::Revoked)
+    })
+    .await;
+}
