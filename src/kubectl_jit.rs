@@ -578,12 +578,7 @@ async fn decide(
     } else {
         "deny"
     };
-    let requester = request
-        .spec
-        .requester
-        .as_ref()
-        .map(|requester| requester.username.clone())
-        .unwrap_or_default();
+    let requester = requester_of(&request);
     let approvals = request
         .status
         .as_ref()
@@ -647,15 +642,7 @@ fn describe(request: &AccessRequest, now: Timestamp) -> String {
     };
     line("Name:", request.name_any());
     line("Namespace:", request.namespace().unwrap_or_default());
-    line(
-        "Requester:",
-        request
-            .spec
-            .requester
-            .as_ref()
-            .map(|requester| requester.username.clone())
-            .unwrap_or_default(),
-    );
+    line("Requester:", requester_of(request));
     line("Subject:", crate::audit::event::subject_of(request));
     line(
         "Role:",
@@ -727,6 +714,16 @@ fn describe(request: &AccessRequest, now: Timestamp) -> String {
     text
 }
 
+/// Who asked for the request, as admission recorded them.
+fn requester_of(request: &AccessRequest) -> String {
+    request
+        .spec
+        .requester
+        .as_ref()
+        .map(|requester| requester.username.clone())
+        .unwrap_or_default()
+}
+
 /// Human time to `to` from `now`: `in 23m`, `3h ago`.
 fn human(to: Timestamp, now: Timestamp) -> String {
     let seconds = to.as_second() - now.as_second();
@@ -752,11 +749,16 @@ async fn list(
     pending_for_me: bool,
     active: bool,
 ) -> Result<(), Error> {
-    let me = whoami(client).await?;
-    let (user, groups) = (
-        me.username.clone().unwrap_or_default(),
-        me.groups.clone().unwrap_or_default(),
-    );
+    // Only the filters about me need to know who I am.
+    let (user, groups) = if mine || pending_for_me {
+        let me = whoami(client).await?;
+        (
+            me.username.unwrap_or_default(),
+            me.groups.unwrap_or_default(),
+        )
+    } else {
+        (String::new(), Vec::new())
+    };
     let api = if cli.all_namespaces {
         Api::<AccessRequest>::all(client.clone())
     } else {
@@ -780,24 +782,16 @@ async fn list(
         BTreeMap::new()
     };
     let phase = |request: &AccessRequest| request.status.as_ref().and_then(|status| status.phase);
-    let requester = |request: &AccessRequest| {
-        request
-            .spec
-            .requester
-            .as_ref()
-            .map(|requester| requester.username.clone())
-            .unwrap_or_default()
-    };
     requests.retain(|request| {
         if mine {
-            return requester(request) == user;
+            return requester_of(request) == user;
         }
         if active {
             return phase(request) == Some(Phase::Active);
         }
         if pending_for_me {
             return matches!(phase(request), Some(Phase::Pending) | None)
-                && requester(request) != user
+                && requester_of(request) != user
                 && approvers
                     .get(&request.spec.policy)
                     .is_some_and(|policy| policy.spec.approvers.admits(&user, &groups));

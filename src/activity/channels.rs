@@ -39,8 +39,6 @@ const BATCH: usize = 500;
 const LINGER: Duration = Duration::from_secs(1);
 /// Attempts at one batch before its events are dropped.
 const ATTEMPTS: u32 = 3;
-/// How long a channel's Secret is used before it is read again.
-const SECRET_TTL: Duration = Duration::from_secs(60);
 
 /// One action for the channels of a policy.
 struct Offered {
@@ -189,10 +187,12 @@ async fn run(
             };
             let count = events.len() as u64;
             let secret = match secrets.get(&name) {
-                Some((read, secret, http)) if read.elapsed() < SECRET_TTL => {
+                Some((read, secret, http)) if read.elapsed() < send::SECRET_TTL => {
                     Ok((secret.clone(), http.clone()))
                 }
-                _ => read(&client, &namespace, &channel).await,
+                _ => send::credentials(&client, &namespace, &channel.spec)
+                    .await
+                    .map_err(|(_, message)| message),
             };
             let (secret, http) = match secret {
                 Ok(pair) => pair,
@@ -234,19 +234,6 @@ async fn run(
         }
     }
     watches.abort();
-}
-
-/// The channel's Secret and an HTTP client for it, as a message when they cannot be had.
-async fn read(
-    client: &Client,
-    namespace: &str,
-    channel: &NotificationChannel,
-) -> Result<(ChannelSecret, reqwest::Client), String> {
-    let secret = send::read_secret(client, namespace, &channel.spec.secret_ref.name)
-        .await
-        .map_err(|(_, message)| message)?;
-    let http = send::http_client(&secret).map_err(|error| error.to_string())?;
-    Ok((secret, http))
 }
 
 #[cfg(test)]

@@ -86,13 +86,13 @@ pub fn delivery_delay(source: ActivitySource) -> SignedDuration {
 fn ended_at(status: &AccessRequestStatus) -> Option<Timestamp> {
     match status.phase? {
         Phase::Pending | Phase::Active => None,
+        // The earlier of the two: a revoke after the expiry changes nothing.
         Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed => {
-            let expires = status.expires_at.as_ref().map(|time| time.0);
-            let revoked = status.revoked_at.as_ref().map(|time| time.0);
-            match (revoked, expires) {
-                (Some(revoked), Some(expires)) => Some(revoked.min(expires)),
-                (revoked, expires) => revoked.or(expires),
-            }
+            [&status.revoked_at, &status.expires_at]
+                .into_iter()
+                .flatten()
+                .map(|time| time.0)
+                .min()
         }
     }
 }

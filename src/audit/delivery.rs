@@ -48,8 +48,6 @@ const TICK: Duration = Duration::from_millis(500);
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait between two probes of a failing channel (its own Retry-After may be longer).
 const CHANNEL_MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// How long a channel's Secret is used before it is read again.
-const SECRET_TTL: Duration = Duration::from_secs(30);
 
 /// What the deliverer knows about one channel.
 #[derive(Default)]
@@ -383,7 +381,7 @@ impl Deliverer {
             .map_err(|error| ("OutboxWriteFailed".to_owned(), error_chain(&error), None))
     }
 
-    /// The channel's Secret and HTTP client, read again after [`SECRET_TTL`].
+    /// The channel's Secret and HTTP client, read again after [`send::SECRET_TTL`].
     async fn secret(
         &self,
         channel: &NotificationChannel,
@@ -394,15 +392,12 @@ impl Deliverer {
             .channels
             .get(&name)
             .and_then(|state| state.secret.clone())
-            && read.elapsed() < SECRET_TTL
+            && read.elapsed() < send::SECRET_TTL
         {
             return Ok((secret, http));
         }
         let namespace = self.recorder.store().namespace().to_owned();
-        let parsed =
-            send::read_secret(&self.client, &namespace, &channel.spec.secret_ref.name).await?;
-        let http = send::http_client(&parsed)
-            .map_err(|error| ("Misconfigured".to_owned(), error.to_string()))?;
+        let (parsed, http) = send::credentials(&self.client, &namespace, &channel.spec).await?;
         if let Some(state) = self.state().channels.get_mut(&name) {
             state.secret = Some((Instant::now(), parsed.clone(), http.clone()));
         }

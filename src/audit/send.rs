@@ -171,6 +171,22 @@ pub(crate) async fn read_secret(
     })
 }
 
+/// How long a channel's Secret is used before it is read again.
+pub(crate) const SECRET_TTL: Duration = Duration::from_secs(30);
+
+/// A channel's Secret (in `namespace`) and an HTTP client for it; `(reason, message)` when
+/// they cannot be had.
+pub(crate) async fn credentials(
+    client: &kube::Client,
+    namespace: &str,
+    spec: &NotificationChannelSpec,
+) -> Result<(ChannelSecret, reqwest::Client), (String, String)> {
+    let secret = read_secret(client, namespace, &spec.secret_ref.name).await?;
+    let http =
+        http_client(&secret).map_err(|error| ("Misconfigured".to_owned(), error.to_string()))?;
+    Ok((secret, http))
+}
+
 /// POSTs `body` to the channel's address with its token.
 pub(crate) async fn post(
     http: &reqwest::Client,
