@@ -112,7 +112,14 @@ async fn every_step_of_a_request_reaches_a_cloudevents_sink_once_in_order() {
         requested["commands"]["approve"]
             .as_str()
             .unwrap()
-            .contains("jit.dev/approve"),
+            .starts_with("kubectl jit approve "),
+        "{requested}"
+    );
+    assert!(
+        requested["commands"]["approveByAnnotation"]
+            .as_str()
+            .unwrap()
+            .contains("jit.dev/approve="),
         "{requested}"
     );
     assert_eq!(
@@ -418,6 +425,18 @@ async fn slack_and_teams_get_the_approvers_context_within_their_limits() {
         .as_str()
         .unwrap()
         .to_owned();
+    // The exact commands, escaped for Slack's mrkdwn.
+    assert!(
+        commands.contains(&format!(
+            "kubectl jit approve chatty -n {} --comment '&lt;comment&gt;'",
+            env.namespace
+        )),
+        "{commands}"
+    );
+    assert!(
+        commands.contains(&format!("kubectl jit deny chatty -n {}", env.namespace)),
+        "{commands}"
+    );
     assert!(
         commands.contains(&format!(
             "kubectl annotate accessrequest chatty -n {} jit.dev/approve=",
@@ -425,7 +444,6 @@ async fn slack_and_teams_get_the_approvers_context_within_their_limits() {
         )),
         "{commands}"
     );
-    assert!(commands.contains("jit.dev/deny="), "{commands}");
 
     let teams_asks = &teams_asks["body"];
     assert_teams_shape(teams_asks);
@@ -592,6 +610,10 @@ async fn email_reaches_approvers_requester_and_subject_through_a_real_smtp_serve
         "Duration: 30s",
         "Approvals: 0 of 1",
         "alice had this role 0 times in the last 30 days",
+        &format!(
+            "kubectl jit approve mailed -n {} --comment '<comment>'",
+            env.namespace
+        ),
         &format!("kubectl annotate accessrequest mailed -n {}", env.namespace),
     ] {
         assert!(

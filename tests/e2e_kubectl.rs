@@ -349,11 +349,16 @@ async fn kubectl_jit_takes_a_request_from_policies_to_revoke_without_yaml() {
         "Phase:     Active",
         "Reason:    INC-1 pods crash",
         "Decision:  Approved by bob",
-        "Granted:   RoleBinding",
+        "Grant:     RoleBinding",
+        "Expires:",
         "Timeline:",
     ] {
         assert!(shown.contains(expected), "{expected:?} in {shown}");
     }
+    assert!(
+        shown.contains("(in 9m)") || shown.contains("(in 10m)"),
+        "{shown}"
+    );
     let (code, script, _) = text(&jit("alice", &["completion", "bash"]));
     assert_eq!(code, 0);
     assert!(
@@ -368,6 +373,321 @@ async fn kubectl_jit_takes_a_request_from_policies_to_revoke_without_yaml() {
         kube::Api::<jit_operator::crd::v1alpha1::AccessRequest>::namespaced(env.admin.clone(), ns);
     support::wait_for_request(&requests, &name, "revoked", |request| {
         support::phase(request) == Some(jit_operator::crd::v1alpha1::Phase::Revoked)
+    })
+    .await;
+}
+
+/// Starts `kubectl jit` as `user` with stdout read line by line as it comes.
+fn jit_following(
+    user: &str,
+    args: &[&str],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<Vec<String>>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubectl-jit"))
+        .args(args)
+        .env("KUBECONFIG", control_plane().kubeconfig(user))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            all.push(line.clone());
+            let _ = sender.send(line);
+        }
+        all
+    });
+    (child, receiver, reader)
+}
+
+/// Waits for a line containing `needle`; returns the request's name from the lines seen.
+fn expect_line(lines: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + support::ACT_LIMIT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(error) => panic!("no line with {needle:?}: {error}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn kubectl_jit_wait_tells_each_approval_and_each_refusal_in_its_own_words() {
+    shared_operator();
+    let env = TestEnv::new().await;
+    let two = support::view_policy(&env, 2).await;
+    let ns = env.namespace.as_str();
+
+    // Two approvals: the wait says how many are missing, and who approved.
+    let (mut child, lines, reader) = jit_following(
+        "alice",
+        &[
+            "request",
+            &two,
+            "view",
+            "--for",
+            "5m",
+            "--reason",
+            "INC-5",
+            "--wait",
+            "--timeout",
+            "60s",
+            "-n",
+            ns,
+        ],
+    );
+    let created = expect_line(&lines, " created");
+    let name = created
+        .trim_start_matches("accessrequest/")
+        .trim_end_matches(" created")
+        .to_owned();
+    expect_line(&lines, "waiting for 2 more approvals");
+    let (code, _, err) = text(&jit(
+        "bob",
+        &["approve", &name, "--comment", "ok", "-n", ns],
+    ));
+    assert_eq!(code, 0, "{err}");
+    expect_line(&lines, "approved by bob (ok)");
+    expect_line(&lines, "waiting for 1 more approval");
+    // Bob cannot decide twice; carol's is the second.
+    let (code, _, err) = text(&jit("bob", &["approve", &name, "-n", ns]));
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("already decided"), "{err}");
+    let (code, _, err) = text(&jit("carol", &["approve", &name, "-n", ns]));
+    assert_eq!(code, 0, "{err}");
+    expect_line(&lines, "approved by carol");
+    let granted = expect_line(&lines, "granted until");
+    assert!(
+        granted.contains("(in 4m)") || granted.contains("(in 5m)"),
+        "{granted}"
+    );
+    assert!(child.wait().unwrap().success());
+    drop(reader.join());
+
+    // Denied: the wait ends with exit 1 and the approver's reason.
+    let (mut child, lines, reader) = jit_following(
+        "alice",
+        &[
+            "request", &two, "view", "--reason", "INC-6", "--for", "5m", "--wait", "-n", ns,
+        ],
+    );
+    let created = expect_line(&lines, " created");
+    let denied = created
+        .trim_start_matches("accessrequest/")
+        .trim_end_matches(" created")
+        .to_owned();
+    let (code, out, err) = text(&jit(
+        "bob",
+        &["deny", &denied, "--comment", "use the runbook", "-n", ns],
+    ));
+    assert_eq!(code, 0, "{out}{err}");
+    expect_line(&lines, "denied by bob (use the runbook)");
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains(&format!("error: {denied} is Denied")),
+        "{stderr}"
+    );
+    drop(reader.join());
+
+    // A wait that runs out: exit 3, and the request stays.
+    let (code, out, err) = text(&jit(
+        "alice",
+        &[
+            "request",
+            &two,
+            "view",
+            "--reason",
+            "INC-7",
+            "--for",
+            "5m",
+            "--wait",
+            "--timeout",
+            "2s",
+            "-n",
+            ns,
+        ],
+    ));
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(err.contains("still pending after 2s"), "{err}");
+
+    // Refusals, each in its own words, each with its exit code.
+    let refusals: [(&str, Vec<&str>, i32, &str); 6] = [
+        // The API server's words: mallory is no approver; a decision on an ended request.
+        (
+            "mallory",
+            vec!["approve", &name, "-n", ns],
+            1,
+            "is not an approver",
+        ),
+        (
+            "carol",
+            vec!["deny", &denied, "--comment", "no", "-n", ns],
+            1,
+            "has already ended",
+        ),
+        // Caught locally, before the API call, with what is possible.
+        (
+            "alice",
+            vec!["request", "no-such-policy", "view", "-n", ns],
+            2,
+            "kubectl jit policies lists yours",
+        ),
+        (
+            "mallory",
+            vec!["request", &two, "view", "-n", ns],
+            2,
+            "mallory",
+        ),
+        (
+            "alice",
+            vec!["request", &two, "view", "--for", "3h", "-n", ns],
+            2,
+            "1h",
+        ),
+        // A usage error from the command line itself.
+        ("bob", vec!["deny", &name, "-n", ns], 2, "--comment"),
+    ];
+    for (user, args, expected, words) in refusals {
+        let (code, out, err) = text(&jit(user, &args));
+        assert_eq!(code, expected, "{user} {args:?}: {out}{err}");
+        assert!(
+            err.contains(words),
+            "{user} {args:?}: {words:?} not in {err}"
+        );
+    }
+
+    // The cluster cannot be reached: exit 4.
+    let kubeconfig = std::fs::read_to_string(control_plane().kubeconfig("alice")).unwrap();
+    let unreachable = regex::Regex::new(r"server: https://[^\s]+")
+        .unwrap()
+        .replace(&kubeconfig, "server: https://127.0.0.1:9");
+    let path = std::env::temp_dir().join(format!("kubeconfig-unreachable-{}", random_suffix(6)));
+    std::fs::write(&path, unreachable.as_bytes()).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_kubectl-jit"))
+        .args(["whoami"])
+        .env("KUBECONFIG", &path)
+        .output()
+        .unwrap();
+    let (code, _, err) = text(&output);
+    assert_eq!(code, 4, "{err}");
+    let _ = std::fs::remove_file(&path);
+
+    // YAML parses back, times in RFC 3339.
+    let (code, out, _) = text(&jit("alice", &["show", &name, "-n", ns, "-o", "yaml"]));
+    assert_eq!(code, 0);
+    let shown: serde_json::Value = serde_yaml::from_str(&out).unwrap();
+    let expires = shown["status"]["expiresAt"].as_str().unwrap();
+    assert!(expires.parse::<jiff::Timestamp>().is_ok(), "{expires}");
+    // Wide shows who approved.
+    let (_, wide, _) = text(&jit("alice", &["list", "--active", "-n", ns, "-o", "wide"]));
+    let row = wide.lines().find(|line| line.starts_with(&name)).unwrap();
+    assert!(row.contains("bob,carol") && row.contains("INC-5"), "{wide}");
+}
+
+#[tokio::test]
+async fn kubectl_jit_asks_the_approver_to_confirm_on_a_terminal() {
+    shared_operator();
+    let env = TestEnv::new().await;
+    let policy = support::view_policy(&env, 1).await;
+    let ns = env.namespace.as_str();
+    let (code, out, err) = text(&jit(
+        "alice",
+        &[
+            "request",
+            &policy,
+            "view",
+            "--for",
+            "5m",
+            "--reason",
+            "INC-8 logs",
+            "-n",
+            ns,
+            "-o",
+            "name",
+        ],
+    ));
+    assert_eq!(code, 0, "{err}");
+    let name = out.trim().trim_start_matches("accessrequest/").to_owned();
+
+    let on_a_terminal = |extra_env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kubectl-jit"));
+        command
+            .args(["approve", &name, "-n", ns, "--comment", "checked"])
+            .env("KUBECONFIG", control_plane().kubeconfig("bob"))
+            .env("TERM", "xterm")
+            .env_remove("NO_COLOR");
+        for (key, value) in extra_env {
+            command.env(key, value);
+        }
+        rexpect::session::spawn_command(command, Some(30_000)).unwrap()
+    };
+
+    // Bob reads the context, in colour, and says no: nothing is recorded.
+    let mut session = on_a_terminal(&[]);
+    let context = session
+        .exp_string(&format!("approve {name}? [y/N] "))
+        .unwrap();
+    assert!(
+        context.contains("\u{1b}[1malice\u{1b}[0m asks for role"),
+        "{context:?}"
+    );
+    assert!(
+        context.contains(&format!(
+            "Kubernetes ClusterRole jit-dev-view to alice, in namespace {ns} only"
+        )),
+        "{context}"
+    );
+    assert!(
+        context.contains("INC-8 logs") && context.contains("Approvals: 0 of 1"),
+        "{context}"
+    );
+    session.send_line("n").unwrap();
+    let rest = session.exp_eof().unwrap();
+    assert!(rest.contains("not confirmed"), "{rest}");
+    assert!(matches!(
+        session.process().wait().unwrap(),
+        rexpect::process::WaitStatus::Exited(_, 1)
+    ));
+    let requests =
+        kube::Api::<jit_operator::crd::v1alpha1::AccessRequest>::namespaced(env.admin.clone(), ns);
+    let request = requests.get(&name).await.unwrap();
+    assert!(
+        request.status.unwrap_or_default().approvals.is_empty(),
+        "a declined prompt records nothing"
+    );
+
+    // With NO_COLOR, no colour; yes approves.
+    let mut session = on_a_terminal(&[("NO_COLOR", "1")]);
+    let context = session
+        .exp_string(&format!("approve {name}? [y/N] "))
+        .unwrap();
+    assert!(!context.contains('\u{1b}'), "{context:?}");
+    session.send_line("y").unwrap();
+    let rest = session.exp_eof().unwrap();
+    assert!(
+        rest.contains(&format!("accessrequest/{name} approved")),
+        "{rest}"
+    );
+    assert!(matches!(
+        session.process().wait().unwrap(),
+        rexpect::process::WaitStatus::Exited(_, 0)
+    ));
+    support::wait_for_request(&requests, &name, "granted", |request| {
+        support::phase(request) == Some(jit_operator::crd::v1alpha1::Phase::Active)
     })
     .await;
 }

@@ -8,8 +8,8 @@ use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::crd::v1alpha1::{
-    AccessPolicy, AccessRequest, AccessRequestStatus, AuditEventType, Decision, PolicyRole,
-    TimelineEntry, annotations,
+    AccessPolicy, AccessRequest, AccessRequestStatus, AuditEventType, PolicyRole, TimelineEntry,
+    annotations,
 };
 
 /// Why an event could not be built.
@@ -55,11 +55,14 @@ pub struct GrantData {
     pub cloud_enforced_expiry: bool,
 }
 
-/// The commands an approver runs to decide.
+/// The commands an approver runs to decide: the `kubectl jit` plugin's, and the plain
+/// `kubectl` one for approvers without the plugin.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Commands {
     pub approve: String,
     pub deny: String,
+    pub approve_by_annotation: String,
 }
 
 /// The `data` of every audit event. No secret is ever in it: the policy's roles name what is
@@ -226,11 +229,7 @@ pub fn data_of(
             .iter()
             .map(|approval| ApprovalData {
                 user: approval.user.clone(),
-                decision: match approval.decision {
-                    Decision::Approved => "Approved",
-                    Decision::Denied => "Denied",
-                }
-                .to_owned(),
+                decision: approval.decision.as_str().to_owned(),
                 comment: approval.comment.clone(),
                 time: time_text(&approval.time),
             })
@@ -247,13 +246,11 @@ pub fn data_of(
         revoked_at: status.revoked_at.as_ref().map(time_text),
         grants_last_30_days: grants_last_30_days.filter(|_| asks_approvers),
         commands: asks_approvers.then(|| Commands {
-            approve: format!(
+            approve: format!("kubectl jit approve {name} -n {namespace} --comment '<comment>'"),
+            deny: format!("kubectl jit deny {name} -n {namespace} --comment '<reason>'"),
+            approve_by_annotation: format!(
                 "kubectl annotate accessrequest {name} -n {namespace} {}='<comment>'",
                 annotations::APPROVE
-            ),
-            deny: format!(
-                "kubectl annotate accessrequest {name} -n {namespace} {}='<reason>'",
-                annotations::DENY
             ),
         }),
     }
@@ -386,12 +383,24 @@ mod tests {
         let data = data_of(&request, &status, None, requested, Some(3));
         assert_eq!(data.grants_last_30_days, Some(3));
         let commands = data.commands.unwrap();
-        assert!(
-            commands.approve.contains("jit.dev/approve"),
-            "{}",
-            commands.approve
+        assert_eq!(
+            commands.approve,
+            format!(
+                "kubectl jit approve {} -n {} --comment '<comment>'",
+                request.name_any(),
+                request.namespace().unwrap()
+            )
         );
-        assert!(commands.deny.contains("jit.dev/deny"), "{}", commands.deny);
+        assert!(
+            commands.deny.starts_with("kubectl jit deny "),
+            "{}",
+            commands.deny
+        );
+        assert!(
+            commands.approve_by_annotation.contains("jit.dev/approve="),
+            "{}",
+            commands.approve_by_annotation
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::event::{AuditData, kind_of};
+use super::event::{AuditData, Commands, kind_of};
 use crate::crd::v1alpha1::AuditEventType;
 
 /// Slack's limit on a header block's text.
@@ -29,7 +29,7 @@ pub struct Message {
     /// The facts, label and value.
     pub facts: Vec<(String, String)>,
     /// The commands to approve and deny, for approvers.
-    pub commands: Option<(String, String)>,
+    pub commands: Option<Commands>,
     /// Whether this needs someone's attention now (failing revocations).
     pub loud: bool,
 }
@@ -174,10 +174,7 @@ pub fn message_of(kind: AuditEventType, data: &AuditData) -> Message {
     Message {
         title,
         facts,
-        commands: data
-            .commands
-            .as_ref()
-            .map(|commands| (commands.approve.clone(), commands.deny.clone())),
+        commands: data.commands.clone(),
         loud: kind == AuditEventType::RevocationFailing,
     }
 }
@@ -202,11 +199,12 @@ pub fn slack(message: &Message) -> Value {
             .collect();
         blocks.push(json!({"type": "section", "fields": fields}));
     }
-    if let Some((approve, deny)) = &message.commands {
+    if let Some(commands) = &message.commands {
         let text = format!(
-            "*Approve:* `{}`\n*Deny:* `{}`",
-            escape_slack(approve),
-            escape_slack(deny)
+            "*Approve:* `{}`\n*Deny:* `{}`\n_Without the kubectl jit plugin:_ `{}`",
+            escape_slack(&commands.approve),
+            escape_slack(&commands.deny),
+            escape_slack(&commands.approve_by_annotation)
         );
         blocks.push(json!({
             "type": "section",
@@ -250,13 +248,20 @@ fn teams_card(message: &Message, limit: usize) -> Value {
         }),
         json!({"type": "FactSet", "facts": facts}),
     ];
-    if let Some((approve, deny)) = &message.commands {
-        body.push(
-            json!({"type": "TextBlock", "text": "Approve:", "weight": "Bolder", "wrap": true}),
-        );
-        body.push(json!({"type": "TextBlock", "text": cut(approve, limit), "fontType": "Monospace", "wrap": true}));
-        body.push(json!({"type": "TextBlock", "text": "Deny:", "weight": "Bolder", "wrap": true}));
-        body.push(json!({"type": "TextBlock", "text": cut(deny, limit), "fontType": "Monospace", "wrap": true}));
+    if let Some(commands) = &message.commands {
+        for (label, command) in [
+            ("Approve:", &commands.approve),
+            ("Deny:", &commands.deny),
+            (
+                "Without the kubectl jit plugin:",
+                &commands.approve_by_annotation,
+            ),
+        ] {
+            body.push(
+                json!({"type": "TextBlock", "text": label, "weight": "Bolder", "wrap": true}),
+            );
+            body.push(json!({"type": "TextBlock", "text": cut(command, limit), "fontType": "Monospace", "wrap": true}));
+        }
     }
     json!({
         "type": "message",
@@ -288,8 +293,11 @@ pub fn email(message: &Message) -> (String, String) {
     for (label, value) in &message.facts {
         body.push_str(&format!("{label}: {value}\n"));
     }
-    if let Some((approve, deny)) = &message.commands {
-        body.push_str(&format!("\nTo approve:\n  {approve}\nTo deny:\n  {deny}\n"));
+    if let Some(commands) = &message.commands {
+        body.push_str(&format!(
+            "\nTo approve:\n  {}\nTo deny:\n  {}\nWithout the kubectl jit plugin, to approve:\n  {}\n",
+            commands.approve, commands.deny, commands.approve_by_annotation
+        ));
     }
     (subject, body)
 }
@@ -333,13 +341,20 @@ mod tests {
             fact(&message, "History"),
             "alice had this role 2 times in the last 30 days"
         );
-        let (approve, deny) = message.commands.clone().unwrap();
+        let commands = message.commands.clone().unwrap();
+        assert_eq!(
+            commands.approve,
+            "kubectl jit approve alice-view -n team-a --comment '<comment>'"
+        );
+        assert_eq!(
+            commands.deny,
+            "kubectl jit deny alice-view -n team-a --comment '<reason>'"
+        );
         assert!(
-            approve.starts_with(
+            commands.approve_by_annotation.starts_with(
                 "kubectl annotate accessrequest alice-view -n team-a jit.dev/approve="
             )
         );
-        assert!(deny.contains("jit.dev/deny="));
     }
 
     #[test]

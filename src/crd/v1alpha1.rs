@@ -614,6 +614,16 @@ pub enum Decision {
     Denied,
 }
 
+impl Decision {
+    /// The decision as status shows it.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Approved => "Approved",
+            Self::Denied => "Denied",
+        }
+    }
+}
+
 /// One approver's verified decision.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

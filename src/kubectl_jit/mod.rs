@@ -16,7 +16,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand, ValueEnum};
-use jiff::Timestamp;
+use jiff::{Timestamp, tz::TimeZone};
 use k8s_openapi::api::authentication::v1::{SelfSubjectReview, UserInfo};
 use kube::{
     Api, Client, Config, ResourceExt,
@@ -28,10 +28,37 @@ use serde_json::json;
 use crate::{
     crd::{
         ApiDuration,
-        v1alpha1::{AccessPolicy, AccessRequest, AccessRequestSpec, Phase, Requester, annotations},
+        v1alpha1::{
+            AccessPolicy, AccessRequest, AccessRequestSpec, Phase, PolicyRole, Requester,
+            annotations,
+        },
     },
     policy,
 };
+
+mod render;
+
+use render::Paint;
+
+impl Paint {
+    /// For standard output.
+    fn stdout() -> Self {
+        Self::for_stream(std::io::stdout().is_terminal())
+    }
+
+    /// For standard error.
+    fn stderr() -> Self {
+        Self::for_stream(std::io::stderr().is_terminal())
+    }
+
+    fn for_stream(terminal: bool) -> Self {
+        Self::new(
+            terminal,
+            std::env::var("NO_COLOR").ok().as_deref(),
+            std::env::var("TERM").ok().as_deref(),
+        )
+    }
+}
 
 /// Why a command did not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +104,8 @@ impl Error {
 pub enum Output {
     /// A table, as kubectl prints one.
     Table,
+    /// The table with more columns.
+    Wide,
     /// JSON, times in RFC 3339.
     Json,
     /// YAML, times in RFC 3339.
@@ -91,8 +120,14 @@ pub enum Output {
     name = "kubectl-jit",
     bin_name = "kubectl jit",
     about = "Request, approve, watch and end just-in-time access",
-    after_help = "Exit codes: 0 done (request --wait: granted), 1 refused, denied or failed, \
-                  2 usage or policy error, 3 --wait timed out, 4 cluster unreachable."
+    after_help = "Examples:\n  \
+                  kubectl jit policies\n  \
+                  kubectl jit request prod-db read-only --for 30m --reason \"INC-1234 disk full\" --wait\n  \
+                  kubectl jit list --pending-for-me -A\n  \
+                  kubectl jit approve read-only-x7k2p -n team-a --comment \"ticket checked\"\n\n\
+                  Exit codes: 0 done (request --wait: granted), 1 refused, denied or failed, \
+                  2 usage or policy error, 3 --wait timed out, 4 cluster unreachable.\n\
+                  Colour only on a terminal; never with NO_COLOR set."
 )]
 pub struct Cli {
     /// The namespace of requests (the kubeconfig context's when unset).
@@ -119,16 +154,23 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// My identity and groups, as the API server sees them.
-    #[command(after_help = "Example: kubectl jit whoami")]
+    #[command(after_help = "Examples:\n  kubectl jit whoami\n  kubectl jit whoami -o yaml")]
     Whoami,
     /// What I may request: the policies whose requesters include me, and their roles.
-    #[command(after_help = "Example: kubectl jit policies")]
+    #[command(after_help = "Examples:\n  \
+        kubectl jit policies\n  \
+        kubectl jit policies -o wide     # with approvers, reason rules and descriptions\n  \
+        kubectl jit policies -o yaml     # the policies whole")]
     Policies,
     /// Requests a role of a policy; prints the request and, with --wait, follows it until it
     /// is granted, denied or failed.
-    #[command(
-        after_help = "Example: kubectl jit request prod-db read-only --for 30m --reason \"INC-1234 disk full\" --wait"
-    )]
+    #[command(after_help = "Examples:\n  \
+        kubectl jit request prod-db read-only --reason \"INC-1234 disk full\"\n  \
+        kubectl jit request prod-db read-only --for 30m --reason \"INC-1234\" --wait --timeout 5m\n  \
+        kubectl jit request deploy edit --subject system:serviceaccount:ci:deployer -n ci\n  \
+        NAME=$(kubectl jit request prod-db read-only --reason INC-1 -o name)\n\n\
+        With --wait: exit 0 once granted, 1 if denied or failed, 3 if --timeout runs out \
+        (the request stays).")]
     Request {
         /// The policy.
         policy: String,
@@ -152,9 +194,10 @@ pub enum Command {
         timeout: String,
     },
     /// Approves someone's request.
-    #[command(
-        after_help = "Example: kubectl jit approve db-fix-x7k2p --comment \"ticket checked\""
-    )]
+    #[command(after_help = "Examples:\n  \
+        kubectl jit approve read-only-x7k2p --comment \"ticket checked\"\n  \
+        kubectl jit approve read-only-x7k2p -n team-a --yes   # no prompt, for scripts\n\n\
+        Shows who asks, for what and why first, and asks to confirm on a terminal.")]
     Approve {
         /// The request.
         name: String,
@@ -166,7 +209,9 @@ pub enum Command {
         yes: bool,
     },
     /// Denies someone's request.
-    #[command(after_help = "Example: kubectl jit deny db-fix-x7k2p --comment \"use the runbook\"")]
+    #[command(after_help = "Examples:\n  \
+        kubectl jit deny read-only-x7k2p --comment \"use the runbook\"\n  \
+        kubectl jit deny read-only-x7k2p -n team-a --comment \"no ticket\" --yes")]
     Deny {
         /// The request.
         name: String,
@@ -178,7 +223,9 @@ pub enum Command {
         yes: bool,
     },
     /// Ends a grant early.
-    #[command(after_help = "Example: kubectl jit revoke db-fix-x7k2p --reason done")]
+    #[command(after_help = "Examples:\n  \
+        kubectl jit revoke read-only-x7k2p\n  \
+        kubectl jit revoke read-only-x7k2p -n team-a --reason \"incident closed\"")]
     Revoke {
         /// The request.
         name: String,
@@ -188,19 +235,28 @@ pub enum Command {
     },
     /// Everything about one request: who asked for what and why, the decisions, the grant,
     /// time left, the timeline and what was done with the access.
-    #[command(after_help = "Example: kubectl jit show db-fix-x7k2p")]
+    #[command(after_help = "Examples:\n  \
+        kubectl jit show read-only-x7k2p\n  \
+        kubectl jit show read-only-x7k2p -o json | jq .status.activity")]
     Show {
         /// The request.
         name: String,
     },
     /// Prints a shell completion script: bash, zsh or fish.
-    #[command(after_help = "Example: source <(kubectl jit completion bash)")]
+    #[command(after_help = "Examples:\n  \
+        source <(kubectl jit completion bash)\n  \
+        kubectl jit completion zsh > \"${fpath[1]}/_kubectl-jit\"\n  \
+        kubectl jit completion fish > ~/.config/fish/completions/kubectl-jit.fish")]
     Completion {
         /// The shell.
         shell: clap_complete::Shell,
     },
     /// Lists requests.
-    #[command(after_help = "Example: kubectl jit list --pending-for-me -A")]
+    #[command(after_help = "Examples:\n  \
+        kubectl jit list\n  \
+        kubectl jit list --mine -A\n  \
+        kubectl jit list --pending-for-me -A   # what waits for my decision\n  \
+        kubectl jit list --active -o wide")]
     List {
         /// Only the ones I asked for.
         #[arg(long, conflicts_with_all = ["pending_for_me", "active"])]
@@ -220,7 +276,7 @@ pub async fn main() -> ExitCode {
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("{} {error}", Paint::stderr().error("error:"));
             ExitCode::from(error.code())
         }
     }
@@ -280,7 +336,7 @@ async fn run(cli: Cli) -> Result<(), Error> {
             match cli.output {
                 Output::Json => print_json(&me),
                 Output::Yaml => print_yaml(&me),
-                Output::Table | Output::Name => {
+                Output::Table | Output::Wide | Output::Name => {
                     let groups = me.groups.unwrap_or_default().join(", ");
                     println!("{} (groups: {groups})", me.username.unwrap_or_default());
                 }
@@ -354,49 +410,6 @@ fn print_yaml<T: serde::Serialize>(value: &T) {
     print!("{}", serde_yaml::to_string(value).unwrap_or_default());
 }
 
-/// A role's target in plain words.
-fn target_of(role: &crate::crd::v1alpha1::PolicyRole) -> String {
-    if let Some(kubernetes) = &role.kubernetes {
-        let role_name = &kubernetes.cluster_role;
-        return match &kubernetes.namespace {
-            Some(namespace) => format!("kubernetes {role_name} in {namespace}"),
-            None => format!("kubernetes {role_name} cluster-wide"),
-        };
-    }
-    if role.aws.is_some() {
-        return "aws".into();
-    }
-    if let Some(gcp) = &role.gcp {
-        return format!("gcp {} on {}", gcp.role, gcp.resource);
-    }
-    if let Some(azure) = &role.azure {
-        return format!("azure role at {}", azure.scope);
-    }
-    String::new()
-}
-
-/// Prints rows under a header, columns padded as kubectl pads them.
-fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|name| name.len()).collect();
-    for row in rows {
-        for (index, cell) in row.iter().enumerate() {
-            widths[index] = widths[index].max(cell.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let text: Vec<String> = cells
-            .iter()
-            .enumerate()
-            .map(|(index, cell)| format!("{cell:<width$}", width = widths[index]))
-            .collect();
-        println!("{}", text.join("   ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-}
-
 async fn policies(client: &Client, cli: &Cli) -> Result<(), Error> {
     let me = whoami(client).await?;
     let (user, groups) = (
@@ -420,34 +433,75 @@ async fn policies(client: &Client, cli: &Cli) -> Result<(), Error> {
                 println!("accesspolicy/{}", policy.name_any());
             }
         }
-        Output::Table => {
-            let mut rows = Vec::new();
-            for policy in &mine {
-                for role in &policy.spec.roles {
-                    let approvals = role
-                        .approvals_required
-                        .map_or(i64::from(policy.spec.approvals_required), i64::from);
-                    let max = role
-                        .max_duration
-                        .as_ref()
-                        .unwrap_or(&policy.spec.max_duration);
-                    rows.push(vec![
-                        policy.name_any(),
-                        role.name.clone(),
-                        target_of(role),
-                        max.to_string(),
-                        approvals.to_string(),
-                    ]);
-                }
-            }
-            if rows.is_empty() {
+        Output::Table | Output::Wide => {
+            let now = Timestamp::now();
+            let offers: Vec<render::Offer<'_>> = mine
+                .iter()
+                .flat_map(|policy| {
+                    policy.spec.roles.iter().map(|role| render::Offer {
+                        policy,
+                        role,
+                        auto: auto_approval(policy, role, &user, &groups, now),
+                    })
+                })
+                .collect();
+            if offers.is_empty() {
                 println!("{user} may request nothing: no policy lists them or their groups");
                 return Ok(());
             }
-            table(&["POLICY", "ROLE", "GRANTS", "MAX", "APPROVALS"], &rows);
+            print!(
+                "{}",
+                render::policies_table(&offers, columns(cli), Paint::stdout())
+            );
         }
     }
     Ok(())
+}
+
+/// Whether the policy's rule would approve, now, a request of mine for `role` for its default
+/// duration and without a reason: the operator's own evaluation, run locally.
+fn auto_approval(
+    policy: &AccessPolicy,
+    role: &PolicyRole,
+    user: &str,
+    groups: &[String],
+    now: Timestamp,
+) -> render::AutoApproval {
+    let Some(rule) = &policy.spec.auto_approve else {
+        return render::AutoApproval::NoRule;
+    };
+    let spec = AccessRequestSpec {
+        policy: policy.name_any(),
+        role: role.name.clone(),
+        duration: None,
+        reason: None,
+        subject: None,
+        requester: None,
+    };
+    let Ok(duration) = policy::resolve_duration(policy, role, &spec) else {
+        return render::AutoApproval::No;
+    };
+    let input = policy::auto_approve::Input {
+        policy: &spec.policy,
+        role: &role.name,
+        duration,
+        reason: "",
+        subject_username: user,
+        subject_groups: groups,
+        now,
+    };
+    match policy::auto_approve::evaluate(&rule.expression, &input) {
+        Ok(true) => render::AutoApproval::Yes,
+        Ok(false) => render::AutoApproval::No,
+        Err(_) => render::AutoApproval::Broken,
+    }
+}
+
+fn columns(cli: &Cli) -> render::Columns {
+    render::Columns {
+        wide: cli.output == Output::Wide,
+        namespace: cli.all_namespaces,
+    }
 }
 
 async fn request(
@@ -475,8 +529,9 @@ async fn request(
         groups: me.groups.clone().unwrap_or_default(),
         extra: BTreeMap::new(),
     };
-    policy::check_request(&policy, &spec, &requester)
-        .map_err(|refusal| Error::Usage(refusal.to_string()))?;
+    let approvals_required = policy::check_request(&policy, &spec, &requester)
+        .map_err(|refusal| Error::Usage(refusal.to_string()))?
+        .approvals_required;
     let request = AccessRequest {
         metadata: ObjectMeta {
             generate_name: Some(format!("{}-", spec.role)),
@@ -499,45 +554,48 @@ async fn request(
     let Some(limit) = wait else {
         return Ok(());
     };
-    follow(&api, &name, limit).await
+    follow(&api, &name, approvals_required, limit).await
 }
 
-/// Prints each new state of the request until it is granted, denied or failed.
-async fn follow(api: &Api<AccessRequest>, name: &str, limit: Duration) -> Result<(), Error> {
+/// Prints each change of the request (decisions, approvals still missing, the operator's
+/// messages) until it is granted, denied or failed. A watch would save the polls, but a
+/// person waits here; two reads a second cost the API server nothing.
+async fn follow(
+    api: &Api<AccessRequest>,
+    name: &str,
+    approvals_required: u32,
+    limit: Duration,
+) -> Result<(), Error> {
     let deadline = tokio::time::Instant::now() + limit;
-    let mut said = String::new();
+    let zone = TimeZone::system();
+    let mut progress = render::Progress::default();
     loop {
         let request = api
             .get(name)
             .await
             .map_err(|error| Error::api("read the request", error))?;
-        let status = request.status.clone().unwrap_or_default();
-        let message = status.message.clone().unwrap_or_default();
-        if !message.is_empty() && message != said {
-            println!("{name}: {message}");
-            said = message;
+        for line in progress.lines(&request, approvals_required, Timestamp::now(), &zone) {
+            println!("{line}");
         }
-        match status.phase {
-            Some(Phase::Active) => {
-                let until = status
-                    .expires_at
-                    .as_ref()
-                    .map(|time| time.0.to_string())
+        let _ = std::io::stdout().flush();
+        match request.status.as_ref().and_then(|status| status.phase) {
+            Some(Phase::Active) => return Ok(()),
+            Some(phase) if phase.is_final() => {
+                let message = request
+                    .status
+                    .and_then(|status| status.message)
                     .unwrap_or_default();
-                println!("{name}: granted until {until}");
-                return Ok(());
-            }
-            Some(phase @ (Phase::Denied | Phase::Failed | Phase::Expired | Phase::Revoked)) => {
                 return Err(Error::Refused(format!(
-                    "{name} is {}: {said}",
+                    "{name} is {}: {message}",
                     phase.as_str()
                 )));
             }
-            Some(Phase::Pending) | None => {}
+            _ => {}
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(Error::Timeout(format!(
-                "{name} is still pending after {limit:?}"
+                "{name} is still pending after {}; it stays requested (kubectl jit show {name})",
+                render::span(limit)
             )));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -559,6 +617,15 @@ async fn annotate(
         .map_err(|error| Error::api(&format!("update {name}"), error))
 }
 
+/// The request's policy, when I may read it; context, never a reason to stop.
+async fn policy_of(client: &Client, request: &AccessRequest) -> Option<AccessPolicy> {
+    Api::<AccessPolicy>::all(client.clone())
+        .get_opt(&request.spec.policy)
+        .await
+        .ok()
+        .flatten()
+}
+
 /// Shows the approver what they decide on, asks on a terminal, then records the decision.
 async fn decide(
     client: &Client,
@@ -578,29 +645,22 @@ async fn decide(
     } else {
         "deny"
     };
-    let requester = requester_of(&request);
-    let approvals = request
-        .status
-        .as_ref()
-        .map(|status| status.approvals.len())
+    let policy = policy_of(client, &request).await;
+    // The subject's earlier requests in this namespace; context, so a failed list is no stop.
+    let history = api
+        .list(&ListParams::default())
+        .await
+        .map(|list| list.items)
         .unwrap_or_default();
-    println!(
-        "{name}: {requester} asks for {} of {}{}, for {}\n  reason: {}\n  decisions so far: {approvals}",
-        request.spec.role,
-        request.spec.policy,
-        request
-            .spec
-            .subject
-            .as_ref()
-            .map(|subject| format!(" for {subject}"))
-            .unwrap_or_default(),
-        request
-            .spec
-            .duration
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_else(|| "the policy's default".into()),
-        request.spec.reason.clone().unwrap_or_default(),
+    print!(
+        "{}",
+        render::approver_context(
+            &request,
+            policy.as_ref(),
+            &history,
+            Timestamp::now(),
+            Paint::stdout()
+        )
     );
     if !yes && std::io::stdin().is_terminal() {
         print!("{verb} {name}? [y/N] ");
@@ -608,11 +668,13 @@ async fn decide(
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if !matches!(answer.trim(), "y" | "Y" | "yes") {
-            return Err(Error::Refused(format!("did not {verb} {name}")));
+            return Err(Error::Refused(format!(
+                "did not {verb} {name}: not confirmed"
+            )));
         }
     }
     annotate(client, namespace, name, key, comment).await?;
-    println!("accessrequest/{name}: {verb}d");
+    println!("accessrequest/{name} {verb}d");
     Ok(())
 }
 
@@ -626,119 +688,15 @@ async fn show(client: &Client, namespace: &str, cli: &Cli, name: &str) -> Result
         Output::Json => print_json(&request),
         Output::Yaml => print_yaml(&request),
         Output::Name => println!("accessrequest/{name}"),
-        Output::Table => print!("{}", describe(&request, Timestamp::now())),
+        Output::Table | Output::Wide => {
+            let policy = policy_of(client, &request).await;
+            print!(
+                "{}",
+                render::describe(&request, policy.as_ref(), Timestamp::now(), Paint::stdout())
+            );
+        }
     }
     Ok(())
-}
-
-/// A request as people read it. Pure.
-fn describe(request: &AccessRequest, now: Timestamp) -> String {
-    let status = request.status.clone().unwrap_or_default();
-    let mut text = String::new();
-    let mut line = |label: &str, value: String| {
-        if !value.is_empty() {
-            text.push_str(&format!("{label:<11}{value}\n"));
-        }
-    };
-    line("Name:", request.name_any());
-    line("Namespace:", request.namespace().unwrap_or_default());
-    line("Requester:", requester_of(request));
-    line("Subject:", crate::audit::event::subject_of(request));
-    line(
-        "Role:",
-        format!("{} of policy {}", request.spec.role, request.spec.policy),
-    );
-    line("Reason:", request.spec.reason.clone().unwrap_or_default());
-    line(
-        "Phase:",
-        status.phase.map_or("Pending", Phase::as_str).to_owned(),
-    );
-    line("Message:", status.message.clone().unwrap_or_default());
-    if let Some(grant) = &status.grant {
-        line(
-            "Granted:",
-            format!("{} ({})", grant.reference, grant.provider),
-        );
-    }
-    if let (Some(Phase::Active), Some(expires)) = (status.phase, &status.expires_at) {
-        line(
-            "Expires:",
-            format!("{} ({})", expires.0, human(expires.0, now)),
-        );
-    }
-    for approval in &status.approvals {
-        line(
-            "Decision:",
-            format!(
-                "{:?} by {} at {}{}",
-                approval.decision,
-                approval.user,
-                approval.time.0,
-                approval
-                    .comment
-                    .as_ref()
-                    .map(|comment| format!(": {comment}"))
-                    .unwrap_or_default()
-            ),
-        );
-    }
-    if let Some(activity) = &status.activity {
-        line(
-            "Activity:",
-            format!(
-                "{} actions, {} refused{}",
-                activity.actions,
-                activity.refused,
-                activity
-                    .last_action_time
-                    .as_ref()
-                    .map(|time| format!(", last {}", human(time.0, now)))
-                    .unwrap_or_default()
-            ),
-        );
-    }
-    text.push_str("Timeline:\n");
-    for entry in &status.timeline {
-        text.push_str(&format!(
-            "  {}  {:<14} {}{}\n",
-            entry.time.0,
-            entry.event,
-            entry.actor.clone().unwrap_or_default(),
-            entry
-                .message
-                .as_ref()
-                .map(|message| format!("  {message}"))
-                .unwrap_or_default()
-        ));
-    }
-    text
-}
-
-/// Who asked for the request, as admission recorded them.
-fn requester_of(request: &AccessRequest) -> String {
-    request
-        .spec
-        .requester
-        .as_ref()
-        .map(|requester| requester.username.clone())
-        .unwrap_or_default()
-}
-
-/// Human time to `to` from `now`: `in 23m`, `3h ago`.
-fn human(to: Timestamp, now: Timestamp) -> String {
-    let seconds = to.as_second() - now.as_second();
-    let magnitude = seconds.unsigned_abs();
-    let text = match magnitude {
-        0..=119 => format!("{magnitude}s"),
-        120..=7_199 => format!("{}m", magnitude / 60),
-        7_200..=172_799 => format!("{}h", magnitude / 3_600),
-        _ => format!("{}d", magnitude / 86_400),
-    };
-    if seconds >= 0 {
-        format!("in {text}")
-    } else {
-        format!("{text} ago")
-    }
 }
 
 async fn list(
@@ -769,7 +727,7 @@ async fn list(
         .await
         .map_err(|error| Error::api("list requests", error))?
         .items;
-    let approvers: BTreeMap<String, AccessPolicy> = if pending_for_me {
+    let policies: BTreeMap<String, AccessPolicy> = if pending_for_me {
         Api::<AccessPolicy>::all(client.clone())
             .list(&ListParams::default())
             .await
@@ -784,17 +742,30 @@ async fn list(
     let phase = |request: &AccessRequest| request.status.as_ref().and_then(|status| status.phase);
     requests.retain(|request| {
         if mine {
-            return requester_of(request) == user;
+            return render::requester_of(request) == user;
         }
         if active {
             return phase(request) == Some(Phase::Active);
         }
         if pending_for_me {
+            // What admission would let me decide: the library's own check.
+            let earlier = request
+                .status
+                .as_ref()
+                .map(|status| status.approvals.as_slice())
+                .unwrap_or_default();
             return matches!(phase(request), Some(Phase::Pending) | None)
-                && requester_of(request) != user
-                && approvers
-                    .get(&request.spec.policy)
-                    .is_some_and(|policy| policy.spec.approvers.admits(&user, &groups));
+                && policies.get(&request.spec.policy).is_some_and(|policy| {
+                    policy::check_new_decision(
+                        policy,
+                        &request.spec,
+                        phase(request),
+                        earlier,
+                        &user,
+                        &groups,
+                    )
+                    .is_ok()
+                });
         }
         true
     });
@@ -806,63 +777,10 @@ async fn list(
                 println!("accessrequest/{}", request.name_any());
             }
         }
-        Output::Table => {
-            let now = Timestamp::now();
-            let rows: Vec<Vec<String>> = requests
-                .iter()
-                .map(|request| {
-                    let status = request.status.clone().unwrap_or_default();
-                    let expires = match (status.phase, status.expires_at) {
-                        (Some(Phase::Active), Some(at)) => human(at.0, now),
-                        _ => "-".into(),
-                    };
-                    let age = request
-                        .metadata
-                        .creation_timestamp
-                        .as_ref()
-                        // An age, never "in": the API server's clock may run ahead of ours.
-                        .map(|created| {
-                            human(created.0.min(now), now)
-                                .trim_end_matches(" ago")
-                                .trim_start_matches("in ")
-                                .to_owned()
-                        })
-                        .unwrap_or_default();
-                    let mut row = Vec::new();
-                    if cli.all_namespaces {
-                        row.push(request.namespace().unwrap_or_default());
-                    }
-                    row.extend([
-                        request.name_any(),
-                        request.spec.policy.clone(),
-                        request.spec.role.clone(),
-                        crate::audit::event::subject_of(request),
-                        status.phase.map_or("Pending", Phase::as_str).to_owned(),
-                        expires,
-                        age,
-                    ]);
-                    row
-                })
-                .collect();
-            if rows.is_empty() {
-                println!("No requests found.");
-                return Ok(());
-            }
-            let mut header = Vec::new();
-            if cli.all_namespaces {
-                header.push("NAMESPACE");
-            }
-            header.extend([
-                "NAME",
-                "POLICY",
-                "ROLE",
-                "SUBJECT",
-                "PHASE",
-                "EXPIRES IN",
-                "AGE",
-            ]);
-            table(&header, &rows);
-        }
+        Output::Table | Output::Wide => print!(
+            "{}",
+            render::requests_table(&requests, columns(cli), Timestamp::now(), Paint::stdout())
+        ),
     }
     Ok(())
 }
@@ -870,18 +788,6 @@ async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn times_are_human_ahead_and_behind() {
-        let now: Timestamp = "2026-01-01T12:00:00Z"
-            .parse()
-            .unwrap_or(Timestamp::UNIX_EPOCH);
-        let at = |seconds: i64| now + jiff::SignedDuration::from_secs(seconds);
-        assert_eq!(human(at(23 * 60), now), "in 23m");
-        assert_eq!(human(at(-3 * 3_600), now), "3h ago");
-        assert_eq!(human(at(45), now), "in 45s");
-        assert_eq!(human(at(-3 * 86_400), now), "3d ago");
-    }
 
     #[test]
     fn the_command_line_parses_like_kubectls() {
