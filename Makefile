@@ -85,6 +85,12 @@ emulators: ## Install the emulators and sinks the tests use (moto for AWS, the C
 	@tests/audit/receiver.sh >/dev/null
 	@tests/audit/mailpit.sh >/dev/null
 
+.PHONY: plugin
+plugin: ## Build the kubectl jit plugin (release) and its krew archive and manifest in target/plugin/.
+	$(CARGO) build --release --locked --bin kubectl-jit
+	@archive="$$(plugins/package.sh target/release/kubectl-jit target/plugin)"; \
+	  echo "install: kubectl krew install --manifest=target/plugin/jit.yaml --archive=$$archive"
+
 .PHONY: test
 test: lint verify control-plane emulators ## Everything CI runs: lint, CRD drift, unit and integration tests.
 	$(CARGO) test --locked --features failpoints

@@ -10,13 +10,36 @@ use std::process::{Command, Output};
 
 use support::{TestEnv, control_plane, operator::shared_operator, random_suffix};
 
-/// Runs kubectl as `user`, with `stdin` as its input.
+/// A directory on PATH with the plugin as krew installs it: `kubectl-jit` and
+/// `kubectl_complete-jit`.
+fn plugin_path() -> std::ffi::OsString {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("jit-plugin-{}", random_suffix(8)));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kubectl-jit"), dir.join("kubectl-jit"))
+            .unwrap();
+        std::os::unix::fs::symlink(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/kubectl_complete-jit"),
+            dir.join("kubectl_complete-jit"),
+        )
+        .unwrap();
+        dir
+    });
+    let mut path = dir.as_os_str().to_owned();
+    path.push(":");
+    path.push(std::env::var_os("PATH").unwrap_or_default());
+    path
+}
+
+/// Runs kubectl as `user`, with `stdin` as its input and the plugin on PATH.
 fn kubectl(user: &str, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
     let control_plane = control_plane();
     let mut child = Command::new(control_plane.kubectl())
         .args(args)
         .env("KUBECONFIG", control_plane.kubeconfig(user))
+        .env("PATH", plugin_path())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -289,6 +312,34 @@ async fn kubectl_jit_takes_a_request_from_policies_to_revoke_without_yaml() {
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
+    // `kubectl jit <TAB>` through the real kubectl's plugin completion: the names come from
+    // the cluster, as each user sees it.
+    let complete =
+        |user: &str, words: &[&str]| ok(user, &[&["__complete", "jit"], words].concat(), None);
+    let offered = complete("bob", &["approve", "-n", ns, ""]);
+    assert!(
+        offered.contains(&format!(
+            "{name}\talice asks for view of {policy} (Pending)"
+        )),
+        "{offered}"
+    );
+    assert!(offered.trim_end().ends_with(":4"), "{offered}");
+    let offered = complete("alice", &["request", ""]);
+    assert!(
+        offered.lines().any(|line| line.starts_with(&policy)),
+        "{offered}"
+    );
+    let offered = complete("alice", &["request", &policy, ""]);
+    assert!(
+        offered.contains("view\tkubernetes jit-dev-view in"),
+        "{offered}"
+    );
+    let offered = complete("alice", &["re"]);
+    assert!(
+        offered.contains("request\t") && offered.contains("revoke\t"),
+        "{offered}"
+    );
+
     // The requester cannot approve her own: the API server says so.
     let (code, _, err) = text(&jit("alice", &["approve", &name, "-n", ns]));
     assert_eq!(code, 1, "{err}");

@@ -36,6 +36,7 @@ use crate::{
     policy,
 };
 
+mod complete;
 mod render;
 
 use render::Paint;
@@ -272,6 +273,13 @@ pub enum Command {
 
 /// Runs the command line; the process's exit code.
 pub async fn main() -> ExitCode {
+    let words: Vec<String> = std::env::args().skip(1).collect();
+    if let Some((first, rest)) = words.split_first()
+        && first == complete::COMMAND
+    {
+        complete::answer(rest).await;
+        return ExitCode::SUCCESS;
+    }
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -283,12 +291,27 @@ pub async fn main() -> ExitCode {
 }
 
 async fn client(cli: &Cli) -> Result<(Client, String), Error> {
+    connect(
+        cli.kubeconfig.as_deref(),
+        cli.context.as_deref(),
+        cli.namespace.as_deref(),
+    )
+    .await
+}
+
+/// A client as kubectl would make one: the kubeconfig file (else KUBECONFIG or
+/// ~/.kube/config, else in-cluster), the context, and the namespace (else the context's).
+async fn connect(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+    namespace: Option<&str>,
+) -> Result<(Client, String), Error> {
     let unreachable = |error: &dyn std::fmt::Display| Error::Unreachable(error.to_string());
     let options = KubeConfigOptions {
-        context: cli.context.clone(),
+        context: context.map(str::to_owned),
         ..KubeConfigOptions::default()
     };
-    let config = match &cli.kubeconfig {
+    let config = match kubeconfig {
         Some(path) => {
             let kubeconfig = Kubeconfig::read_from(path).map_err(|e| unreachable(&e))?;
             Config::from_custom_kubeconfig(kubeconfig, &options)
@@ -299,9 +322,8 @@ async fn client(cli: &Cli) -> Result<(Client, String), Error> {
             .await
             .map_err(|e| unreachable(&e))?,
     };
-    let namespace = cli
-        .namespace
-        .clone()
+    let namespace = namespace
+        .map(str::to_owned)
         .unwrap_or_else(|| config.default_namespace.clone());
     let client = Client::try_from(config).map_err(|e| unreachable(&e))?;
     Ok((client, namespace))
