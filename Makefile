@@ -85,6 +85,10 @@ emulators: ## Install the emulators and sinks the tests use (moto for AWS, the C
 	@tests/audit/receiver.sh >/dev/null
 	@tests/audit/mailpit.sh >/dev/null
 
+.PHONY: bench
+bench: control-plane ## Benchmark grants and revokes at 100, 1,000 and 10,000 live requests (BENCH_N=1000 to choose; KUBECONFIG=... for a real cluster); report in target/bench/.
+	$(CARGO) bench --locked --bench lifecycle
+
 .PHONY: plugin
 plugin: ## Build the kubectl jit plugin (release) and its krew archive and manifest in target/plugin/.
 	$(CARGO) build --release --locked --bin kubectl-jit

@@ -1,0 +1,127 @@
+//! `make bench`: N access requests, all live at once, through their whole life on a real API
+//! server with the release-built operator: created as a requester, approved as an approver as
+//! fast as the API server takes it, granted a Kubernetes role, left to expire. Watches on the
+//! requests and on the bindings time each step; the API server's own metrics count every write
+//! and time the admission webhooks; /proc gives the operator's peak memory and CPU. Writes
+//! target/bench/report.{md,json} and latency.png.
+//!
+//! `cargo bench --bench lifecycle` runs N = 100, 1,000 and 10,000 (`BENCH_N=1000` or
+//! `BENCH_N=100,1000` to choose). Under `cargo test` it runs once at N = 20 as a smoke test,
+//! which checks that every request lived and ended and that the report is whole, and nothing
+//! about time. With `KUBECONFIG` set it runs against that cluster instead of a local control
+//! plane, in a namespace of its own, impersonating its requester and approver.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod measure;
+mod metrics;
+mod report;
+mod setup;
+
+use std::{path::PathBuf, time::Duration};
+
+/// How this run was asked for.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The sizes to measure.
+    pub sizes: Vec<usize>,
+    /// Requests in flight at once from the generator.
+    pub concurrency: usize,
+    /// The shortest grant: every request lives at least this long.
+    pub min_duration: Duration,
+    /// Where the report goes.
+    pub out: PathBuf,
+    /// A smoke run under `cargo test`.
+    pub smoke: bool,
+}
+
+impl Plan {
+    fn from_env() -> Self {
+        let smoke = !std::env::args().any(|arg| arg == "--bench");
+        let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+        let sizes = match std::env::var("BENCH_N") {
+            Ok(text) if !text.trim().is_empty() => text
+                .split(',')
+                .map(|size| {
+                    size.trim()
+                        .replace('_', "")
+                        .parse()
+                        .unwrap_or_else(|_| panic!("BENCH_N: {size:?} is not a number"))
+                })
+                .collect(),
+            _ if smoke => vec![20],
+            _ => vec![100, 1_000, 10_000],
+        };
+        Self {
+            sizes,
+            concurrency: std::env::var("BENCH_CONCURRENCY")
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .unwrap_or(32),
+            min_duration: if smoke {
+                Duration::from_secs(15)
+            } else {
+                Duration::from_secs(60)
+            },
+            out: if smoke { target.join("smoke") } else { target },
+            smoke,
+        }
+    }
+}
+
+fn main() {
+    let plan = Plan::from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let runs = runtime.block_on(async {
+        let mut runs = Vec::new();
+        for &size in &plan.sizes {
+            let cluster = setup::Cluster::start(&plan, size).await;
+            let run = measure::run(&plan, &cluster, size).await;
+            cluster.stop().await;
+            runs.push(run);
+        }
+        runs
+    });
+    std::fs::create_dir_all(&plan.out).expect("create the report directory");
+    let written = report::write(&plan, &runs);
+    print!("{}", report::table(&runs));
+    println!("report: {}", written.display());
+    if plan.smoke {
+        smoke_checks(&plan, &runs);
+    }
+}
+
+/// What the smoke test holds: every request was granted and ended, every step was timed, and
+/// the report is whole. Nothing about how fast.
+fn smoke_checks(plan: &Plan, runs: &[report::Run]) {
+    metrics::self_test();
+    for run in runs {
+        for (name, latency) in run.latencies() {
+            assert_eq!(
+                latency.count, run.size,
+                "{name}: {} of {} requests timed",
+                latency.count, run.size
+            );
+        }
+        assert_eq!(run.failures, 0, "{} requests never ended", run.failures);
+        assert!(
+            run.writes.generator >= 2 * run.size as u64,
+            "the API server counted the generator's writes: {:?}",
+            run.writes
+        );
+        assert!(run.writes.operator > 0, "{:?}", run.writes);
+        assert!(run.webhook.count > 0, "the webhooks were timed");
+    }
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(plan.out.join("report.json")).expect("report.json"),
+    )
+    .expect("report.json parses");
+    assert_eq!(json["runs"].as_array().map(Vec::len), Some(runs.len()));
+    let png = std::fs::read(plan.out.join("latency.png")).expect("latency.png");
+    assert!(png.starts_with(b"\x89PNG"), "latency.png is a PNG");
+    let markdown = std::fs::read_to_string(plan.out.join("report.md")).expect("report.md");
+    assert!(markdown.contains("| approval → binding |"), "{markdown}");
+}
