@@ -27,7 +27,8 @@ pub struct Plan {
     pub sizes: Vec<usize>,
     /// Requests in flight at once from the generator.
     pub concurrency: usize,
-    /// The shortest grant: every request lives at least this long.
+    /// The shortest grant, to which the time the ceiling says N lifecycles need is added so
+    /// that all are live at once.
     pub min_duration: Duration,
     /// Where the report goes.
     pub out: PathBuf,
@@ -59,9 +60,9 @@ impl Plan {
                 .and_then(|text| text.parse().ok())
                 .unwrap_or(32),
             min_duration: if smoke {
-                Duration::from_secs(15)
+                Duration::from_secs(10)
             } else {
-                Duration::from_secs(60)
+                Duration::from_secs(30)
             },
             out: if smoke { target.join("smoke") } else { target },
             smoke,

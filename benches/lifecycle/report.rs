@@ -165,7 +165,9 @@ fn markdown(plan: &Plan, runs: &[Run]) -> String {
     let _ = writeln!(
         text,
         "{} on {} cores; generator concurrency {}. Latencies in milliseconds, from watches on \
-         the requests and bindings; the webhook's from the API server's histogram.\n",
+         the requests and bindings; the webhook's from the API server's histogram. The \
+         operator runs with MALLOC_ARENA_MAX=2 (the image's musl allocator has no per-thread \
+         arenas).\n",
         match (
             std::env::var_os("KUBECONFIG").is_some(),
             cfg!(debug_assertions),
