@@ -267,16 +267,21 @@ impl Recorder {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         info!("recording session activity from the API server's audit events");
+        let mut rest = Duration::ZERO;
         loop {
-            // A request that changed is indexed at once: its calls may be on their way.
+            // A request that changed is indexed at once: its calls may be on their way (and
+            // are parked until it is).
             tokio::select! {
                 () = &mut shutdown => break,
                 () = changed.notified() => {
-                    // A burst of changes is indexed once.
-                    tokio::time::sleep(REINDEX_COALESCE).await;
+                    // A burst of changes is indexed once; under a steady stream of them, the
+                    // index rests as long as it took to build, so it never takes more than
+                    // half a core however many requests there are.
+                    tokio::time::sleep(REINDEX_COALESCE.max(rest)).await;
                 }
                 _ = tick.tick() => {}
             }
+            let started = tokio::time::Instant::now();
             let requests = store.state();
             self.set_grants(index(
                 &mut known,
@@ -285,6 +290,7 @@ impl Recorder {
                     .filter_map(|guarded| guarded.0.as_ref().ok()),
                 Timestamp::now(),
             ));
+            rest = started.elapsed();
             self.attribute_parked(tokio::time::Instant::now());
             self.write_due(&client, &store, &mut written).await;
         }

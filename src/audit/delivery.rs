@@ -44,6 +44,9 @@ use crate::{
 const PER_CHANNEL: usize = 8;
 /// How often the deliverer looks even when nothing changed (backoffs ending).
 const TICK: Duration = Duration::from_millis(500);
+/// How long a wake waits for the rest of its burst: outboxes change a few times per request
+/// lifecycle, and a round looks at every outbox, so a burst is one round, not hundreds.
+const COALESCE: Duration = Duration::from_millis(100);
 /// How often a channel's status is written at most.
 const STATUS_EVERY: Duration = Duration::from_secs(5);
 /// Longest wait between two probes of a failing channel (its own Retry-After may be longer).
@@ -193,10 +196,16 @@ impl Deliverer {
         });
         tokio::pin!(shutdown);
         info!(%namespace, "delivering audit events");
+        let mut rest = Duration::ZERO;
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                () = self.wake.notified() => {},
+                () = self.wake.notified() => {
+                    tokio::select! {
+                        () = &mut shutdown => break,
+                        () = tokio::time::sleep(COALESCE.max(rest)) => {},
+                    }
+                },
                 () = tokio::time::sleep(TICK) => {},
             }
             if outbox_store.wait_until_ready().await.is_err() {
@@ -207,7 +216,11 @@ impl Deliverer {
                 .into_iter()
                 .map(|channel| (channel.name_any(), channel))
                 .collect();
+            let started = Instant::now();
             self.round(&outbox_store.state(), &channels);
+            // A round's cost grows with the outboxes held; resting as long as it took keeps
+            // delivery under half a core however many there are.
+            rest = started.elapsed();
         }
         watches.abort();
     }
