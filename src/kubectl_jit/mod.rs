@@ -492,19 +492,12 @@ fn auto_approval(
     let Some(rule) = &policy.spec.auto_approve else {
         return render::AutoApproval::NoRule;
     };
-    let spec = AccessRequestSpec {
-        policy: policy.name_any(),
-        role: role.name.clone(),
-        duration: None,
-        reason: None,
-        subject: None,
-        requester: None,
-    };
-    let Ok(duration) = policy::resolve_duration(policy, role, &spec) else {
+    let Some(duration) = render::default_duration(policy, role) else {
         return render::AutoApproval::No;
     };
+    let name = policy.name_any();
     let input = policy::auto_approve::Input {
-        policy: &spec.policy,
+        policy: &name,
         role: &role.name,
         duration,
         reason: "",

@@ -346,7 +346,7 @@ pub(crate) struct Offer<'policy> {
 
 /// The default a request for `role` receives, capped at the maximum; `None` when the policy
 /// has no default (a request must say `--for`).
-fn default_duration(policy: &AccessPolicy, role: &PolicyRole) -> Option<Duration> {
+pub(crate) fn default_duration(policy: &AccessPolicy, role: &PolicyRole) -> Option<Duration> {
     let spec = AccessRequestSpec {
         policy: policy.name_any(),
         role: role.name.clone(),
