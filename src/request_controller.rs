@@ -163,16 +163,7 @@ impl Context {
         };
         let since = now - jiff::SignedDuration::from_hours(24 * 30);
         // Borrowed, not cloned: this runs over every cached request.
-        fn subject_of(request: &AccessRequest) -> Option<&str> {
-            request.spec.subject.as_deref().or_else(|| {
-                request
-                    .spec
-                    .requester
-                    .as_ref()
-                    .map(|requester| requester.username.as_str())
-            })
-        }
-        let subject = subject_of(request);
+        let subject = request.spec.subject_name();
         store
             .state()
             .iter()
@@ -181,7 +172,7 @@ impl Context {
                 other.metadata.uid != request.metadata.uid
                     && other.spec.policy == request.spec.policy
                     && other.spec.role == request.spec.role
-                    && subject_of(other) == subject
+                    && other.spec.subject_name() == subject
                     && other
                         .status
                         .as_ref()

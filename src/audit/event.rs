@@ -146,18 +146,7 @@ pub fn transitions(status: &AccessRequestStatus) -> Vec<Transition<'_>> {
 
 /// The subject a request's role goes to.
 pub fn subject_of(request: &AccessRequest) -> String {
-    request
-        .spec
-        .subject
-        .clone()
-        .or_else(|| {
-            request
-                .spec
-                .requester
-                .as_ref()
-                .map(|requester| requester.username.clone())
-        })
-        .unwrap_or_default()
+    request.spec.subject_name().unwrap_or_default().to_owned()
 }
 
 /// The id of the event for a request's transition: stable across retries and restarts.
@@ -204,11 +193,7 @@ pub fn data_of(
         policy: request.spec.policy.clone(),
         role: request.spec.role.clone(),
         role_definition: role.map(definition_of),
-        requester: request
-            .spec
-            .requester
-            .as_ref()
-            .map(|requester| requester.username.clone()),
+        requester: request.spec.requester_name().map(str::to_owned),
         subject: subject_of(request),
         reason: request.spec.reason.clone(),
         duration: request

@@ -423,11 +423,7 @@ pub fn recipients(
     policy: Option<&AccessPolicy>,
     kind: AuditEventType,
 ) -> Vec<String> {
-    let requester = request
-        .spec
-        .requester
-        .as_ref()
-        .map(|requester| requester.username.clone());
+    let requester = request.spec.requester_name().map(str::to_owned);
     let subject = Some(event::subject_of(request)).filter(|subject| !subject.is_empty());
     let people: Vec<String> = match Audience::of(kind) {
         Audience::Approvers => policy

@@ -566,6 +566,20 @@ pub struct AccessRequestSpec {
     pub requester: Option<Requester>,
 }
 
+impl AccessRequestSpec {
+    /// Who asked, as admission recorded them; `None` before admission.
+    pub fn requester_name(&self) -> Option<&str> {
+        self.requester
+            .as_ref()
+            .map(|requester| requester.username.as_str())
+    }
+
+    /// Who receives the role: the named subject, else the requester.
+    pub fn subject_name(&self) -> Option<&str> {
+        self.subject.as_deref().or_else(|| self.requester_name())
+    }
+}
+
 /// Where a request is in its life. The last four are final and never left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {

@@ -16,23 +16,24 @@ pub(crate) const COMMAND: &str = "__complete";
 /// Cobra's `ShellCompDirectiveNoFileComp`: never offer file names.
 const NO_FILES: u8 = 4;
 
-/// The flags that take a value, so that the word after one is its value, not a positional.
-const VALUE_FLAGS: [&str; 14] = [
-    "-n",
-    "--namespace",
-    "--kubeconfig",
-    "--context",
-    "-o",
-    "--output",
-    "--for",
-    "--reason",
-    "--subject",
-    "--timeout",
-    "--comment",
-    "--request-timeout",
-    "--user",
-    "--cluster",
-];
+/// Whether `flag` (`-n`, `--for`) takes a value, by the command line's own definition, so
+/// that the word after it is its value, not a positional.
+fn takes_value(flag: &str) -> bool {
+    let root = Cli::command();
+    let mut arguments = root
+        .get_arguments()
+        .chain(root.get_subcommands().flat_map(|command| command.get_arguments()));
+    arguments.any(|argument| {
+        let named = match flag.strip_prefix("--") {
+            Some(long) => argument.get_long() == Some(long),
+            None => flag
+                .strip_prefix('-')
+                .and_then(|short| short.chars().next())
+                .is_some_and(|short| argument.get_short() == Some(short)),
+        };
+        named && argument.get_action().takes_values()
+    })
+}
 
 /// What the words typed so far say.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -77,7 +78,7 @@ pub(crate) fn typed(words: &[String]) -> Typed {
                     "--context" => typed.context = Some(value.to_owned()),
                     _ => {}
                 }
-            } else if VALUE_FLAGS.contains(&word.as_str()) {
+            } else if takes_value(word) {
                 pending_flag = Some(word);
             }
             continue;
@@ -226,11 +227,7 @@ async fn requests(client: &Client, namespace: &str, command: &str) -> Vec<(Strin
         .unwrap_or_default()
         .into_iter()
         .filter_map(|request| {
-            let phase = request
-                .status
-                .as_ref()
-                .and_then(|status| status.phase)
-                .unwrap_or(Phase::Pending);
+            let phase = super::render::phase_of(&request);
             let fits = match command {
                 "approve" | "deny" => phase == Phase::Pending,
                 "revoke" => matches!(phase, Phase::Pending | Phase::Active),

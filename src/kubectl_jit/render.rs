@@ -194,15 +194,11 @@ pub(crate) fn clock(at: Timestamp, now: Timestamp, zone: &TimeZone) -> String {
 
 /// Who asked for the request, as admission recorded them.
 pub(crate) fn requester_of(request: &AccessRequest) -> String {
-    request
-        .spec
-        .requester
-        .as_ref()
-        .map(|requester| requester.username.clone())
-        .unwrap_or_default()
+    request.spec.requester_name().unwrap_or_default().to_owned()
 }
 
-fn phase_of(request: &AccessRequest) -> Phase {
+/// A request's phase; one with no status yet is pending.
+pub(crate) fn phase_of(request: &AccessRequest) -> Phase {
     request
         .status
         .as_ref()
@@ -620,7 +616,7 @@ pub(crate) fn approver_context(
             other.uid() != request.uid()
                 && other.spec.policy == request.spec.policy
                 && other.spec.role == request.spec.role
-                && crate::audit::event::subject_of(other) == subject
+                && other.spec.subject_name() == request.spec.subject_name()
         })
         .collect();
     earlier.sort_by_key(|other| {
