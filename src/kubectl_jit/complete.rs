@@ -20,9 +20,10 @@ const NO_FILES: u8 = 4;
 /// that the word after it is its value, not a positional.
 fn takes_value(flag: &str) -> bool {
     let root = Cli::command();
-    let mut arguments = root
-        .get_arguments()
-        .chain(root.get_subcommands().flat_map(|command| command.get_arguments()));
+    let mut arguments = root.get_arguments().chain(
+        root.get_subcommands()
+            .flat_map(|command| command.get_arguments()),
+    );
     arguments.any(|argument| {
         let named = match flag.strip_prefix("--") {
             Some(long) => argument.get_long() == Some(long),
