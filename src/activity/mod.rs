@@ -192,14 +192,15 @@ impl Grants {
         self.by_binding.len()
     }
 
-    fn held_by<'a>(
+    /// The grants of this index that `earlier` did not hold.
+    pub fn fresh_since<'a>(
         &'a self,
-        user: &'a UserInfo,
-        at: Timestamp,
+        earlier: &'a Self,
     ) -> impl Iterator<Item = &'a ActiveGrant> + 'a {
-        self.by_binding.values().filter(move |grant| {
-            grant.granted_at <= at && at < grant.expires_at && is_subject(&grant.subject, user)
-        })
+        self.by_binding
+            .iter()
+            .filter(|(binding, _)| !earlier.by_binding.contains_key(*binding))
+            .map(|(_, grant)| grant)
     }
 }
 
@@ -327,12 +328,46 @@ pub(crate) fn attribute(event: &AuditEvent, grants: &Grants) -> Vec<Attribution>
                 .map(|grant| vec![Attribution::of(grant, Outcome::Used, event, user, time)])
                 .unwrap_or_default()
         }
-        Some("forbid") => grants
-            .held_by(user, time)
-            .map(|grant| Attribution::of(grant, Outcome::Refused, event, user, time))
-            .collect(),
+        Some("forbid") => attribute_refusal(event, grants.by_binding.values(), &[]),
         _ => Vec::new(),
     }
+}
+
+/// Whether `event` is a refused call (its final stage).
+pub(crate) fn is_refusal(event: &AuditEvent) -> bool {
+    event.stage == "ResponseComplete"
+        && event
+            .annotations
+            .get(DECISION_ANNOTATION)
+            .map(String::as_str)
+            == Some("forbid")
+}
+
+/// The attributions of a refused call to those of `grants` its user held at the time, but
+/// for the requests in `counted`: a refusal may reach the operator before the index knows a
+/// grant its user held (the binding is in place before the request's status says so).
+pub(crate) fn attribute_refusal<'a>(
+    event: &AuditEvent,
+    grants: impl IntoIterator<Item = &'a ActiveGrant>,
+    counted: &[RequestKey],
+) -> Vec<Attribution> {
+    let user = event.impersonated_user.as_ref().unwrap_or(&event.user);
+    let Some(time) = event.request_received_timestamp else {
+        return Vec::new();
+    };
+    if !is_refusal(event) {
+        return Vec::new();
+    }
+    grants
+        .into_iter()
+        .filter(|grant| {
+            grant.granted_at <= time
+                && time < grant.expires_at
+                && is_subject(&grant.subject, user)
+                && !counted.contains(&grant.request)
+        })
+        .map(|grant| Attribution::of(grant, Outcome::Refused, event, user, time))
+        .collect()
 }
 
 fn action_of(event: &AuditEvent, time: Timestamp) -> ActivityAction {

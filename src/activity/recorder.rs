@@ -7,7 +7,7 @@
 //! resourceVersion, so replicas never overwrite each other's counts.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     sync::{Arc, Mutex, PoisonError, RwLock},
     time::Duration,
 };
@@ -52,6 +52,10 @@ const LINES_QUEUED: usize = 8_192;
 const PARKED_MAX: usize = 10_000;
 const PARKED_FOR: Duration = Duration::from_secs(30);
 
+/// Refused calls kept (for [`PARKED_FOR`]) for grants their user may hold that the index does
+/// not know yet; past the bound, the oldest are let go.
+const REFUSALS_PARKED_MAX: usize = 4_096;
+
 /// How long a change waits for others before the index is rebuilt.
 const REINDEX_COALESCE: Duration = Duration::from_millis(50);
 
@@ -62,9 +66,17 @@ const WRITES_IN_FLIGHT: usize = 8;
 pub(crate) struct Recorder {
     grants: RwLock<Arc<Grants>>,
     pending: Mutex<HashMap<RequestKey, Tally>>,
-    parked: Mutex<std::collections::VecDeque<(tokio::time::Instant, AuditEvent)>>,
+    parked: Mutex<VecDeque<(tokio::time::Instant, AuditEvent)>>,
+    refusals: Mutex<VecDeque<ParkedRefusal>>,
     lines: mpsc::Sender<Attribution>,
     metrics: Arc<Metrics>,
+}
+
+/// A refused call, and the requests it has been counted for so far.
+struct ParkedRefusal {
+    at: tokio::time::Instant,
+    event: AuditEvent,
+    counted: Vec<RequestKey>,
 }
 
 /// The end of the recorder that writes audit lines.
@@ -79,6 +91,7 @@ impl Recorder {
                 grants: RwLock::new(Arc::new(Grants::default())),
                 pending: Mutex::default(),
                 parked: Mutex::default(),
+                refusals: Mutex::default(),
                 lines: sender,
                 metrics,
             }),
@@ -93,9 +106,16 @@ impl Recorder {
         let mut unattributed = 0;
         let mut attributions = Vec::new();
         let mut early = Vec::new();
+        let mut refusals = Vec::new();
         for event in events {
             let found = super::attribute(event, &grants);
-            if found.is_empty() {
+            if super::is_refusal(event) {
+                refusals.push(ParkedRefusal {
+                    at: tokio::time::Instant::now(),
+                    event: event.clone(),
+                    counted: found.iter().map(|found| found.request.clone()).collect(),
+                });
+            } else if found.is_empty() {
                 if super::awaits_index(event, &grants) {
                     early.push(event.clone());
                 } else {
@@ -119,6 +139,20 @@ impl Recorder {
             let dropped = early.len().saturating_sub(room);
             parked.extend(early.into_iter().take(room).map(|event| (now, event)));
             Metrics::count(&self.metrics.activity_dropped, "early_call", dropped as u64);
+        }
+        if !refusals.is_empty() {
+            let mut parked = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+            parked.extend(refusals);
+            let over = parked.len().saturating_sub(REFUSALS_PARKED_MAX);
+            let never_counted = parked
+                .drain(..over)
+                .filter(|refusal| refusal.counted.is_empty())
+                .count();
+            Metrics::count(
+                &self.metrics.activity_events,
+                "unattributed",
+                never_counted as u64,
+            );
         }
         self.count(attributions);
     }
@@ -159,8 +193,14 @@ impl Recorder {
         Metrics::count(&self.metrics.activity_dropped, "audit_line", dropped);
     }
 
-    /// Attributes the parked calls the index now knows; lets go of those parked too long.
-    fn attribute_parked(&self, now: tokio::time::Instant) {
+    /// Attributes the parked calls the index now knows, and the parked refusals by subjects of
+    /// `fresh` grants (those new to the index); lets go of those parked too long.
+    fn attribute_parked<'a>(
+        &self,
+        now: tokio::time::Instant,
+        fresh: impl IntoIterator<Item = &'a ActiveGrant>,
+    ) {
+        self.attribute_parked_refusals(now, fresh);
         let grants = self.grants();
         let parked: Vec<_> =
             std::mem::take(&mut *self.parked.lock().unwrap_or_else(PoisonError::into_inner)).into();
@@ -188,8 +228,50 @@ impl Recorder {
         self.count(attributions);
     }
 
-    fn set_grants(&self, grants: Grants) {
-        *self.grants.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(grants);
+    fn attribute_parked_refusals<'a>(
+        &self,
+        now: tokio::time::Instant,
+        fresh: impl IntoIterator<Item = &'a ActiveGrant>,
+    ) {
+        let fresh: Vec<&ActiveGrant> = fresh.into_iter().collect();
+        let mut attributions = Vec::new();
+        let mut never_counted = 0;
+        {
+            let mut parked = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+            if !fresh.is_empty() {
+                for refusal in parked.iter_mut() {
+                    let found = super::attribute_refusal(
+                        &refusal.event,
+                        fresh.iter().copied(),
+                        &refusal.counted,
+                    );
+                    refusal
+                        .counted
+                        .extend(found.iter().map(|found| found.request.clone()));
+                    attributions.extend(found);
+                }
+            }
+            while parked
+                .front()
+                .is_some_and(|refusal| now.duration_since(refusal.at) >= PARKED_FOR)
+            {
+                if parked
+                    .pop_front()
+                    .is_some_and(|refusal| refusal.counted.is_empty())
+                {
+                    never_counted += 1;
+                }
+            }
+        }
+        Metrics::count(&self.metrics.activity_events, "unattributed", never_counted);
+        self.count(attributions);
+    }
+
+    /// Puts a new index in place, and returns it.
+    fn set_grants(&self, grants: Grants) -> Arc<Grants> {
+        let grants = Arc::new(grants);
+        *self.grants.write().unwrap_or_else(PoisonError::into_inner) = grants.clone();
+        grants
     }
 
     /// Takes the pending counts of requests whose summary may be written now.
@@ -283,7 +365,8 @@ impl Recorder {
             }
             let started = tokio::time::Instant::now();
             let requests = store.state();
-            self.set_grants(index(
+            let earlier = self.grants();
+            let grants = self.set_grants(index(
                 &mut known,
                 requests
                     .iter()
@@ -291,7 +374,7 @@ impl Recorder {
                 Timestamp::now(),
             ));
             rest = started.elapsed();
-            self.attribute_parked(tokio::time::Instant::now());
+            self.attribute_parked(tokio::time::Instant::now(), grants.fresh_since(&earlier));
             self.write_due(&client, &store, &mut written).await;
         }
         // What is pending is written once more before stopping.
@@ -564,6 +647,46 @@ mod tests {
             grant.provider = "aws".into();
         }
         assert!(index(&mut HashMap::new(), &[cloud], at("2026-01-01T00:10:00Z")).is_empty());
+    }
+
+    /// Alice is refused a Secret at 00:10, while she holds `a` (indexed) and `b` (whose
+    /// binding is in place, but whose status the index has not seen yet).
+    #[test]
+    fn a_refusal_that_comes_before_the_index_knows_the_grant_is_counted_once_it_does() {
+        let (recorder, _lines) = Recorder::new(Metrics::shared());
+        let mut known = HashMap::new();
+        let now = at("2026-01-01T00:10:01Z");
+        let a = request("a", Phase::Active, Some("RoleBinding team/jit-a"));
+        let b = request("b", Phase::Active, Some("RoleBinding other/jit-b"));
+        let only_a = recorder.set_grants(index(&mut known, std::slice::from_ref(&a), now));
+        let refused: AuditEvent = serde_json::from_value(json!({
+            "auditID": "2", "stage": "ResponseComplete", "verb": "get",
+            "user": {"username": "alice"},
+            "objectRef": {"resource": "secrets", "namespace": "other", "name": "db"},
+            "responseStatus": {"code": 403},
+            "requestReceivedTimestamp": "2026-01-01T00:10:00Z",
+            "annotations": {"authorization.k8s.io/decision": "forbid"},
+        }))
+        .unwrap();
+        recorder.receive(&[refused]);
+        let both = recorder.set_grants(index(&mut known, &[a.clone(), b.clone()], now));
+        recorder.attribute_parked(tokio::time::Instant::now(), both.fresh_since(&only_a));
+        // Later rounds see nothing new: nothing is counted twice.
+        let again = recorder.set_grants(index(&mut known, &[a, b], now));
+        recorder.attribute_parked(tokio::time::Instant::now(), again.fresh_since(&both));
+        recorder.attribute_parked(tokio::time::Instant::now(), again.fresh_since(&only_a));
+        let refused: HashMap<RequestKey, i64> = recorder
+            .take_due(&HashMap::new(), tokio::time::Instant::now())
+            .into_iter()
+            .map(|(key, tally)| (key, tally.summary(Timestamp::UNIX_EPOCH).refused))
+            .collect();
+        assert_eq!(
+            refused,
+            HashMap::from([("team/a".to_owned(), 1), ("team/b".to_owned(), 1)])
+        );
+        // Let go once parked long enough.
+        recorder.attribute_parked(tokio::time::Instant::now() + PARKED_FOR, []);
+        assert!(recorder.refusals.lock().unwrap().is_empty());
     }
 
     #[test]
