@@ -6,6 +6,7 @@ mod conditions;
 mod decide;
 #[cfg(test)]
 mod driver_tests;
+mod events;
 mod failures;
 mod notice;
 mod observe;
@@ -27,7 +28,6 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::{self, Action},
-        events::{Event, EventType, Recorder, Reporter},
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -97,7 +97,7 @@ pub struct Context {
     /// Where grants are made.
     pub providers: Providers,
     /// Publishes Events.
-    pub recorder: Recorder,
+    events: events::Publisher,
     /// Longest time between two looks at a request (`--resync-interval`): the drift check.
     pub resync: Duration,
     /// Metrics.
@@ -125,12 +125,8 @@ impl Context {
         metrics: Arc<Metrics>,
         sealer: Sealer,
     ) -> Self {
-        let reporter = Reporter {
-            controller: CONTROLLER_NAME.into(),
-            instance,
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            events: events::Publisher::new(client.clone(), CONTROLLER_NAME, instance),
             client,
             providers,
             resync,
@@ -651,24 +647,24 @@ async fn write_status(
     .map_err(Error::Status)
 }
 
+/// Publishes a reconcile's notices, at once rather than one after another: each is its own
+/// Event, and the reconcile holds its place until they are written.
 async fn publish(context: &Context, request: &AccessRequest, notices: &[Notice]) {
     let reference = request.object_ref(&());
-    for notice in notices {
-        let event = Event {
-            type_: match notice.reason.severity() {
-                Severity::Normal => EventType::Normal,
-                Severity::Warning => EventType::Warning,
-            },
-            reason: notice.reason.as_str().to_owned(),
-            // The API server refuses Event notes over 1024 characters.
-            note: Some(crate::telemetry::truncate(&notice.note, 1024)),
-            action: notice.reason.as_str().to_owned(),
-            secondary: None,
+    let reference = &reference;
+    futures::future::join_all(notices.iter().map(|notice| async move {
+        let kind = match notice.reason.severity() {
+            Severity::Normal => events::EventKind::Normal,
+            Severity::Warning => events::EventKind::Warning,
         };
-        if let Err(error) = context.recorder.publish(&event, &reference).await {
-            warn!(error = %error_chain(&error), reason = notice.reason.as_str(), "failed to publish event");
+        // The API server refuses Event notes over 1024 characters.
+        let note = crate::telemetry::truncate(&notice.note, 1024);
+        let reason = notice.reason.as_str();
+        if let Err(error) = context.events.publish(reference, kind, reason, &note).await {
+            warn!(error = %error_chain(&error), reason, "failed to publish event");
         }
-    }
+    }))
+    .await;
 }
 
 /// A reconcile that failed before its outcome could be written (the API server refusing or

@@ -100,25 +100,36 @@ async fn a_failing_revoke_is_retried_loudly_until_it_succeeds() {
         .await
         .unwrap();
     assert_eq!(held.items.len(), 1);
-    // The Event follows the status write.
+    // The Event follows the status write; each retry that fails the same way counts on it as
+    // a series rather than adding an Event.
     let warned = async {
         loop {
             let events = Api::<Event>::namespaced(env.admin.clone(), &env.namespace)
                 .list(&ListParams::default().fields("involvedObject.name=stuck"))
                 .await
                 .unwrap();
-            if events.items.iter().any(|e| {
-                e.reason.as_deref() == Some("RevocationFailing")
-                    && e.type_.as_deref() == Some("Warning")
+            let failing: Vec<&Event> = events
+                .items
+                .iter()
+                .filter(|e| {
+                    e.reason.as_deref() == Some("RevocationFailing")
+                        && e.type_.as_deref() == Some("Warning")
+                })
+                .collect();
+            if failing.iter().any(|e| {
+                e.series
+                    .as_ref()
+                    .is_some_and(|series| series.count >= Some(2))
             }) {
-                return;
+                return failing.len();
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     };
-    tokio::time::timeout(support::ACT_LIMIT, warned)
+    let warnings = tokio::time::timeout(support::ACT_LIMIT, warned)
         .await
-        .expect("a Warning Event RevocationFailing");
+        .expect("a Warning Event RevocationFailing, seen again");
+    assert_eq!(warnings, 1, "repeats are counted on the one Event");
     assert!(metrics(&health).await.contains("jit_revocations_failing 1"));
 
     // Permission back: the retry goes through and everything clears.

@@ -19,7 +19,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::{
-    TestEnv, annotate, condition_true, operator::shared_operator, phase, random_suffix,
+    TestEnv, annotate, condition_true, eventually, operator::shared_operator, phase, random_suffix,
     wait_for_request,
 };
 
@@ -97,6 +97,21 @@ async fn event_reasons(env: &TestEnv, name: &str) -> Vec<String> {
         .into_iter()
         .filter_map(|event| event.reason)
         .collect()
+}
+
+/// The notes of the Events of `reason` about `name`, sorted.
+async fn event_notes(env: &TestEnv, name: &str, reason: &str) -> Vec<String> {
+    let mut notes: Vec<String> = Api::<Event>::namespaced(env.admin.clone(), &env.namespace)
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|event| event.reason.as_deref() == Some(reason))
+        .filter_map(|event| event.message)
+        .collect();
+    notes.sort();
+    notes
 }
 
 fn requests(env: &TestEnv) -> Api<AccessRequest> {
@@ -222,6 +237,18 @@ async fn two_approval_role_needs_two_distinct_approvers() {
         .unwrap();
     assert_eq!(approved.message, "approved by bob, carol");
     assert!(alice_can(&env, "delete").await, "admin granted");
+    // Each approval is an Event of its own, in its approver's words (not one Event counted
+    // twice with the first approver's note).
+    let notes = eventually("an Approval Event from each approver", || async {
+        let notes = event_notes(&env, &name, "Approval").await;
+        (notes.len() >= 2).then_some(notes)
+    })
+    .await;
+    assert_eq!(
+        notes,
+        ["bob approved: one", "carol approved: two"],
+        "{notes:?}"
+    );
 }
 
 #[tokio::test]
