@@ -10,9 +10,14 @@
 //! which checks that every request lived and ended and that the report is whole, and nothing
 //! about time. With `KUBECONFIG` set it runs against that cluster instead of a local control
 //! plane, in a namespace of its own, impersonating its requester and approver.
+//!
+//! `BENCH_AUDIT_RATE=0,2000` measures each size once per rate of audit events posted to the
+//! operator's audit webhook beside the API server's own (0: none); the smoke run posts 200 a
+//! second so that the load keeps working.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit_load;
 mod measure;
 mod metrics;
 mod report;
@@ -25,6 +30,8 @@ use std::{path::PathBuf, time::Duration};
 pub struct Plan {
     /// The sizes to measure.
     pub sizes: Vec<usize>,
+    /// Audit events a second posted beside each size's run, one run per rate (0: none).
+    pub audit_rates: Vec<u32>,
     /// Requests in flight at once from the generator.
     pub concurrency: usize,
     /// The shortest grant, to which the time the ceiling says N lifecycles need is added so
@@ -40,21 +47,18 @@ impl Plan {
     fn from_env() -> Self {
         let smoke = !std::env::args().any(|arg| arg == "--bench");
         let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-        let sizes = match std::env::var("BENCH_N") {
-            Ok(text) if !text.trim().is_empty() => text
-                .split(',')
-                .map(|size| {
-                    size.trim()
-                        .replace('_', "")
-                        .parse()
-                        .unwrap_or_else(|_| panic!("BENCH_N: {size:?} is not a number"))
-                })
-                .collect(),
-            _ if smoke => vec![20],
-            _ => vec![100, 1_000, 10_000],
-        };
+        let sizes = numbers("BENCH_N").unwrap_or_else(|| {
+            if smoke {
+                vec![20]
+            } else {
+                vec![100, 1_000, 10_000]
+            }
+        });
+        let audit_rates =
+            numbers("BENCH_AUDIT_RATE").unwrap_or_else(|| if smoke { vec![200] } else { vec![0] });
         Self {
             sizes,
+            audit_rates,
             concurrency: std::env::var("BENCH_CONCURRENCY")
                 .ok()
                 .and_then(|text| text.parse().ok())
@@ -70,6 +74,24 @@ impl Plan {
     }
 }
 
+/// A comma-separated list of numbers (`_` allowed) from the environment, if set.
+fn numbers<T: std::str::FromStr>(name: &str) -> Option<Vec<T>> {
+    let text = std::env::var(name)
+        .ok()
+        .filter(|text| !text.trim().is_empty())?;
+    Some(
+        text.split(',')
+            .map(|number| {
+                number
+                    .trim()
+                    .replace('_', "")
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{name}: {number:?} is not a number"))
+            })
+            .collect(),
+    )
+}
+
 fn main() {
     let plan = Plan::from_env();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -79,10 +101,12 @@ fn main() {
     let runs = runtime.block_on(async {
         let mut runs = Vec::new();
         for &size in &plan.sizes {
-            let cluster = setup::Cluster::start(&plan, size).await;
-            let run = measure::run(&plan, &cluster, size).await;
-            cluster.stop().await;
-            runs.push(run);
+            for &audit_rate in &plan.audit_rates {
+                let cluster = setup::Cluster::start(&plan, size).await;
+                let run = measure::run(&plan, &cluster, size, audit_rate).await;
+                cluster.stop().await;
+                runs.push(run);
+            }
         }
         runs
     });
@@ -115,6 +139,32 @@ fn smoke_checks(plan: &Plan, runs: &[report::Run]) {
         );
         assert!(run.writes.operator > 0, "{:?}", run.writes);
         assert!(run.webhook.count > 0, "the webhooks were timed");
+        let audit = run
+            .audit
+            .as_ref()
+            .expect("the smoke run posts audit events");
+        assert!(audit.posts > 0, "{audit:?}");
+        assert_eq!(
+            audit.posts_failed, 0,
+            "the operator took every post: {audit:?}"
+        );
+        assert!(
+            audit.events_granted > 0,
+            "some posted calls were the grants': {audit:?}"
+        );
+        // Every posted call the grants allowed was attributed (and the API server's own
+        // events were counted too): counting is never shed.
+        let used = audit
+            .events_by_outcome
+            .get("used")
+            .copied()
+            .unwrap_or_default();
+        assert!(used >= audit.events_granted as f64, "{audit:?}");
+        let counted: f64 = audit.events_by_outcome.values().sum();
+        assert!(
+            counted >= (audit.events_posted - audit.events_refused) as f64,
+            "{audit:?}"
+        );
     }
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(plan.out.join("report.json")).expect("report.json"),

@@ -21,6 +21,7 @@ use kube::{
 
 use crate::{
     Plan,
+    audit_load::{AuditLoad, AuditLoadReport, Endpoint, LiveBinding},
     metrics::{self, Snapshot},
     report::{Latency, Run, Webhook, Writes},
     setup::Cluster,
@@ -31,6 +32,8 @@ use crate::{
 struct Seen {
     approved_ack: Option<Timestamp>,
     binding_added: Option<Timestamp>,
+    /// The binding's name.
+    binding: Option<String>,
     granted: Option<Timestamp>,
     expires_at: Option<Timestamp>,
     binding_deleted: Option<Timestamp>,
@@ -143,6 +146,7 @@ fn watch(cluster: &Cluster, book: Book) -> Vec<tokio::task::JoinHandle<()>> {
                 seen.binding_deleted.get_or_insert(now);
             } else {
                 seen.binding_added.get_or_insert(now);
+                seen.binding.get_or_insert_with(|| binding.name_any());
             }
         }
     });
@@ -212,8 +216,40 @@ fn grant_duration(plan: &Plan, size: usize, ceiling: f64) -> Duration {
     plan.min_duration + Duration::from_secs_f64(seconds.ceil())
 }
 
-/// Runs one size.
-pub async fn run(plan: &Plan, cluster: &Cluster, size: usize) -> Run {
+/// Who the grants' bindings are for, to name them as the API server's audit reason does.
+struct LiveOf {
+    namespace: String,
+    cluster_role: String,
+    user: String,
+}
+
+impl LiveOf {
+    /// The bindings of granted requests with at least a few seconds left: calls the index
+    /// will attribute.
+    fn bindings(&self, book: &Book) -> Vec<LiveBinding> {
+        let soon = Timestamp::now() + jiff::SignedDuration::from_secs(5);
+        book.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|seen| {
+                seen.granted.is_some()
+                    && seen.binding_deleted.is_none()
+                    && seen.expires_at.is_some_and(|expires| expires > soon)
+            })
+            .filter_map(|seen| seen.binding.clone())
+            .take(1_000)
+            .map(|name| LiveBinding {
+                namespace: self.namespace.clone(),
+                name,
+                cluster_role: self.cluster_role.clone(),
+                user: self.user.clone(),
+            })
+            .collect()
+    }
+}
+
+/// Runs one size, with `audit_rate` audit events a second posted beside it.
+pub async fn run(plan: &Plan, cluster: &Cluster, size: usize, audit_rate: u32) -> Run {
     let progress = MultiProgress::new();
     let concurrency = plan.concurrency;
     let ceiling_rate = ceiling(cluster, size.clamp(200, 2_000), concurrency).await;
@@ -229,6 +265,34 @@ pub async fn run(plan: &Plan, cluster: &Cluster, size: usize) -> Run {
         .operator
         .as_ref()
         .map(|operator| process_usage(operator.pid()));
+    let operator_before = match &cluster.operator {
+        Some(operator) => Some(operator.metrics().await),
+        None => None,
+    };
+    let audit_load = match (audit_rate, cluster.dir()) {
+        (0, _) => None,
+        (rate, Some(dir)) => {
+            eprintln!("bench: posting {rate} audit events a second to the operator");
+            let (book, cluster_namespace) = (book.clone(), cluster.namespace.clone());
+            let live_of = LiveOf {
+                namespace: cluster_namespace.clone(),
+                cluster_role: cluster.cluster_role.clone(),
+                user: cluster.requester_name.clone(),
+            };
+            Some(AuditLoad::start(
+                Endpoint::local(dir),
+                rate,
+                cluster_namespace,
+                move || live_of.bindings(&book),
+            ))
+        }
+        (_, None) => {
+            eprintln!(
+                "bench: no audit load against a KUBECONFIG cluster (its audit webhook is its own)"
+            );
+            None
+        }
+    };
 
     // Create every request as the requester.
     let requests = Api::<AccessRequest>::namespaced(cluster.requester.clone(), &cluster.namespace);
@@ -306,9 +370,20 @@ pub async fn run(plan: &Plan, cluster: &Cluster, size: usize) -> Run {
         |seen| seen.expired.is_some() && seen.binding_deleted.is_some(),
     )
     .await;
-    // Let the last status writes land in the API server's counters.
+    let audit = match audit_load {
+        Some(load) => Some(load.stop().await),
+        None => None,
+    };
+    // Let the last status writes land in the API server's counters (and parked calls be
+    // attributed).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = metrics::read(&cluster.admin).await;
+    let audit = match (audit, operator_before, &cluster.operator) {
+        (Some(audit), Some(before), Some(operator)) => {
+            Some(audit.with_operator_counts(&before, &operator.metrics().await))
+        }
+        (audit, ..) => audit,
+    };
     let usage_after = cluster
         .operator
         .as_ref()
@@ -325,6 +400,7 @@ pub async fn run(plan: &Plan, cluster: &Cluster, size: usize) -> Run {
             approve_started,
             failures: size.saturating_sub(expired),
             operator: usage_before.zip(usage_after),
+            audit,
         },
         &book,
         &before,
@@ -340,6 +416,7 @@ struct SummaryInput {
     failures: usize,
     /// The operator's usage before and after, when local.
     operator: Option<(Usage, Usage)>,
+    audit: Option<AuditLoadReport>,
 }
 
 fn millis(from: Option<Timestamp>, to: Option<Timestamp>) -> Option<f64> {
@@ -446,5 +523,6 @@ fn summarize(
         peak_rss_mib,
         cpu_seconds,
         failures: input.failures,
+        audit: input.audit,
     }
 }

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt::Write as _, path::PathBuf};
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::Plan;
+use crate::{Plan, audit_load::AuditLoadReport};
 
 /// One latency's distribution, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -86,9 +86,19 @@ pub struct Run {
     pub cpu_seconds: Option<f64>,
     /// Requests that never ended within the run.
     pub failures: usize,
+    /// The audit load posted beside the run, if any.
+    pub audit: Option<AuditLoadReport>,
 }
 
 impl Run {
+    /// The run's name in tables: its size, and the audit load beside it.
+    pub fn label(&self) -> String {
+        match &self.audit {
+            Some(audit) => format!("{} +{}/s", self.size, audit.rate_asked),
+            None => self.size.to_string(),
+        }
+    }
+
     /// The four per-request latencies, named as the report names them.
     pub fn latencies(&self) -> [(&'static str, &Latency); 4] {
         [
@@ -123,21 +133,25 @@ pub fn table(runs: &[Run]) -> String {
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "{:>6}  {:>28}  {:>9} {:>9} {:>9} {:>9}",
+        "{:>12}  {:>28}  {:>9} {:>9} {:>9} {:>9}",
         "N", "latency (ms)", "p50", "p90", "p99", "max"
     );
     for run in runs {
         for (name, latency) in run.latencies() {
             let _ = writeln!(
                 text,
-                "{:>6}  {name:>28}  {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
-                run.size, latency.p50, latency.p90, latency.p99, latency.max
+                "{:>12}  {name:>28}  {:>9.0} {:>9.0} {:>9.0} {:>9.0}",
+                run.label(),
+                latency.p50,
+                latency.p90,
+                latency.p99,
+                latency.max
             );
         }
         let _ = writeln!(
             text,
-            "{:>6}  {:>28}  {:>9} {:>9} {:>9}",
-            run.size,
+            "{:>12}  {:>28}  {:>9} {:>9} {:>9}",
+            run.label(),
             "admission webhook",
             optional(run.webhook.p50_ms, 1),
             optional(run.webhook.p90_ms, 1),
@@ -145,8 +159,8 @@ pub fn table(runs: &[Run]) -> String {
         );
         let _ = writeln!(
             text,
-            "{:>6}  {:.1} lifecycles/s ({:.2} of the ceiling's {:.0} writes/s at {:.1} writes per lifecycle); peak RSS {} MiB; CPU {} s; {} live at once; {} never ended",
-            run.size,
+            "{:>12}  {:.1} lifecycles/s ({:.2} of the ceiling's {:.0} writes/s at {:.1} writes per lifecycle); peak RSS {} MiB; CPU {} s; {} live at once; {} never ended",
+            run.label(),
             run.lifecycles_per_second,
             run.ratio_to_ceiling(),
             run.ceiling_writes_per_second,
@@ -156,6 +170,19 @@ pub fn table(runs: &[Run]) -> String {
             run.peak_live,
             run.failures
         );
+        if let Some(audit) = &run.audit {
+            let _ = writeln!(
+                text,
+                "{:>12}  audit load: {} events posted at {:.0}/s ({} of them the grants'), {} posts failed, post p50/p99 {:.1}/{:.1} ms",
+                run.label(),
+                audit.events_posted,
+                audit.rate_posted,
+                audit.events_granted,
+                audit.posts_failed,
+                audit.post_latency.p50,
+                audit.post_latency.p99
+            );
+        }
     }
     text
 }
@@ -187,13 +214,17 @@ fn markdown(plan: &Plan, runs: &[Run]) -> String {
             let _ = writeln!(
                 text,
                 "| {} | {name} | {:.0} | {:.0} | {:.0} | {:.0} |",
-                run.size, latency.p50, latency.p90, latency.p99, latency.max
+                run.label(),
+                latency.p50,
+                latency.p90,
+                latency.p99,
+                latency.max
             );
         }
         let _ = writeln!(
             text,
             "| {} | admission webhook | {} | {} | {} | |",
-            run.size,
+            run.label(),
             optional(run.webhook.p50_ms, 1),
             optional(run.webhook.p90_ms, 1),
             optional(run.webhook.p99_ms, 1)
@@ -207,7 +238,7 @@ fn markdown(plan: &Plan, runs: &[Run]) -> String {
         let _ = writeln!(
             text,
             "| {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {} |",
-            run.size,
+            run.label(),
             run.grant_seconds,
             run.lifecycles_per_second,
             run.ceiling_writes_per_second,
@@ -226,8 +257,39 @@ fn markdown(plan: &Plan, runs: &[Run]) -> String {
             let _ = writeln!(
                 text,
                 "| {} | {write} | {:.2} |",
-                run.size,
+                run.label(),
                 count / run.size.max(1) as f64
+            );
+        }
+    }
+    if runs.iter().any(|run| run.audit.is_some()) {
+        text.push_str(
+            "\nAudit load beside the run (posted to the operator's audit webhook; the API server's own events come on top):\n\n\
+             | N | asked (events/s) | posted (events/s) | events | the grants' | posts failed | post p50 (ms) | post p99 (ms) | counted by outcome | dropped | activity writes |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |\n",
+        );
+        let pairs = |map: &BTreeMap<String, f64>| {
+            map.iter()
+                .map(|(key, value)| format!("{key} {value:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for run in runs {
+            let Some(audit) = &run.audit else { continue };
+            let _ = writeln!(
+                text,
+                "| {} | {} | {:.0} | {} | {} | {} | {:.1} | {:.1} | {} | {} | {} |",
+                run.label(),
+                audit.rate_asked,
+                audit.rate_posted,
+                audit.events_posted,
+                audit.events_granted,
+                audit.posts_failed,
+                audit.post_latency.p50,
+                audit.post_latency.p99,
+                pairs(&audit.events_by_outcome),
+                pairs(&audit.dropped_by_outcome),
+                pairs(&audit.activity_writes)
             );
         }
     }
@@ -270,7 +332,7 @@ fn plot(path: &std::path::Path, runs: &[Run]) -> Result<(), Box<dyn std::error::
                 .map(|(rank, value)| (*value, (rank + 1) as f64 / total));
             chart
                 .draw_series(LineSeries::new(points, colour.stroke_width(2)))?
-                .label(format!("N={}", run.size))
+                .label(format!("N={}", run.label()))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], *colour));
         }
         chart

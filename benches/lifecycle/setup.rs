@@ -23,12 +23,25 @@ use crate::Plan;
 pub struct Operator {
     process: Child,
     log: PathBuf,
+    /// Where it serves /metrics.
+    health_addr: String,
 }
 
 impl Operator {
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.process.id()
+    }
+
+    /// Its metrics, scraped now.
+    pub async fn metrics(&self) -> crate::metrics::Snapshot {
+        let text = reqwest::get(format!("http://{}/metrics", self.health_addr))
+            .await
+            .expect("scrape the operator's metrics")
+            .text()
+            .await
+            .expect("the operator's metrics");
+        crate::metrics::parse(&text)
     }
 }
 
@@ -85,6 +98,11 @@ async fn impersonating(user: &str, groups: &[&str]) -> Client {
 }
 
 impl Cluster {
+    /// The local control plane's directory, if the benchmark started one.
+    pub fn dir(&self) -> Option<&Path> {
+        self.dir.as_deref()
+    }
+
     /// A fresh local control plane and operator, or the `KUBECONFIG` cluster; then the
     /// benchmark's namespace.
     pub async fn start(plan: &Plan, size: usize) -> Self {
@@ -264,17 +282,20 @@ fn start_operator(dir: &Path) -> Operator {
         .spawn()
         .expect("start the operator");
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ready = File::open(&log)
-            .map(|file| {
-                BufReader::new(file)
-                    .lines()
-                    .map_while(Result::ok)
-                    .any(|line| line.contains("\"operator ready\""))
-            })
-            .unwrap_or(false);
-        if ready {
-            break;
+    let health_addr = loop {
+        let ready = File::open(&log).ok().and_then(|file| {
+            BufReader::new(file)
+                .lines()
+                .map_while(Result::ok)
+                .find(|line| line.contains("\"operator ready\""))
+        });
+        if let Some(line) = ready {
+            let ready: serde_json::Value =
+                serde_json::from_str(&line).expect("the ready line is JSON");
+            break ready["health_addr"]
+                .as_str()
+                .expect("the ready line names health_addr")
+                .to_owned();
         }
         assert!(
             Instant::now() < deadline,
@@ -282,6 +303,10 @@ fn start_operator(dir: &Path) -> Operator {
             log.display()
         );
         std::thread::sleep(Duration::from_millis(50));
+    };
+    Operator {
+        process,
+        log,
+        health_addr,
     }
-    Operator { process, log }
 }
