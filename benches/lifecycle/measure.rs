@@ -378,10 +378,25 @@ pub async fn run(plan: &Plan, cluster: &Cluster, size: usize, audit_rate: u32) -
     // attributed).
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = metrics::read(&cluster.admin).await;
-    let audit = match (audit, operator_before, &cluster.operator) {
-        (Some(audit), Some(before), Some(operator)) => {
-            Some(audit.with_operator_counts(&before, &operator.metrics().await))
-        }
+    let operator_after = match &cluster.operator {
+        Some(operator) => Some(operator.metrics().await),
+        None => None,
+    };
+    let reconciles =
+        operator_before
+            .as_ref()
+            .zip(operator_after.as_ref())
+            .map(|(before, after)| {
+                let total = |snapshot: &Snapshot| {
+                    snapshot
+                        .sum_by("jit_reconciles_total", |_| true, |_| ())
+                        .values()
+                        .sum::<f64>()
+                };
+                total(after) - total(before)
+            });
+    let audit = match (audit, &operator_before, &operator_after) {
+        (Some(audit), Some(before), Some(after)) => Some(audit.with_operator_counts(before, after)),
         (audit, ..) => audit,
     };
     let usage_after = cluster
@@ -401,6 +416,7 @@ pub async fn run(plan: &Plan, cluster: &Cluster, size: usize, audit_rate: u32) -
             failures: size.saturating_sub(expired),
             operator: usage_before.zip(usage_after),
             audit,
+            reconciles,
         },
         &book,
         &before,
@@ -417,6 +433,8 @@ struct SummaryInput {
     /// The operator's usage before and after, when local.
     operator: Option<(Usage, Usage)>,
     audit: Option<AuditLoadReport>,
+    /// The operator's reconciles during the run, when local.
+    reconciles: Option<f64>,
 }
 
 fn millis(from: Option<Timestamp>, to: Option<Timestamp>) -> Option<f64> {
@@ -468,6 +486,7 @@ fn summarize(
         0.0
     };
 
+    let reads = metrics::reads(before, after);
     let by_verb_resource = metrics::writes(before, after);
     let total: f64 = by_verb_resource.values().sum();
     // The generator's own: one create and one approval per request.
@@ -524,5 +543,17 @@ fn summarize(
         cpu_seconds,
         failures: input.failures,
         audit: input.audit,
+        reads_per_lifecycle: reads
+            .into_iter()
+            .map(|((verb, resource), count)| {
+                (
+                    format!("{verb} {resource}"),
+                    count / input.size.max(1) as f64,
+                )
+            })
+            .collect(),
+        reconciles_per_lifecycle: input
+            .reconciles
+            .map(|reconciles| reconciles / input.size.max(1) as f64),
     }
 }

@@ -151,6 +151,24 @@ pub fn writes(before: &Snapshot, after: &Snapshot) -> BTreeMap<(String, String),
     growth(&by(before), &by(after))
 }
 
+/// Reads (GET and LIST; not WATCH, whose count is of streams) by resource between two
+/// snapshots.
+pub fn reads(before: &Snapshot, after: &Snapshot) -> BTreeMap<(String, String), f64> {
+    let by = |snapshot: &Snapshot| {
+        snapshot.sum_by(
+            "apiserver_request_total",
+            |labels| matches!(labels.get("verb").map(String::as_str), Some("GET" | "LIST")),
+            |labels| {
+                (
+                    labels.get("verb").cloned().unwrap_or_default(),
+                    labels.get("resource").cloned().unwrap_or_default(),
+                )
+            },
+        )
+    };
+    growth(&by(before), &by(after))
+}
+
 /// A histogram's growth between two snapshots, over series whose labels pass `keep`:
 /// cumulative counts per upper bound.
 pub fn histogram(

@@ -88,6 +88,11 @@ pub struct Run {
     pub failures: usize,
     /// The audit load posted beside the run, if any.
     pub audit: Option<AuditLoadReport>,
+    /// "VERB resource" → reads per lifecycle (everyone's: the generator's watches' lists
+    /// are a handful in all).
+    pub reads_per_lifecycle: BTreeMap<String, f64>,
+    /// The operator's reconciles per lifecycle, when local.
+    pub reconciles_per_lifecycle: Option<f64>,
 }
 
 impl Run {
@@ -261,6 +266,20 @@ fn markdown(plan: &Plan, runs: &[Run]) -> String {
                 count / run.size.max(1) as f64
             );
         }
+    }
+    text.push_str("\nReads (GET, LIST) per lifecycle, and the operator's reconciles per lifecycle:\n\n| N | read | per lifecycle |\n| ---: | --- | ---: |\n");
+    for run in runs {
+        for (read, count) in &run.reads_per_lifecycle {
+            if *count >= 0.01 {
+                let _ = writeln!(text, "| {} | {read} | {count:.2} |", run.label());
+            }
+        }
+        let _ = writeln!(
+            text,
+            "| {} | reconciles | {} |",
+            run.label(),
+            optional(run.reconciles_per_lifecycle, 2)
+        );
     }
     if runs.iter().any(|run| run.audit.is_some()) {
         text.push_str(

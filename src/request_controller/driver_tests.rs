@@ -411,3 +411,41 @@ async fn a_failing_grant_is_shown_and_backed_off_and_a_refused_one_is_revoked() 
     assert_eq!(status.phase, Some(Phase::Failed));
     assert!(log.contains(&"POST event Failed".to_owned()));
 }
+
+/// The controller looks again at any change but the activity recorder's and the version.
+#[test]
+fn activity_and_version_changes_do_not_wake_the_controller_and_others_do() {
+    use crate::crd::v1alpha1::Activity;
+    let guarded = |request: &AccessRequest| DeserializeGuard(Ok(request.clone()));
+    let active = fixtures::active_request();
+    let before = super::reconcile_relevant(&guarded(&active));
+    assert!(before.is_some());
+
+    let mut used = active.clone();
+    used.metadata.resource_version = Some("999".into());
+    if let Some(status) = used.status.as_mut() {
+        status.activity = Some(Activity {
+            actions: 3,
+            ..Activity::default()
+        });
+    }
+    assert_eq!(super::reconcile_relevant(&guarded(&used)), before);
+
+    let mut revoked = active.clone();
+    revoked
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(annotations::REVOKE.to_owned(), "done".to_owned());
+    assert_ne!(super::reconcile_relevant(&guarded(&revoked)), before);
+
+    let mut expired = active.clone();
+    if let Some(status) = expired.status.as_mut() {
+        status.phase = Some(Phase::Expired);
+    }
+    assert_ne!(super::reconcile_relevant(&guarded(&expired)), before);
+
+    let mut deleting = active;
+    deleting.metadata.deletion_timestamp = Some(Time(fixtures::at("2026-01-01T00:00:00Z")));
+    assert_ne!(super::reconcile_relevant(&guarded(&deleting)), before);
+}
