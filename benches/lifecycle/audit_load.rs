@@ -21,8 +21,16 @@ use crate::{metrics::Snapshot, report::Latency};
 
 /// The most events in one post, as kube-apiserver's `--audit-webhook-batch-max-size` default.
 const BATCH_MAX: u32 = 400;
-/// Of each batch, the share the grants' bindings allowed.
+/// Of each batch, the share the grants' bindings allowed, unless `BENCH_AUDIT_GRANTED`
+/// (a percentage) says otherwise: 0 measures the intake alone, with no summary to write.
 const GRANTED_SHARE: f64 = 0.1;
+
+fn granted_share() -> f64 {
+    std::env::var("BENCH_AUDIT_GRANTED")
+        .ok()
+        .and_then(|text| text.trim().parse::<f64>().ok())
+        .map_or(GRANTED_SHARE, |percent| (percent / 100.0).clamp(0.0, 1.0))
+}
 /// Of the rest, the share refused.
 const REFUSED_SHARE: f64 = 0.05;
 
@@ -222,7 +230,7 @@ fn event_list(
     let granted = if bindings.is_empty() {
         0
     } else {
-        (f64::from(batch) * GRANTED_SHARE).round() as u32
+        (f64::from(batch) * granted_share()).round() as u32
     };
     let refused = (f64::from(batch - granted) * REFUSED_SHARE).round() as u32;
     let items: Vec<Value> = (0..batch)
