@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use super::{ActiveGrant, Attribution, AuditEvent, BindingRef, Grants, RequestKey, Tally};
 use crate::{
-    crd::v1alpha1::{AccessRequest, Phase},
+    crd::v1alpha1::{AccessRequest, AccessRequestStatus, Phase},
     metrics::Metrics,
     telemetry::error_chain,
 };
@@ -504,13 +504,26 @@ async fn write(
     }
 }
 
-/// What the recorder's cache keeps of a request: status and spec; no labels, annotations or
-/// managedFields.
+/// What the recorder's cache keeps of a request: the spec, and of the status only what the
+/// index and the summary's merge read (the timeline, conditions and decision records are
+/// most of a request, and the controller keeps its own copy).
 fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
-    if let Ok(request) = guarded.0.as_mut() {
-        request.metadata.managed_fields = None;
-        request.metadata.labels = None;
-        request.metadata.annotations = None;
+    let Ok(request) = guarded.0.as_mut() else {
+        return;
+    };
+    request.metadata.managed_fields = None;
+    request.metadata.labels = None;
+    request.metadata.annotations = None;
+    if let Some(status) = request.status.take() {
+        request.status = Some(AccessRequestStatus {
+            phase: status.phase,
+            granted_at: status.granted_at,
+            expires_at: status.expires_at,
+            revoked_at: status.revoked_at,
+            grant: status.grant,
+            activity: status.activity,
+            ..AccessRequestStatus::default()
+        });
     }
 }
 
@@ -634,6 +647,33 @@ mod tests {
         assert_eq!(grants.len(), 1);
         index(&mut known, &[], at("2026-01-01T00:11:00Z"));
         assert_eq!(known["team/a"].expires_at, at("2026-01-01T00:11:00Z"));
+    }
+
+    #[test]
+    fn the_trimmed_cache_indexes_and_merges_as_the_whole_request_does() {
+        let now = at("2026-01-01T00:10:00Z");
+        let mut whole = request("a", Phase::Active, Some("RoleBinding team/jit-a"));
+        if let Some(status) = whole.status.as_mut() {
+            status.activity = Some(crate::crd::v1alpha1::Activity {
+                actions: 7,
+                ..Default::default()
+            });
+            status.message = Some("granted".into());
+        }
+        let mut trimmed = DeserializeGuard(Ok(whole.clone()));
+        trim(&mut trimmed);
+        let trimmed = trimmed.0.unwrap();
+        let grants = |request: &AccessRequest| {
+            let indexed = index(&mut HashMap::new(), std::slice::from_ref(request), now);
+            format!(
+                "{:?}",
+                indexed.fresh_since(&Grants::default()).collect::<Vec<_>>()
+            )
+        };
+        assert_eq!(grants(&trimmed), grants(&whole));
+        let status = trimmed.status.unwrap();
+        assert_eq!(status.activity.map(|activity| activity.actions), Some(7));
+        assert_eq!(status.message, None, "what nothing here reads is not kept");
     }
 
     #[test]
