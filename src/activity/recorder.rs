@@ -1,6 +1,7 @@
 //! The activity recorder: the index of Kubernetes grants that calls are attributed to (from a
 //! watch of the requests), the counts not yet written, the `dev.jit.activity.v1` audit lines,
-//! and the writes of `status.activity`, at most one per request per [`WRITE_INTERVAL`].
+//! and the writes of `status.activity`, at most one per request per [`WRITE_INTERVAL`]
+//! ([`YIELDING_INTERVAL`] while revokes are overdue).
 //!
 //! Every replica runs one (the API server may post to any of them): a write merges this
 //! replica's pending counts onto the summary as it is stored, guarded by its
@@ -35,6 +36,14 @@ use crate::{
 /// Longest a request's summary waits behind its counts, and the shortest time between two
 /// writes of it, however busy its subject is.
 pub(crate) const WRITE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// While revokes are overdue, how long a summary already written waits for its next write
+/// (instead of [`WRITE_INTERVAL`]): revocation comes first on the API server both write to.
+/// Bounded, since a policy's idle timeout reads `lastActionTime`.
+const YIELDING_INTERVAL: Duration = Duration::from_secs(20);
+
+/// How far past its end a grant that is still active counts as an overdue revoke.
+const OVERDUE_AFTER: SignedDuration = SignedDuration::from_secs(1);
 
 /// How long an ended grant still takes late calls: the API server posts in batches (up to
 /// `--audit-webhook-batch-max-wait`, 30 s by default) and retries a failed post.
@@ -274,11 +283,13 @@ impl Recorder {
         grants
     }
 
-    /// Takes the pending counts of requests whose summary may be written now.
+    /// Takes the pending counts of requests whose summary may be written now: never written,
+    /// or last written at least `interval` ago.
     fn take_due(
         &self,
         written: &HashMap<RequestKey, tokio::time::Instant>,
         now: tokio::time::Instant,
+        interval: Duration,
     ) -> Vec<(RequestKey, Tally)> {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         let due: Vec<RequestKey> = pending
@@ -286,7 +297,7 @@ impl Recorder {
             .filter(|key| {
                 written
                     .get(*key)
-                    .is_none_or(|at| now.duration_since(*at) >= WRITE_INTERVAL)
+                    .is_none_or(|at| now.duration_since(*at) >= interval)
             })
             .cloned()
             .collect();
@@ -373,13 +384,25 @@ impl Recorder {
                     .filter_map(|guarded| guarded.0.as_ref().ok()),
                 Timestamp::now(),
             ));
+            let interval = if revokes_overdue(
+                requests
+                    .iter()
+                    .filter_map(|guarded| guarded.0.as_ref().ok()),
+                Timestamp::now(),
+            ) {
+                YIELDING_INTERVAL
+            } else {
+                WRITE_INTERVAL
+            };
             rest = started.elapsed();
             self.attribute_parked(tokio::time::Instant::now(), grants.fresh_since(&earlier));
-            self.write_due(&client, &store, &mut written).await;
+            self.write_due(&client, &store, &mut written, interval)
+                .await;
         }
         // What is pending is written once more before stopping.
         written.clear();
-        self.write_due(&client, &store, &mut written).await;
+        self.write_due(&client, &store, &mut written, WRITE_INTERVAL)
+            .await;
         watch.abort();
         writer.abort();
     }
@@ -389,10 +412,11 @@ impl Recorder {
         client: &Client,
         store: &reflector::Store<DeserializeGuard<AccessRequest>>,
         written: &mut HashMap<RequestKey, tokio::time::Instant>,
+        interval: Duration,
     ) {
         let now = tokio::time::Instant::now();
-        written.retain(|_, at| now.duration_since(*at) < WRITE_INTERVAL);
-        let due = self.take_due(written, now);
+        written.retain(|_, at| now.duration_since(*at) < YIELDING_INTERVAL);
+        let due = self.take_due(written, now, interval);
         if due.is_empty() {
             return;
         }
@@ -502,6 +526,23 @@ async fn write(
             Written::Failed
         }
     }
+}
+
+/// Whether any of these requests is still active past its end: a revoke is overdue.
+fn revokes_overdue<'a>(
+    requests: impl IntoIterator<Item = &'a AccessRequest>,
+    now: Timestamp,
+) -> bool {
+    requests.into_iter().any(|request| {
+        request.status.as_ref().is_some_and(|status| {
+            status.phase == Some(Phase::Active)
+                && status
+                    .expires_at
+                    .as_ref()
+                    .and_then(|expires| expires.0.checked_add(OVERDUE_AFTER).ok())
+                    .is_some_and(|overdue| overdue < now)
+        })
+    })
 }
 
 /// What the recorder's cache keeps of a request: the spec, and of the status only what the
@@ -677,6 +718,20 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_active_past_its_end_is_an_overdue_revoke() {
+        let active = request("a", Phase::Active, Some("RoleBinding team/jit-a"));
+        let expired = request("b", Phase::Expired, None);
+        // Both end at 01:00.
+        assert!(!revokes_overdue(
+            [&active, &expired],
+            at("2026-01-01T00:59:59Z")
+        ));
+        assert!(!revokes_overdue([&active], at("2026-01-01T01:00:01Z")));
+        assert!(revokes_overdue([&active], at("2026-01-01T01:00:02Z")));
+        assert!(!revokes_overdue([&expired], at("2026-01-01T02:00:00Z")));
+    }
+
+    #[test]
     fn cloud_grants_are_not_indexed() {
         let mut cloud = request("c", Phase::Active, Some("RoleBinding team/jit-c"));
         if let Some(grant) = cloud
@@ -716,7 +771,7 @@ mod tests {
         recorder.attribute_parked(tokio::time::Instant::now(), again.fresh_since(&both));
         recorder.attribute_parked(tokio::time::Instant::now(), again.fresh_since(&only_a));
         let refused: HashMap<RequestKey, i64> = recorder
-            .take_due(&HashMap::new(), tokio::time::Instant::now())
+            .take_due(&HashMap::new(), tokio::time::Instant::now(), WRITE_INTERVAL)
             .into_iter()
             .map(|(key, tally)| (key, tally.summary(Timestamp::UNIX_EPOCH).refused))
             .collect();
@@ -753,14 +808,20 @@ mod tests {
         recorder.receive(&[call.clone(), call]);
         let now = tokio::time::Instant::now();
         let mut written = HashMap::new();
-        let due = recorder.take_due(&written, now);
+        let due = recorder.take_due(&written, now, WRITE_INTERVAL);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].1.summary(Timestamp::UNIX_EPOCH).actions, 2);
         recorder.put_back(due[0].0.clone(), &due[0].1);
         // Just written: not due again within the interval.
         written.insert("team/a".to_owned(), now);
-        assert!(recorder.take_due(&written, now).is_empty());
-        let later = recorder.take_due(&written, now + WRITE_INTERVAL);
+        assert!(recorder.take_due(&written, now, WRITE_INTERVAL).is_empty());
+        // While revokes are overdue, not yet either.
+        assert!(
+            recorder
+                .take_due(&written, now + WRITE_INTERVAL, YIELDING_INTERVAL)
+                .is_empty()
+        );
+        let later = recorder.take_due(&written, now + WRITE_INTERVAL, WRITE_INTERVAL);
         assert_eq!(later[0].1.summary(Timestamp::UNIX_EPOCH).actions, 2);
     }
 }
