@@ -251,11 +251,8 @@ fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
     metadata.labels = None;
     metadata.annotations = None;
     if let Some(status) = request.status.take() {
+        let window = super::phase_and_window(&status);
         request.status = Some(AccessRequestStatus {
-            phase: status.phase,
-            granted_at: status.granted_at,
-            expires_at: status.expires_at,
-            revoked_at: status.revoked_at,
             activity: status.activity.map(|activity| Activity {
                 source: activity.source,
                 as_of: activity.as_of,
@@ -263,7 +260,7 @@ fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
                 ..Activity::default()
             }),
             activity_lookup: status.activity_lookup,
-            ..AccessRequestStatus::default()
+            ..window
         });
     }
 }

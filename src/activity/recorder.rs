@@ -556,14 +556,11 @@ fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
     request.metadata.labels = None;
     request.metadata.annotations = None;
     if let Some(status) = request.status.take() {
+        let window = super::phase_and_window(&status);
         request.status = Some(AccessRequestStatus {
-            phase: status.phase,
-            granted_at: status.granted_at,
-            expires_at: status.expires_at,
-            revoked_at: status.revoked_at,
             grant: status.grant,
             activity: status.activity,
-            ..AccessRequestStatus::default()
+            ..window
         });
     }
 }
