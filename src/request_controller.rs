@@ -111,6 +111,8 @@ pub struct Context {
     pub retain_ended: Option<Duration>,
     /// The controller's cache of requests, once it runs: the history in approvers' messages.
     requests: std::sync::OnceLock<reflector::Store<DeserializeGuard<AccessRequest>>>,
+    /// The controller's cache of policies, once it has listed them all.
+    policies: std::sync::OnceLock<reflector::Store<AccessPolicy>>,
     /// Consecutive failed reconciles per request (`namespace/name`), for their backoff.
     failed: std::sync::Mutex<HashMap<String, i32>>,
 }
@@ -135,6 +137,7 @@ impl Context {
             audit: None,
             retain_ended: None,
             requests: std::sync::OnceLock::new(),
+            policies: std::sync::OnceLock::new(),
             failed: std::sync::Mutex::default(),
         }
     }
@@ -178,6 +181,11 @@ impl Context {
             .count()
     }
 
+    /// The cache of policies, once synced; until then each reconcile reads its policy fresh.
+    fn policies(&self) -> Option<&reflector::Store<AccessPolicy>> {
+        self.policies.get()
+    }
+
     /// Counts one more failed reconcile of `key`; returns how many in a row.
     fn failed_once(&self, key: &str) -> i32 {
         let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
@@ -217,6 +225,27 @@ pub async fn run(
         .predicate_filter(reconcile_relevant, PredicateConfig::default());
     let controller = Controller::for_stream(stream, store.clone());
     let _ = context.requests.set(store.clone());
+    let (policy_store, policy_writer) = reflector::store::<AccessPolicy>();
+    let policy_stream = watcher(policies, watcher::Config::default())
+        .default_backoff()
+        .then(|event| async move {
+            // A test holds changes back here, to show a stale cache never decides a request.
+            if let Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) = &event {
+                crate::failpoint::delay_point("policy-watch").await;
+            }
+            event
+        })
+        .modify(|policy: &mut AccessPolicy| policy.metadata.managed_fields = None)
+        .reflect(policy_writer)
+        .applied_objects();
+    let policies_context = context.clone();
+    tokio::spawn(async move {
+        // Offered to reconciles only once whole: a policy missing from a cache still listing
+        // is not a policy that does not exist.
+        if policy_store.wait_until_ready().await.is_ok() {
+            let _ = policies_context.policies.set(policy_store);
+        }
+    });
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     let requests_synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let deliverer = context.audit.clone().map(|recorder| {
@@ -258,7 +287,7 @@ pub async fn run(
     });
     controller
         // A policy edit may decide pending requests (fewer approvals needed, or none allowed).
-        .watches(policies, watcher::Config::default(), move |policy| {
+        .watches_stream(policy_stream, move |policy| {
             let name = policy.name_any();
             store
                 .state()
@@ -376,11 +405,13 @@ async fn reconcile_steps(
     let namespace = guarded.namespace().unwrap_or_default();
     let name = guarded.name_any();
 
-    // Observe: client required.
+    // Observe: client required. The policy from the cache: most looks change nothing (the
+    // watch reporting the operator's own writes), and those need not cost a read.
     let Some(observed) = observe::observe(
         &context.client,
         &context.providers,
         &context.sealer,
+        context.policies(),
         &namespace,
         &name,
     )
@@ -391,19 +422,22 @@ async fn reconcile_steps(
             .track(&format!("{namespace}/{name}"), None, None);
         return Ok(Action::await_change());
     };
-    report_observed(&context, &observed);
     let now = Timestamp::now();
-
-    // Decide: no client. On a blocking thread, because the policy's autoApprove CEL runs
-    // there: its cost is bounded (auto_approve::check), and however long it takes, the
-    // runtime's workers stay free for the webhook, health checks and other grants.
-    let (observed, plan) = tokio::task::spawn_blocking(move || {
-        let plan = decide::decide(&observed, now);
-        (observed, plan)
-    })
-    .await
-    .map_err(|_| Error::Decide)?;
+    let (mut observed, mut plan) = decide_apart(observed, now).await?;
+    // Whatever the plan does on the policy's account rests on the policy as it is now: read
+    // fresh, and decided again if it changed since the cache had it.
+    if observed.policy_cached && plan.rests_on_policy(&observed.request, now) {
+        let (confirmed, changed) =
+            observe::confirm_policy(&context.client, &context.providers, observed).await;
+        (observed, plan) = if changed {
+            decide_apart(confirmed, now).await?
+        } else {
+            (confirmed, plan)
+        };
+    }
+    report_observed(&context, &observed);
     let request = &observed.request;
+    let current = request.status.clone().unwrap_or_default();
     let uid = request.uid().unwrap_or_default();
     let phase = request.status.as_ref().and_then(|status| status.phase);
     if phase != plan.status.phase || plan.effect != Effect::None {
@@ -417,7 +451,6 @@ async fn reconcile_steps(
     if plan.finalizer == FinalizerChange::Add {
         apply::set_finalizer(&api, request, true).await?;
     }
-    let current = request.status.clone().unwrap_or_default();
     let action = match &plan.effect {
         Effect::None => None,
         Effect::Grant { .. } => Some(IntentAction::Grant),
@@ -484,6 +517,21 @@ async fn reconcile_steps(
         Some(after) => Action::requeue(after.min(context.resync)),
         None => Action::await_change(),
     })
+}
+
+/// Decide: no client. On a blocking thread, because the policy's autoApprove CEL runs there:
+/// its cost is bounded (auto_approve::check), and however long it takes, the runtime's workers
+/// stay free for the webhook, health checks and other grants.
+async fn decide_apart(
+    observed: decide::Observed,
+    now: Timestamp,
+) -> Result<(decide::Observed, decide::Plan), Error> {
+    tokio::task::spawn_blocking(move || {
+        let plan = decide::decide(&observed, now);
+        (observed, plan)
+    })
+    .await
+    .map_err(|_| Error::Decide)
 }
 
 /// Logs and counts what observing found wrong.

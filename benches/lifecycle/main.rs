@@ -140,6 +140,14 @@ fn smoke_checks(plan: &Plan, runs: &[report::Run]) {
         );
         assert!(run.writes.operator > 0, "{:?}", run.writes);
         assert!(run.webhook.count > 0, "the webhooks were timed");
+        // What the run cost the control plane was read (the API server's own counter, etcd's
+        // /proc) and is not nothing.
+        let cpu = &run.control_plane;
+        assert!(
+            cpu.apiserver_ms_per_lifecycle.is_some_and(|ms| ms > 0.0)
+                && cpu.etcd_ms_per_lifecycle.is_some_and(|ms| ms > 0.0),
+            "{cpu:?}"
+        );
         let audit = run
             .audit
             .as_ref()

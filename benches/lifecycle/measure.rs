@@ -23,7 +23,7 @@ use crate::{
     Plan,
     audit_load::{AuditLoad, AuditLoadReport, Endpoint, LiveBinding},
     metrics::{self, Snapshot},
-    report::{Latency, Run, Webhook, Writes},
+    report::{ControlPlaneCpu, Latency, Run, Webhook, Writes},
     setup::Cluster,
 };
 
@@ -54,9 +54,11 @@ fn bar(progress: &MultiProgress, length: usize, message: &str) -> ProgressBar {
 }
 
 /// The API server's write rate for the generator alone: `count` ConfigMaps created with the
-/// generator's concurrency (no admission webhook matches them), then removed.
-async fn ceiling(cluster: &Cluster, count: usize, concurrency: usize) -> f64 {
+/// generator's concurrency (no admission webhook matches them), then removed. Also what each
+/// of those writes cost the API server in CPU milliseconds, when it says.
+async fn ceiling(cluster: &Cluster, count: usize, concurrency: usize) -> (f64, Option<f64>) {
     let api = Api::<ConfigMap>::namespaced(cluster.admin.clone(), &cluster.namespace);
+    let cpu_before = apiserver_cpu_seconds(&metrics::read(&cluster.admin).await);
     let started = Instant::now();
     stream::iter(0..count)
         .map(|index| {
@@ -78,13 +80,25 @@ async fn ceiling(cluster: &Cluster, count: usize, concurrency: usize) -> f64 {
         .await
         .expect("create the ceiling's ConfigMaps");
     let rate = count as f64 / started.elapsed().as_secs_f64();
+    let cpu_after = apiserver_cpu_seconds(&metrics::read(&cluster.admin).await);
+    let ms_per_write = cpu_after
+        .zip(cpu_before)
+        .map(|(after, before)| (after - before) * 1_000.0 / count.max(1) as f64);
     api.delete_collection(
         &DeleteParams::default(),
         &ListParams::default().labels("jit-bench=ceiling"),
     )
     .await
     .expect("remove the ceiling's ConfigMaps");
-    rate
+    (rate, ms_per_write)
+}
+
+/// The API server's own CPU seconds so far (`process_cpu_seconds_total`).
+fn apiserver_cpu_seconds(snapshot: &metrics::Snapshot) -> Option<f64> {
+    snapshot
+        .sum_by("process_cpu_seconds_total", |_| true, |_| ())
+        .into_values()
+        .next()
 }
 
 /// Records what the watches see until `stop` is set.
@@ -207,11 +221,18 @@ fn process_usage(pid: u32) -> Usage {
     (peak, cpu)
 }
 
+/// etcd's CPU seconds so far, when the control plane is local.
+fn etcd_cpu_seconds(cluster: &Cluster) -> Option<f64> {
+    let pid = std::fs::read_to_string(cluster.dir()?.join("pids/etcd")).ok()?;
+    process_usage(pid.trim().parse().ok()?).1
+}
+
 /// How long each request is granted: long enough that all are live at once, from the
-/// ceiling (each lifecycle cost about twenty writes when this was written) with room for a
-/// slow operator. The report says how many were live at once.
+/// ceiling with room for a slow operator. A lifecycle costs the API server's CPU about as much
+/// as 80 of the ceiling's writes (76-79 measured at N = 1,000), half of it up to the grant.
+/// The report says how many were live at once.
 fn grant_duration(plan: &Plan, size: usize, ceiling: f64) -> Duration {
-    let writes_needed = size as f64 * 20.0;
+    let writes_needed = size as f64 * 40.0;
     let seconds = 3.0 * writes_needed / ceiling.max(1.0);
     plan.min_duration + Duration::from_secs_f64(seconds.ceil())
 }
@@ -252,7 +273,8 @@ impl LiveOf {
 pub async fn run(plan: &Plan, cluster: &Cluster, size: usize, audit_rate: u32) -> Run {
     let progress = MultiProgress::new();
     let concurrency = plan.concurrency;
-    let ceiling_rate = ceiling(cluster, size.clamp(200, 2_000), concurrency).await;
+    let (ceiling_rate, ceiling_ms_per_write) =
+        ceiling(cluster, size.clamp(200, 2_000), concurrency).await;
     let duration = grant_duration(plan, size, ceiling_rate);
     eprintln!(
         "bench: N={size}: ceiling {ceiling_rate:.0} writes/s; each grant lasts {}s",
@@ -261,6 +283,7 @@ pub async fn run(plan: &Plan, cluster: &Cluster, size: usize, audit_rate: u32) -
     let book: Book = Arc::default();
     let watches = watch(cluster, book.clone());
     let before = metrics::read(&cluster.admin).await;
+    let etcd_before = etcd_cpu_seconds(cluster);
     let usage_before = cluster
         .operator
         .as_ref()
@@ -403,6 +426,7 @@ pub async fn run(plan: &Plan, cluster: &Cluster, size: usize, audit_rate: u32) -
         .operator
         .as_ref()
         .map(|operator| process_usage(operator.pid()));
+    let etcd_after = etcd_cpu_seconds(cluster);
     for watch in watches {
         watch.abort();
     }
@@ -415,6 +439,10 @@ pub async fn run(plan: &Plan, cluster: &Cluster, size: usize, audit_rate: u32) -
             approve_started,
             failures: size.saturating_sub(expired),
             operator: usage_before.zip(usage_after),
+            ceiling_ms_per_write,
+            etcd_cpu_seconds: etcd_after
+                .zip(etcd_before)
+                .map(|(after, before)| after - before),
             audit,
             reconciles,
         },
@@ -432,6 +460,10 @@ struct SummaryInput {
     failures: usize,
     /// The operator's usage before and after, when local.
     operator: Option<(Usage, Usage)>,
+    /// What one of the ceiling's writes cost the API server, in CPU milliseconds.
+    ceiling_ms_per_write: Option<f64>,
+    /// etcd's CPU seconds over the run, when local.
+    etcd_cpu_seconds: Option<f64>,
     audit: Option<AuditLoadReport>,
     /// The operator's reconciles during the run, when local.
     reconciles: Option<f64>,
@@ -518,6 +550,17 @@ fn summarize(
         ),
         None => (None, None),
     };
+    let apiserver_seconds = apiserver_cpu_seconds(after)
+        .zip(apiserver_cpu_seconds(before))
+        .map(|(after, before)| after - before);
+    let per_lifecycle = |seconds: f64| seconds * 1_000.0 / input.size.max(1) as f64;
+    let control_plane = ControlPlaneCpu {
+        apiserver_seconds,
+        etcd_seconds: input.etcd_cpu_seconds,
+        apiserver_ms_per_lifecycle: apiserver_seconds.map(per_lifecycle),
+        etcd_ms_per_lifecycle: input.etcd_cpu_seconds.map(per_lifecycle),
+        apiserver_ms_per_ceiling_write: input.ceiling_ms_per_write,
+    };
     Run {
         size: input.size,
         grant_seconds: input.duration.as_secs(),
@@ -541,6 +584,7 @@ fn summarize(
         peak_live: peak_live.max(0) as usize,
         peak_rss_mib,
         cpu_seconds,
+        control_plane,
         failures: input.failures,
         audit: input.audit,
         reads_per_lifecycle: reads

@@ -67,6 +67,27 @@ pub struct Writes {
     pub by_verb_resource: BTreeMap<String, f64>,
 }
 
+/// The control plane's CPU seconds over a run, and per lifecycle in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ControlPlaneCpu {
+    pub apiserver_seconds: Option<f64>,
+    pub etcd_seconds: Option<f64>,
+    pub apiserver_ms_per_lifecycle: Option<f64>,
+    pub etcd_ms_per_lifecycle: Option<f64>,
+    /// What one of the ceiling's writes (a small ConfigMap, no webhook) cost the API server.
+    pub apiserver_ms_per_ceiling_write: Option<f64>,
+}
+
+impl ControlPlaneCpu {
+    /// How many of the ceiling's writes a lifecycle costs the API server, in its CPU.
+    pub fn ceiling_writes_per_lifecycle(&self) -> Option<f64> {
+        self.apiserver_ms_per_lifecycle
+            .zip(self.apiserver_ms_per_ceiling_write)
+            .filter(|(_, per_write)| *per_write > 0.0)
+            .map(|(lifecycle, per_write)| lifecycle / per_write)
+    }
+}
+
 /// One size's results.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Run {
@@ -84,6 +105,9 @@ pub struct Run {
     pub peak_live: usize,
     pub peak_rss_mib: Option<f64>,
     pub cpu_seconds: Option<f64>,
+    /// The control plane's CPU over the run (the generator's calls included): the API
+    /// server's from its own `process_cpu_seconds_total`, etcd's from /proc when local.
+    pub control_plane: ControlPlaneCpu,
     /// Requests that never ended within the run.
     pub failures: usize,
     /// The audit load posted beside the run, if any.
@@ -175,6 +199,15 @@ pub fn table(runs: &[Run]) -> String {
             run.peak_live,
             run.failures
         );
+        let _ = writeln!(
+            text,
+            "{:>12}  control plane CPU per lifecycle: API server {} ms (as much as {} of the ceiling's writes at {} ms each), etcd {} ms",
+            run.label(),
+            optional(run.control_plane.apiserver_ms_per_lifecycle, 1),
+            optional(run.control_plane.ceiling_writes_per_lifecycle(), 1),
+            optional(run.control_plane.apiserver_ms_per_ceiling_write, 2),
+            optional(run.control_plane.etcd_ms_per_lifecycle, 1)
+        );
         if let Some(audit) = &run.audit {
             let _ = writeln!(
                 text,
@@ -236,13 +269,13 @@ fn markdown(plan: &Plan, runs: &[Run]) -> String {
         );
     }
     text.push_str(
-        "\n| N | grant (s) | lifecycles/s | ceiling (writes/s) | writes/lifecycle | operator writes/lifecycle | ratio to ceiling | peak live | peak RSS (MiB) | CPU (s) | never ended |\n\
-         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "\n| N | grant (s) | lifecycles/s | ceiling (writes/s) | writes/lifecycle | operator writes/lifecycle | ratio to ceiling | peak live | peak RSS (MiB) | CPU (s) | API server CPU (ms/lifecycle) | the same in ceiling writes | etcd CPU (ms/lifecycle) | never ended |\n\
+         | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for run in runs {
         let _ = writeln!(
             text,
-            "| {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {} |",
+            "| {} | {} | {:.1} | {:.0} | {:.1} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} |",
             run.label(),
             run.grant_seconds,
             run.lifecycles_per_second,
@@ -253,6 +286,9 @@ fn markdown(plan: &Plan, runs: &[Run]) -> String {
             run.peak_live,
             optional(run.peak_rss_mib, 1),
             optional(run.cpu_seconds, 1),
+            optional(run.control_plane.apiserver_ms_per_lifecycle, 1),
+            optional(run.control_plane.ceiling_writes_per_lifecycle(), 1),
+            optional(run.control_plane.etcd_ms_per_lifecycle, 1),
             run.failures
         );
     }

@@ -32,12 +32,22 @@ const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 /// Grants ClusterRoles through RBAC bindings.
 pub struct KubernetesProvider {
     client: Client,
+    /// The permission each ClusterRole was last asked about by, and when it was read: one
+    /// read per role a minute instead of one per grant. Only the propagation check uses it,
+    /// and a stale one can only make that check end early or wait out its limit.
+    samples: std::sync::Mutex<BTreeMap<String, (tokio::time::Instant, Option<ResourceAttributes>)>>,
 }
+
+/// How long a ClusterRole's sample permission is used before the role is read again.
+const SAMPLE_LIFETIME: Duration = Duration::from_secs(60);
 
 impl KubernetesProvider {
     /// A provider that writes bindings with this client.
     pub fn new(client: Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            samples: std::sync::Mutex::default(),
+        }
     }
 
     /// Waits, briefly, until the API server's authorizer acts on a new binding, so that
@@ -67,37 +77,65 @@ impl KubernetesProvider {
         debug!(reference = %reference(target, grant.request.key().as_str()), "grant not yet effective after the propagation limit");
     }
 
-    /// One permission the ClusterRole grants, as access-review attributes.
+    /// One permission the ClusterRole grants, as access-review attributes in the target's
+    /// namespace.
     async fn sample_permission(&self, target: &KubernetesTarget) -> Option<ResourceAttributes> {
-        let role = Api::<ClusterRole>::all(self.client.clone())
-            .get_opt(&target.cluster_role)
-            .await
-            .ok()
-            .flatten()?;
-        role.rules.iter().flatten().find_map(|rule| {
-            let verb = rule.verbs.first()?.clone();
-            let group = rule.api_groups.as_ref()?.first()?.clone();
-            let resource = rule.resources.as_ref()?.first()?.clone();
-            let (resource, subresource) = match resource.split_once('/') {
-                Some((resource, subresource)) => {
-                    (resource.to_owned(), Some(subresource.to_owned()))
-                }
-                None => (resource, None),
-            };
-            Some(ResourceAttributes {
-                namespace: target.namespace.clone(),
-                verb: Some(verb),
-                group: Some(group),
-                resource: Some(resource),
-                subresource,
-                name: rule
-                    .resource_names
-                    .as_ref()
-                    .and_then(|names| names.first().cloned()),
-                ..ResourceAttributes::default()
-            })
+        let now = tokio::time::Instant::now();
+        let remembered = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&target.cluster_role)
+            .filter(|(read, _)| now.duration_since(*read) < SAMPLE_LIFETIME)
+            .map(|(_, sample)| sample.clone());
+        let sample = match remembered {
+            Some(sample) => sample,
+            None => {
+                let role = Api::<ClusterRole>::all(self.client.clone())
+                    .get_opt(&target.cluster_role)
+                    .await
+                    .ok()?;
+                // A role not there yet is read again next time: it may be created any moment.
+                let sample = sample_of(&role?);
+                let mut samples = self
+                    .samples
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                // Bounded by the roles policies name; forget the stale ones as we go.
+                samples.retain(|_, (read, _)| now.duration_since(*read) < SAMPLE_LIFETIME);
+                samples.insert(target.cluster_role.clone(), (now, sample.clone()));
+                sample
+            }
+        };
+        Some(ResourceAttributes {
+            namespace: target.namespace.clone(),
+            ..sample?
         })
     }
+}
+
+/// One permission a ClusterRole grants, as access-review attributes without a namespace.
+fn sample_of(role: &ClusterRole) -> Option<ResourceAttributes> {
+    role.rules.iter().flatten().find_map(|rule| {
+        let verb = rule.verbs.first()?.clone();
+        let group = rule.api_groups.as_ref()?.first()?.clone();
+        let resource = rule.resources.as_ref()?.first()?.clone();
+        let (resource, subresource) = match resource.split_once('/') {
+            Some((resource, subresource)) => (resource.to_owned(), Some(subresource.to_owned())),
+            None => (resource, None),
+        };
+        Some(ResourceAttributes {
+            verb: Some(verb),
+            group: Some(group),
+            resource: Some(resource),
+            subresource,
+            name: rule
+                .resource_names
+                .as_ref()
+                .and_then(|names| names.first().cloned()),
+            ..ResourceAttributes::default()
+        })
+    })
 }
 
 /// How long a grant may take to become effective before `Granted` is reported anyway.

@@ -69,6 +69,8 @@ pub struct Observed {
     /// Why the policy could not be read, when it could not (not: it does not exist). Nothing
     /// is granted or refused on account of the policy then; expiry, revoke and delete go on.
     pub policy_unreadable: Option<String>,
+    /// Whether `policy` came from the watch cache and has not been read fresh since.
+    pub policy_cached: bool,
 }
 
 /// Whether the finalizer must change.
@@ -126,6 +128,30 @@ pub struct Plan {
     pub notices: Vec<Notice>,
     /// When to look again.
     pub requeue_after: Duration,
+}
+
+impl Plan {
+    /// Whether carrying the plan out does anything that a policy may have decided: everything
+    /// but a plan that changes nothing, and the revoke of a grant whose time is up or whose
+    /// request is being deleted (neither reads the policy, and neither may wait on reading it).
+    pub fn rests_on_policy(&self, request: &AccessRequest, now: Timestamp) -> bool {
+        let current = request.status.as_ref();
+        match self.effect {
+            Effect::Grant { .. } => true,
+            Effect::Revoke => {
+                let deleting = request.metadata.deletion_timestamp.is_some();
+                let time_up = current
+                    .and_then(|status| status.expires_at.as_ref())
+                    .is_some_and(|expires_at| expires_at.0 <= now);
+                !(deleting || time_up)
+            }
+            Effect::None => {
+                self.finalizer != FinalizerChange::Keep
+                    || !self.notices.is_empty()
+                    || current.is_none_or(|current| super::outcome::differs(current, &self.status))
+            }
+        }
+    }
 }
 
 /// Decides what to do with a request.

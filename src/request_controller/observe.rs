@@ -1,8 +1,12 @@
-//! Step 1, client required: read the request and its policy fresh from the API server, not
-//! from the watch cache, so that a decision to grant rests on what is true now; and for an
-//! active request, look at the grant itself, so that drift is seen.
+//! Step 1, client required: read the request fresh from the API server, and its policy from
+//! the watch cache and again fresh before anything is done on its account, so that a decision
+//! to grant (or to change anything) rests on what is true now; and for an active request, look
+//! at the grant itself, so that drift is seen.
 
-use kube::{Api, Client, ResourceExt};
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::reflector::{ObjectRef, Store},
+};
 
 use super::{
     conditions::{VERIFY_FAILING, is_true},
@@ -36,12 +40,15 @@ pub enum Error {
     Verify(#[source] provider::Error),
 }
 
-/// Reads the request and its policy, and verifies an active grant; `None` when the request
-/// is gone.
+/// Reads the request fresh and its policy from `cached` (when the cache is synced; fresh
+/// otherwise), and verifies an active grant; `None` when the request is gone. A policy taken
+/// from the cache is marked so: the caller reads it again with [`confirm_policy`] before it
+/// acts on a decision that rests on it.
 pub async fn observe(
     client: &Client,
     providers: &Providers,
     sealer: &Sealer,
+    cached: Option<&Store<AccessPolicy>>,
     namespace: &str,
     name: &str,
 ) -> Result<Option<Observed>, Error> {
@@ -53,19 +60,17 @@ pub async fn observe(
     // padded request through the reconcile.
     request.metadata.labels = None;
     request.metadata.managed_fields = None;
-    // A policy that cannot be read (the API server refusing or failing) must not hold up an
-    // expiry, a revoke or a deletion: decide is told, grants nothing, and ends what it must.
-    let (policy, policy_unreadable) = match Api::<AccessPolicy>::all(client.clone())
-        .get_opt(&request.spec.policy)
-        .await
-    {
-        Ok(policy) => (policy, None),
-        Err(source) => {
-            let error = Error::ReadPolicy {
-                policy: request.spec.policy.clone(),
-                source,
-            };
-            (None, Some(crate::telemetry::error_chain(&error)))
+    let (policy, policy_unreadable, policy_cached) = match cached {
+        Some(store) => (
+            store
+                .get(&ObjectRef::new(&request.spec.policy))
+                .map(|policy| AccessPolicy::clone(&policy)),
+            None,
+            true,
+        ),
+        None => {
+            let (policy, unreadable) = read_policy(client, &request.spec.policy).await;
+            (policy, unreadable, false)
         }
     };
     // A grant that cannot be looked at (the policy edited, a mapping removed, a provider
@@ -73,17 +78,7 @@ pub async fn observe(
     // handed to `decide`, which ends the request regardless when it is time.
     let (grant, unverified) = match verify_active(providers, &request, policy.as_ref()).await {
         Ok(grant) => (grant, None),
-        Err(error) => {
-            let retry_after = match &error {
-                Error::Verify(cause) => cause.retry_after(),
-                _ => None,
-            };
-            let unverified = Unverified {
-                message: crate::telemetry::error_chain(&error),
-                retry_after,
-            };
-            (None, Some(unverified))
-        }
+        Err(error) => (None, Some(unverified(&error))),
     };
     let (decisions, forged) = sealed_decisions(sealer, &request);
     let window_sealed = window_sealed(sealer, &request);
@@ -96,7 +91,64 @@ pub async fn observe(
         forged,
         window_sealed,
         policy_unreadable,
+        policy_cached,
     }))
+}
+
+/// Reads the policy fresh. One that cannot be read (the API server refusing or failing) must
+/// not hold up an expiry, a revoke or a deletion: decide is told, grants nothing, and ends
+/// what it must.
+async fn read_policy(client: &Client, name: &str) -> (Option<AccessPolicy>, Option<String>) {
+    match Api::<AccessPolicy>::all(client.clone()).get_opt(name).await {
+        Ok(policy) => (policy, None),
+        Err(source) => {
+            let error = Error::ReadPolicy {
+                policy: name.to_owned(),
+                source,
+            };
+            (None, Some(crate::telemetry::error_chain(&error)))
+        }
+    }
+}
+
+/// Reads the policy of an observation made from the cache again, fresh. Returns whether it
+/// differs from the cached one (another version, gone, or unreadable): the decision must then
+/// be made again, and the active grant is looked at again against it.
+pub async fn confirm_policy(
+    client: &Client,
+    providers: &Providers,
+    mut observed: Observed,
+) -> (Observed, bool) {
+    let (fresh, unreadable) = read_policy(client, &observed.request.spec.policy).await;
+    observed.policy_cached = false;
+    let version = |policy: &Option<AccessPolicy>| {
+        policy
+            .as_ref()
+            .map(|policy| policy.metadata.resource_version.clone())
+    };
+    if unreadable.is_none() && version(&fresh) == version(&observed.policy) {
+        return (observed, false);
+    }
+    observed.policy = fresh;
+    observed.policy_unreadable = unreadable;
+    (observed.grant, observed.unverified) =
+        match verify_active(providers, &observed.request, observed.policy.as_ref()).await {
+            Ok(grant) => (grant, None),
+            Err(error) => (None, Some(unverified(&error))),
+        };
+    (observed, true)
+}
+
+/// A failed look at the grant, as `decide` is told of it.
+fn unverified(error: &Error) -> Unverified {
+    let retry_after = match error {
+        Error::Verify(cause) => cause.retry_after(),
+        _ => None,
+    };
+    Unverified {
+        message: crate::telemetry::error_chain(error),
+        retry_after,
+    }
 }
 
 /// The decision records admission sealed for this request, and who the others claim to be.
@@ -127,7 +179,8 @@ fn window_sealed(sealer: &Sealer, request: &AccessRequest) -> bool {
 }
 
 /// The state of an active request's grant; `None` when there is nothing to verify (not
-/// active, being deleted, or the role is gone, which `decide` handles by revoking).
+/// active, being deleted, past its end, or the role is gone, which `decide` handles by
+/// revoking).
 async fn verify_active(
     providers: &Providers,
     request: &AccessRequest,
@@ -156,6 +209,11 @@ async fn verify_active(
     ) else {
         return Ok(None);
     };
+    // Past its end the grant is revoked whatever state it is in: looking first would only
+    // delay the revoke by a read.
+    if expires_at.0 <= jiff::Timestamp::now() {
+        return Ok(None);
+    }
     let Some((role, subject)) = policy::granted_role(policy, &request.spec) else {
         return Ok(None);
     };

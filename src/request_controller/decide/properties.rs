@@ -214,6 +214,7 @@ impl World {
             forged: Vec::new(),
             window_sealed: true,
             policy_unreadable: None,
+            policy_cached: false,
         };
         let before = self.request.status.clone().unwrap_or_default();
         let plan = decide(&observed, self.now);

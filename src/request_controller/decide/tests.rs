@@ -25,6 +25,7 @@ fn observed() -> Observed {
         forged: Vec::new(),
         window_sealed: true,
         policy_unreadable: None,
+        policy_cached: false,
     }
 }
 
@@ -903,4 +904,76 @@ fn idle_timeouts_do_not_apply_to_cloud_grants() {
         decide(&cloud, at("2026-01-01T00:30:00Z")).status.phase,
         Some(Phase::Active)
     );
+}
+
+/// What makes the driver read the policy fresh before acting: anything the plan would do,
+/// except revoking a grant whose time is up; a look that finds everything as written does
+/// nothing and needs no read.
+#[test]
+fn only_a_plan_that_does_something_on_the_policys_account_rests_on_a_fresh_read() {
+    // New: becomes Pending, takes the finalizer, says so.
+    let new = observed();
+    let now = at("2026-01-01T00:00:05Z");
+    let plan = decide(&new, now);
+    assert!(plan.rests_on_policy(&new.request, now));
+
+    // Looked at again once that is written (the watch reporting the operator's own write).
+    let pending = advance(new, &plan);
+    let now = at("2026-01-01T00:00:06Z");
+    let again = decide(&pending, now);
+    assert!(!again.rests_on_policy(&pending.request, now), "{again:?}");
+
+    // Approved: the grant.
+    let approved = approved_by_bob("2026-01-01T00:01:00Z");
+    let now = at("2026-01-01T00:01:01Z");
+    let plan = decide(&approved, now);
+    assert!(matches!(plan.effect, Effect::Grant { .. }));
+    assert!(plan.rests_on_policy(&approved.request, now));
+
+    // Active and written: nothing to do until the end.
+    let active = active("2026-01-01T00:01:01Z");
+    let now = at("2026-01-01T00:02:00Z");
+    let look = decide(&active, now);
+    assert_eq!(look.effect, Effect::None);
+    assert!(!look.rests_on_policy(&active.request, now), "{look:?}");
+
+    // Past its end: the revoke goes ahead on whatever policy was at hand.
+    let expires_at = active
+        .request
+        .status
+        .as_ref()
+        .unwrap()
+        .expires_at
+        .clone()
+        .unwrap()
+        .0;
+    let now = expires_at + SignedDuration::from_secs(1);
+    let end = decide(&active, now);
+    assert_eq!(end.effect, Effect::Revoke);
+    assert!(!end.rests_on_policy(&active.request, now));
+
+    // Denied while pending: ended on the policy's account (who may deny), so read fresh first
+    // although ending always revokes.
+    let denied = with_finalizer(with_decisions(
+        observed(),
+        &[decision(
+            "bob",
+            &[],
+            Decision::Denied,
+            "2026-01-01T00:01:00Z",
+        )],
+    ));
+    let now = at("2026-01-01T00:01:01Z");
+    let plan = decide(&denied, now);
+    assert_eq!(plan.status.phase, Some(Phase::Denied));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert!(plan.rests_on_policy(&denied.request, now));
+
+    // The same request without its policy in the cache (one just created): it would fail,
+    // so the driver reads the policy before failing it.
+    let mut unknown = with_finalizer(observed());
+    unknown.policy = None;
+    let plan = decide(&unknown, now);
+    assert_eq!(plan.status.phase, Some(Phase::Failed));
+    assert!(plan.rests_on_policy(&unknown.request, now));
 }
