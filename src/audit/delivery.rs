@@ -271,7 +271,7 @@ impl Deliverer {
                 }
                 let next = outbox
                     .next_for(&channel, cursor)
-                    .map(|(ordinal, record)| (ordinal, record.clone()));
+                    .and_then(|(ordinal, kept)| Some((ordinal, kept.record()?)));
                 if let Some((ordinal, record)) = next {
                     self.try_send(resource.clone(), outbox.clone(), ordinal, record, now);
                 }

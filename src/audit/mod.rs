@@ -334,7 +334,7 @@ impl Recorder {
         };
         let ordinal = outbox.recorded;
         let mut records = Vec::new();
-        if let Some(mut data) = event::data_in(&last.event) {
+        if let Some(mut data) = last.record().and_then(|last| event::data_in(&last.event)) {
             data.actor = None;
             data.message = Some("the request object was deleted".to_owned());
             data.commands = None;

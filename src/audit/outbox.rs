@@ -63,6 +63,39 @@ pub struct Record {
     pub mail: Vec<String>,
 }
 
+/// A record as an outbox read keeps it: the event as the JSON text it was stored as. A parsed
+/// tree costs several times its text, and the deliverer keeps every event of every live
+/// request; an event is parsed again only when it is sent.
+#[derive(Clone, Debug)]
+pub struct Kept {
+    event: Box<str>,
+    /// The channels that get it.
+    pub to: Vec<String>,
+    /// The people it is for, for email channels: addresses.
+    pub mail: Vec<String>,
+}
+
+impl Kept {
+    /// The record, its event parsed.
+    pub fn record(&self) -> Option<Record> {
+        Some(Record {
+            event: serde_json::from_str(&self.event).ok()?,
+            to: self.to.clone(),
+            mail: self.mail.clone(),
+        })
+    }
+}
+
+/// A stored record read without parsing its event.
+#[derive(Deserialize)]
+struct Unparsed {
+    event: Box<serde_json::value::RawValue>,
+    #[serde(default)]
+    to: Vec<String>,
+    #[serde(default)]
+    mail: Vec<String>,
+}
+
 /// A record as stored: its JSON text and the operator's seal over it.
 #[derive(Serialize, Deserialize)]
 struct Sealed {
@@ -82,7 +115,7 @@ pub struct Outbox {
     /// Whether the request is gone (its `Deleted` event recorded).
     pub gone: bool,
     /// Records with a valid seal, by ordinal.
-    pub records: BTreeMap<u64, Record>,
+    pub records: BTreeMap<u64, Kept>,
     /// Keys holding records without a valid seal: written by someone else, never delivered.
     pub forged: Vec<String>,
     /// The next ordinal each channel is owed.
@@ -114,9 +147,14 @@ impl Outbox {
                         sealer.verify_audit(&outbox.uid, *ordinal, &sealed.record, &sealed.seal)
                     })
                     .and_then(|(ordinal, sealed)| {
+                        let record = serde_json::from_str::<Unparsed>(&sealed.record).ok()?;
                         Some((
                             ordinal,
-                            serde_json::from_str::<Record>(&sealed.record).ok()?,
+                            Kept {
+                                event: String::from(record.event.get()).into_boxed_str(),
+                                to: record.to,
+                                mail: record.mail,
+                            },
                         ))
                     });
                 match record {
@@ -139,7 +177,7 @@ impl Outbox {
     }
 
     /// The next record `channel` is owed, at or after ordinal `from`.
-    pub fn next_for(&self, channel: &str, from: u64) -> Option<(u64, &Record)> {
+    pub fn next_for(&self, channel: &str, from: u64) -> Option<(u64, &Kept)> {
         self.records
             .range(from..)
             .find(|(_, record)| record.to.iter().any(|to| to == channel))
