@@ -271,7 +271,7 @@ impl Deliverer {
                 }
                 let next = outbox
                     .next_for(&channel, cursor)
-                    .and_then(|(ordinal, kept)| Some((ordinal, kept.record()?)));
+                    .and_then(|(ordinal, _)| Some((ordinal, outbox.record(ordinal)?)));
                 if let Some((ordinal, record)) = next {
                     self.try_send(resource.clone(), outbox.clone(), ordinal, record, now);
                 }

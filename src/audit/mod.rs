@@ -326,7 +326,7 @@ impl Recorder {
         outbox: &outbox::Outbox,
         now: jiff::Timestamp,
     ) -> Result<(), Error> {
-        let Some((_, last)) = outbox.records.last_key_value() else {
+        let Some((last_ordinal, last)) = outbox.records.last_key_value() else {
             return Ok(self
                 .store
                 .append(&outbox.uid, &outbox.request, &[], outbox.recorded, true)
@@ -334,7 +334,10 @@ impl Recorder {
         };
         let ordinal = outbox.recorded;
         let mut records = Vec::new();
-        if let Some(mut data) = last.record().and_then(|last| event::data_in(&last.event)) {
+        if let Some(mut data) = outbox
+            .record(*last_ordinal)
+            .and_then(|last| event::data_in(&last.event))
+        {
             data.actor = None;
             data.message = Some("the request object was deleted".to_owned());
             data.commands = None;

@@ -8,7 +8,10 @@
 //! (the request was deleted: nothing more is recorded). Each writer merges only its own keys,
 //! so the recorder and the deliverer never conflict.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{
@@ -63,33 +66,23 @@ pub struct Record {
     pub mail: Vec<String>,
 }
 
-/// A record as an outbox read keeps it: the event as the JSON text it was stored as. A parsed
-/// tree costs several times its text, and the deliverer keeps every event of every live
-/// request; an event is parsed again only when it is sent.
+/// A record as an outbox read keeps it: where it is and whom it is for, not its event. The
+/// deliverer keeps every outbox of every live request; the event is read from the ConfigMap
+/// the outbox was parsed from when it is sent.
 #[derive(Clone, Debug)]
 pub struct Kept {
-    event: Box<str>,
+    key: Box<str>,
     /// The channels that get it.
     pub to: Vec<String>,
     /// The people it is for, for email channels: addresses.
     pub mail: Vec<String>,
 }
 
-impl Kept {
-    /// The record, its event parsed.
-    pub fn record(&self) -> Option<Record> {
-        Some(Record {
-            event: serde_json::from_str(&self.event).ok()?,
-            to: self.to.clone(),
-            mail: self.mail.clone(),
-        })
-    }
-}
-
-/// A stored record read without parsing its event.
+/// A stored record read without keeping its event (only checked to be there).
 #[derive(Deserialize)]
 struct Unparsed {
-    event: Box<serde_json::value::RawValue>,
+    #[serde(rename = "event")]
+    _event: serde::de::IgnoredAny,
     #[serde(default)]
     to: Vec<String>,
     #[serde(default)]
@@ -116,6 +109,8 @@ pub struct Outbox {
     pub gone: bool,
     /// Records with a valid seal, by ordinal.
     pub records: BTreeMap<u64, Kept>,
+    /// The ConfigMap it was parsed from, which holds the records' events.
+    source: Option<Arc<ConfigMap>>,
     /// Keys holding records without a valid seal: written by someone else, never delivered.
     pub forged: Vec<String>,
     /// The next ordinal each channel is owed.
@@ -124,7 +119,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// Reads an outbox ConfigMap; `None` if it is not one.
-    pub fn parse(config_map: &ConfigMap, sealer: &Sealer) -> Option<Self> {
+    pub fn parse(config_map: &Arc<ConfigMap>, sealer: &Sealer) -> Option<Self> {
         let uid = config_map.name_any().strip_prefix(NAME_PREFIX)?.to_owned();
         let mut outbox = Self {
             request: config_map
@@ -133,6 +128,7 @@ impl Outbox {
                 .cloned()
                 .unwrap_or_default(),
             uid,
+            source: Some(config_map.clone()),
             ..Self::default()
         };
         for (key, value) in config_map.data.iter().flatten() {
@@ -151,7 +147,7 @@ impl Outbox {
                         Some((
                             ordinal,
                             Kept {
-                                event: String::from(record.event.get()).into_boxed_str(),
+                                key: key.as_str().into(),
                                 to: record.to,
                                 mail: record.mail,
                             },
@@ -174,6 +170,19 @@ impl Outbox {
             }
         }
         Some(outbox)
+    }
+
+    /// The record at `ordinal`, its event read from the ConfigMap (whose seal `parse` checked).
+    pub fn record(&self, ordinal: u64) -> Option<Record> {
+        let kept = self.records.get(&ordinal)?;
+        let text = self
+            .source
+            .as_ref()?
+            .data
+            .as_ref()?
+            .get(kept.key.as_ref())?;
+        let sealed = serde_json::from_str::<Sealed>(text).ok()?;
+        serde_json::from_str(&sealed.record).ok()
     }
 
     /// The next record `channel` is owed, at or after ordinal `from`.
@@ -255,7 +264,7 @@ impl Store {
             .get_opt(&Self::name(uid))
             .await
             .map_err(Self::failed("read", uid))?;
-        Ok(found.and_then(|config_map| Outbox::parse(&config_map, &self.sealer)))
+        Ok(found.and_then(|config_map| Outbox::parse(&Arc::new(config_map), &self.sealer)))
     }
 
     /// Adds records (by ordinal) and moves `recorded` on to `next`; marks the request gone
