@@ -8,7 +8,7 @@ mod support;
 
 use jit_operator::crd::v1alpha1::{AccessRequest, Approval, FINALIZER, annotations};
 use kube::{
-    Api, Client,
+    Api, Client, ResourceExt,
     api::{Patch, PatchParams, PostParams},
 };
 use serde_json::{Value, json};
@@ -354,6 +354,12 @@ async fn only_the_operator_writes_status_and_removes_the_finalizer() {
     let request = create_as(&env.alice, &env.namespace, &request_object(&policy, |_| {}))
         .await
         .unwrap();
+    // Admission adds the finalizer: the create's own answer holds it.
+    assert!(
+        request.finalizers().iter().any(|f| f == FINALIZER),
+        "{:?}",
+        request.metadata.finalizers
+    );
     let name = request.metadata.name.unwrap();
     let api = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
     wait_for_request(&api, &name, "pending with its finalizer", |request| {

@@ -366,6 +366,14 @@ pub fn mutate(
             if object.spec.subject.is_none() {
                 operations.push(add(&["spec", "subject"], me.username.clone().into()));
             }
+            // The finalizer from the start: one write fewer for the operator per request, and
+            // a request is never without it (the operator still adds it to one created while
+            // the webhook was not registered).
+            match &object.metadata.finalizers {
+                Some(finalizers) if finalizers.iter().any(|f| f == FINALIZER) => {}
+                Some(_) => operations.push(add(&["metadata", "finalizers", "-"], FINALIZER.into())),
+                None => operations.push(add(&["metadata", "finalizers"], vec![FINALIZER].into())),
+            }
         }
         Operation::Update => {
             let Some(old) = review.old_object else {

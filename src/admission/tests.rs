@@ -120,6 +120,29 @@ fn create_stamps_the_authenticated_requester_and_the_subject() {
 }
 
 #[test]
+fn create_adds_the_finalizer_once_beside_any_other() {
+    let created = create(&unstamped(), &alice()).unwrap();
+    assert_eq!(
+        created.metadata.finalizers,
+        Some(vec![FINALIZER.to_owned()])
+    );
+    let mut with_other = unstamped();
+    with_other.metadata.finalizers = Some(vec!["example.com/keep".into()]);
+    let created = create(&with_other, &alice()).unwrap();
+    assert_eq!(
+        created.metadata.finalizers,
+        Some(vec!["example.com/keep".to_owned(), FINALIZER.to_owned()])
+    );
+    let mut with_ours = unstamped();
+    with_ours.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let created = create(&with_ours, &alice()).unwrap();
+    assert_eq!(
+        created.metadata.finalizers,
+        Some(vec![FINALIZER.to_owned()])
+    );
+}
+
+#[test]
 fn create_refuses_a_requester_naming_someone_else() {
     let mut forged = unstamped();
     forged.spec.requester = Some(requester_from(&user("bob", &["approvers"])));
