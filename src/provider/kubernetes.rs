@@ -310,12 +310,16 @@ where
             None => format!("{kind} {name}"),
         };
         let api = api_for(namespace.as_deref());
-        api.delete(&name, &DeleteParams::default())
-            .await
-            .map(|_| ())
-            .or_else(ignore_not_found)
-            .map_err(kubernetes_error("delete", &reference))?;
-        ensure_gone(&api, &name, &reference).await?;
+        // The API server answers a delete that removed the object with a Status, and one that
+        // left it in place (finalizers) with the object: only that one needs a second look.
+        let held = match api.delete(&name, &DeleteParams::default()).await {
+            Ok(answer) => answer.is_left(),
+            Err(kube::Error::Api(status)) if status.code == 404 => false,
+            Err(error) => return Err(kubernetes_error("delete", &reference)(error)),
+        };
+        if held {
+            ensure_gone(&api, &name, &reference).await?;
+        }
     }
     Ok(())
 }
