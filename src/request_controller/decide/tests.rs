@@ -938,16 +938,8 @@ fn only_a_plan_that_does_something_on_the_policys_account_rests_on_a_fresh_read(
     assert!(!look.rests_on_policy(&active.request, now), "{look:?}");
 
     // Past its end: the revoke goes ahead on whatever policy was at hand.
-    let expires_at = active
-        .request
-        .status
-        .as_ref()
-        .unwrap()
-        .expires_at
-        .clone()
-        .unwrap()
-        .0;
-    let now = expires_at + SignedDuration::from_secs(1);
+    let written = active.request.status.clone().unwrap();
+    let now = written.expires_at.unwrap().0 + SignedDuration::from_secs(1);
     let end = decide(&active, now);
     assert_eq!(end.effect, Effect::Revoke);
     assert!(!end.rests_on_policy(&active.request, now));
