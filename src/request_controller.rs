@@ -40,7 +40,9 @@ use self::{
     notice::{Notice, Reason, Severity, TimelineEvent},
 };
 use crate::{
-    crd::v1alpha1::{AccessPolicy, AccessRequest, AccessRequestStatus, IntentAction, Phase},
+    crd::v1alpha1::{
+        AccessPolicy, AccessRequest, AccessRequestStatus, FINALIZER, IntentAction, Phase,
+    },
     metrics::Metrics,
     provider::{MANAGED_BY, MANAGED_BY_LABEL, Providers, REQUEST_ANNOTATION},
     retry,
@@ -404,6 +406,14 @@ async fn reconcile_steps(
     }
     let namespace = guarded.namespace().unwrap_or_default();
     let name = guarded.name_any();
+    if let Ok(cached) = &guarded.0
+        && let Some(phase) = settled(cached)
+    {
+        context
+            .metrics
+            .track(&format!("{namespace}/{name}"), Some(phase.as_str()), None);
+        return Ok(Action::await_change());
+    }
 
     // Observe: client required. The policy from the cache: most looks change nothing (the
     // watch reporting the operator's own writes), and those need not cost a read.
@@ -517,6 +527,21 @@ async fn reconcile_steps(
         Some(after) => Action::requeue(after.min(context.resync)),
         None => Action::await_change(),
     })
+}
+
+/// The phase of a request that has nothing left to do, as the cache has it: ended (a phase
+/// never left), its finalizer released (which happens only once its grant is gone and its
+/// audit events are recorded) and not being deleted. Such a request is not read again: the
+/// look the watch reports after its last writes, a resync and a restart cost no API call. The
+/// cache can only be behind, and behind "settled" there is nothing but "settled".
+fn settled(request: &AccessRequest) -> Option<Phase> {
+    let phase = request.status.as_ref()?.phase?;
+    let ended = matches!(
+        phase,
+        Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed
+    );
+    let released = !request.finalizers().iter().any(|f| f == FINALIZER);
+    (ended && released && request.metadata.deletion_timestamp.is_none()).then_some(phase)
 }
 
 /// Decide: no client. On a blocking thread, because the policy's autoApprove CEL runs there:

@@ -325,6 +325,33 @@ async fn an_expiry_revokes_before_it_writes_the_status() {
 }
 
 #[tokio::test]
+async fn an_ended_request_whose_finalizer_is_released_is_not_read_again() {
+    let mut ended = active(Timestamp::now() - jiff::SignedDuration::from_secs(60));
+    let status = ended.status.get_or_insert_with(Default::default);
+    status.phase = Some(Phase::Expired);
+    ended.metadata.finalizers = None;
+    let scenario = Scenario::new(ended.clone(), false, None);
+    assert_eq!(scenario.reconcile().await, Action::await_change());
+    assert!(
+        entries(&scenario.log).is_empty(),
+        "{:#?}",
+        entries(&scenario.log)
+    );
+
+    // Still holding the finalizer, or being deleted: read and handled as ever.
+    let mut holding = ended.clone();
+    holding.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    let scenario = Scenario::new(holding, false, None);
+    scenario.reconcile().await;
+    assert_eq!(entries(&scenario.log)[0], "GET request");
+    let mut deleting = ended;
+    deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    let scenario = Scenario::new(deleting, false, None);
+    scenario.reconcile().await;
+    assert_eq!(entries(&scenario.log)[0], "GET request");
+}
+
+#[tokio::test]
 async fn a_deletion_revokes_then_writes_the_status_then_releases_the_finalizer() {
     let mut deleted = active(Timestamp::now() + jiff::SignedDuration::from_secs(600));
     deleted.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
