@@ -411,7 +411,7 @@ async fn reconcile_steps(
     {
         context
             .metrics
-            .track(&format!("{namespace}/{name}"), Some(phase.as_str()), None);
+            .track(&key_of(&guarded), Some(phase.as_str()), None);
         return Ok(Action::await_change());
     }
 
@@ -536,12 +536,8 @@ async fn reconcile_steps(
 /// cache can only be behind, and behind "settled" there is nothing but "settled".
 fn settled(request: &AccessRequest) -> Option<Phase> {
     let phase = request.status.as_ref()?.phase?;
-    let ended = matches!(
-        phase,
-        Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed
-    );
     let released = !request.finalizers().iter().any(|f| f == FINALIZER);
-    (ended && released && request.metadata.deletion_timestamp.is_none()).then_some(phase)
+    (phase.is_final() && released && request.metadata.deletion_timestamp.is_none()).then_some(phase)
 }
 
 /// Decide: no client. On a blocking thread, because the policy's autoApprove CEL runs there:

@@ -312,11 +312,12 @@ where
         let api = api_for(namespace.as_deref());
         // The API server answers a delete that removed the object with a Status, and one that
         // left it in place (finalizers) with the object: only that one needs a second look.
-        let held = match api.delete(&name, &DeleteParams::default()).await {
-            Ok(answer) => answer.is_left(),
-            Err(kube::Error::Api(status)) if status.code == 404 => false,
-            Err(error) => return Err(kubernetes_error("delete", &reference)(error)),
-        };
+        let held = api
+            .delete(&name, &DeleteParams::default())
+            .await
+            .map(|answer| answer.is_left())
+            .or_else(|error| ignore_not_found(error).map(|()| false))
+            .map_err(kubernetes_error("delete", &reference))?;
         if held {
             ensure_gone(&api, &name, &reference).await?;
         }

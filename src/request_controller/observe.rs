@@ -76,10 +76,7 @@ pub async fn observe(
     // A grant that cannot be looked at (the policy edited, a mapping removed, a provider
     // turned off, a cloud refusing) must not stop its expiry, revoke or deny: the failure is
     // handed to `decide`, which ends the request regardless when it is time.
-    let (grant, unverified) = match verify_active(providers, &request, policy.as_ref()).await {
-        Ok(grant) => (grant, None),
-        Err(error) => (None, Some(unverified(&error))),
-    };
+    let (grant, unverified) = look_at_grant(providers, &request, policy.as_ref()).await;
     let (decisions, forged) = sealed_decisions(sealer, &request);
     let window_sealed = window_sealed(sealer, &request);
     Ok(Some(Observed {
@@ -132,22 +129,29 @@ pub async fn confirm_policy(
     observed.policy = fresh;
     observed.policy_unreadable = unreadable;
     (observed.grant, observed.unverified) =
-        match verify_active(providers, &observed.request, observed.policy.as_ref()).await {
-            Ok(grant) => (grant, None),
-            Err(error) => (None, Some(unverified(&error))),
-        };
+        look_at_grant(providers, &observed.request, observed.policy.as_ref()).await;
     (observed, true)
 }
 
-/// A failed look at the grant, as `decide` is told of it.
-fn unverified(error: &Error) -> Unverified {
-    let retry_after = match error {
-        Error::Verify(cause) => cause.retry_after(),
-        _ => None,
-    };
-    Unverified {
-        message: crate::telemetry::error_chain(error),
-        retry_after,
+/// The active grant's state, or why it could not be looked at, as `decide` is told of them.
+async fn look_at_grant(
+    providers: &Providers,
+    request: &AccessRequest,
+    policy: Option<&AccessPolicy>,
+) -> (Option<provider::GrantState>, Option<Unverified>) {
+    match verify_active(providers, request, policy).await {
+        Ok(grant) => (grant, None),
+        Err(error) => {
+            let retry_after = match &error {
+                Error::Verify(cause) => cause.retry_after(),
+                _ => None,
+            };
+            let unverified = Unverified {
+                message: crate::telemetry::error_chain(&error),
+                retry_after,
+            };
+            (None, Some(unverified))
+        }
     }
 }
 
