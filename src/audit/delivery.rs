@@ -119,8 +119,10 @@ struct State {
     sent: HashMap<(String, String), u64>,
     /// Outboxes whose removal or `Deleted` record is under way.
     busy: HashSet<String>,
-    /// Parsed outboxes by name, with the resourceVersion they were parsed at.
-    parsed: HashMap<String, (String, Arc<Outbox>)>,
+    /// Every outbox, parsed as the watch delivered it, by ConfigMap name.
+    outboxes: HashMap<String, Arc<Outbox>>,
+    /// Whether `outboxes` holds every outbox (the watch has listed them all).
+    outboxes_listed: bool,
 }
 
 /// Delivers audit records to channels.
@@ -164,16 +166,15 @@ impl Deliverer {
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send + 'static) {
         let namespace = self.recorder.store().namespace().to_owned();
         let outboxes = Api::<ConfigMap>::namespaced(self.client.clone(), &namespace);
-        let (outbox_store, outbox_writer) = reflector::store();
+        // Outboxes are parsed as they arrive and held parsed, without the ConfigMaps: each
+        // change is parsed (and its seals checked) once, and a round reads no ConfigMap.
+        let watcher_self = self.clone();
         let outbox_stream = watcher(
             outboxes,
             watcher::Config::default().labels(&format!("{OUTBOX_LABEL}={OUTBOX_VALUE}")),
         )
         .default_backoff()
-        // Only the data and the version are read; managedFields would double what is held.
-        .modify(|config_map: &mut ConfigMap| config_map.metadata.managed_fields = None)
-        .reflect(outbox_writer)
-        .touched_objects();
+        .map(move |event| event.map(|event| watcher_self.outbox_changed(event)));
         let channels = Api::<NotificationChannel>::all(self.client.clone());
         let (channel_store, channel_writer) = reflector::store();
         let channel_stream = watcher(channels, watcher::Config::default())
@@ -208,16 +209,20 @@ impl Deliverer {
                 },
                 () = tokio::time::sleep(TICK) => {},
             }
-            if outbox_store.wait_until_ready().await.is_err() {
-                break;
-            }
+            let outboxes: Vec<Arc<Outbox>> = {
+                let state = self.state();
+                if !state.outboxes_listed {
+                    continue;
+                }
+                state.outboxes.values().cloned().collect()
+            };
             let channels: HashMap<String, Arc<NotificationChannel>> = channel_store
                 .state()
                 .into_iter()
                 .map(|channel| (channel.name_any(), channel))
                 .collect();
             let started = Instant::now();
-            self.round(&outbox_store.state(), &channels);
+            self.round(&outboxes, &channels);
             // A round's cost grows with the outboxes held; resting as long as it took keeps
             // delivery under half a core however many there are.
             rest = started.elapsed();
@@ -225,32 +230,62 @@ impl Deliverer {
         watches.abort();
     }
 
+    /// Takes one change from the outbox watch into the parsed outboxes.
+    fn outbox_changed(&self, event: watcher::Event<ConfigMap>) {
+        let sealer = self.recorder.store().sealer();
+        let parse = |config_map: ConfigMap| {
+            let name = config_map.name_any();
+            let outbox = Outbox::parse(&Arc::new(config_map), sealer)
+                .map(|outbox| Arc::new(outbox.keeping_owed_text()));
+            (name, outbox)
+        };
+        let mut state = self.state();
+        match event {
+            watcher::Event::Init => {
+                state.outboxes_listed = false;
+                state.outboxes.clear();
+            }
+            watcher::Event::InitApply(config_map) | watcher::Event::Apply(config_map) => {
+                let (name, outbox) = parse(config_map);
+                match outbox {
+                    Some(outbox) => state.outboxes.insert(name, outbox),
+                    None => state.outboxes.remove(&name),
+                };
+            }
+            watcher::Event::InitDone => {
+                state.outboxes_listed = true;
+                // A removed outbox is owed nothing more: forget its cursors.
+                let State { sent, outboxes, .. } = &mut *state;
+                let uids: HashSet<&str> = outboxes
+                    .values()
+                    .map(|outbox| outbox.uid.as_str())
+                    .collect();
+                sent.retain(|(uid, _), _| uids.contains(uid.as_str()));
+            }
+            watcher::Event::Delete(config_map) => {
+                if let Some(outbox) = state.outboxes.remove(&config_map.name_any()) {
+                    state.sent.retain(|(uid, _), _| *uid != outbox.uid);
+                }
+            }
+        }
+    }
+
     /// One look at everything: starts what can be sent, removes what is done.
     fn round(
         self: &Arc<Self>,
-        config_maps: &[Arc<ConfigMap>],
+        outboxes: &[Arc<Outbox>],
         channels: &HashMap<String, Arc<NotificationChannel>>,
     ) {
         let requests_known = self.requests_synced.load(Ordering::Acquire);
-        let live: HashSet<String> = if requests_known {
-            self.requests
-                .state()
-                .iter()
-                .filter_map(|request| request.uid())
-                .collect()
-        } else {
-            HashSet::new()
-        };
         let now = Instant::now();
         let mut backlog: HashMap<String, usize> =
             channels.keys().map(|name| (name.clone(), 0)).collect();
-        let outboxes = self.parse_all(config_maps);
-        for outbox in &outboxes {
+        for outbox in outboxes {
             let uid = &outbox.uid;
             if !outbox.forged.is_empty() {
                 warn!(outbox = %uid, keys = ?outbox.forged, "ignoring audit records without the operator's seal");
             }
-            if !outbox.gone && requests_known && !live.contains(uid) {
+            if !outbox.gone && requests_known && !self.request_exists(outbox) {
                 self.spawn_deleted(outbox.clone());
             }
             let mut complete = outbox.gone;
@@ -288,38 +323,15 @@ impl Deliverer {
         }
     }
 
-    fn parse_all(&self, config_maps: &[Arc<ConfigMap>]) -> Vec<Arc<Outbox>> {
-        let sealer = self.recorder.store().sealer().clone();
-        let mut state = self.state();
-        let mut seen = HashSet::new();
-        let mut outboxes = Vec::new();
-        for config_map in config_maps {
-            let name = config_map.name_any();
-            let version = config_map.resource_version().unwrap_or_default();
-            seen.insert(name.clone());
-            let cached = state
-                .parsed
-                .get(&name)
-                .filter(|(parsed_at, _)| *parsed_at == version)
-                .map(|(_, outbox)| outbox.clone());
-            let outbox = match cached {
-                Some(outbox) => outbox,
-                None => match Outbox::parse(config_map, &sealer) {
-                    Some(outbox) => {
-                        let outbox = Arc::new(outbox);
-                        state.parsed.insert(name, (version, outbox.clone()));
-                        outbox
-                    }
-                    None => continue,
-                },
-            };
-            outboxes.push(outbox);
-        }
-        state.parsed.retain(|name, _| seen.contains(name));
-        // A removed outbox is owed nothing more: forget its cursors.
-        let uids: HashSet<&str> = outboxes.iter().map(|outbox| outbox.uid.as_str()).collect();
-        state.sent.retain(|(uid, _), _| uids.contains(uid.as_str()));
-        outboxes
+    /// Whether the outbox's request is still in the cache: the same name and the same UID
+    /// (a request made again under the same name is another request).
+    fn request_exists(&self, outbox: &Outbox) -> bool {
+        let Some((namespace, name)) = outbox.request.split_once('/') else {
+            return false;
+        };
+        self.requests
+            .get(&reflector::ObjectRef::new(name).within(namespace))
+            .is_some_and(|request| request.uid().as_deref() == Some(outbox.uid.as_str()))
     }
 
     /// The next ordinal `channel` is owed from `outbox`, counting what this process sent.

@@ -172,6 +172,37 @@ impl Outbox {
         Some(outbox)
     }
 
+    /// The outbox as the deliverer holds it between rounds: with the text of only the records
+    /// some channel is still owed. The rest is never sent again (a `Deleted` record reads the
+    /// outbox afresh), so holding every request's outbox costs a few hundred bytes each
+    /// instead of every event it ever recorded.
+    #[must_use]
+    pub fn keeping_owed_text(mut self) -> Self {
+        let Some(data) = self.source.take().and_then(|source| source.data.clone()) else {
+            return self;
+        };
+        let owed: BTreeMap<String, String> = self
+            .records
+            .iter()
+            .filter(|(ordinal, kept)| {
+                kept.to
+                    .iter()
+                    .any(|channel| **ordinal >= self.delivered.get(channel).copied().unwrap_or(0))
+            })
+            .filter_map(|(_, kept)| {
+                let text = data.get(kept.key.as_ref())?;
+                Some((kept.key.to_string(), text.clone()))
+            })
+            .collect();
+        if !owed.is_empty() {
+            self.source = Some(Arc::new(ConfigMap {
+                data: Some(owed),
+                ..ConfigMap::default()
+            }));
+        }
+        self
+    }
+
     /// The record at `ordinal`, its event read from the ConfigMap (whose seal `parse` checked).
     pub fn record(&self, ordinal: u64) -> Option<Record> {
         let kept = self.records.get(&ordinal)?;
@@ -267,6 +298,23 @@ impl Store {
         Ok(found.and_then(|config_map| Outbox::parse(&Arc::new(config_map), &self.sealer)))
     }
 
+    /// Makes the outbox of a request with its first records, `recorded` at `next`; `false`
+    /// when it exists already (nothing is written then).
+    pub async fn create(
+        &self,
+        uid: &str,
+        request: &str,
+        records: &[(u64, Record)],
+        next: u64,
+    ) -> Result<bool, Error> {
+        let config_map = self.config_map(uid, request, self.data(uid, records, next, false));
+        match self.api.create(&PostParams::default(), &config_map).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+            Err(error) => Err(Self::failed("create", uid)(error)),
+        }
+    }
+
     /// Adds records (by ordinal) and moves `recorded` on to `next`; marks the request gone
     /// when `gone`. Idempotent: a record written twice is the same key.
     pub async fn append(
@@ -277,6 +325,18 @@ impl Store {
         next: u64,
         gone: bool,
     ) -> Result<(), Error> {
+        let data = self.data(uid, records, next, gone);
+        self.merge(uid, request, data).await
+    }
+
+    /// The keys that hold `records`, `recorded` at `next`, and `gone` when it is.
+    fn data(
+        &self,
+        uid: &str,
+        records: &[(u64, Record)],
+        next: u64,
+        gone: bool,
+    ) -> BTreeMap<String, String> {
         let mut data = BTreeMap::new();
         for (ordinal, record) in records {
             let text = serde_json::to_string(record).unwrap_or_default();
@@ -293,7 +353,28 @@ impl Store {
         if gone {
             data.insert(GONE.to_owned(), "true".to_owned());
         }
-        self.merge(uid, request, data).await
+        data
+    }
+
+    /// A new outbox holding `data`.
+    fn config_map(&self, uid: &str, request: &str, data: BTreeMap<String, String>) -> ConfigMap {
+        ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(Self::name(uid)),
+                namespace: Some(self.namespace.clone()),
+                labels: Some(BTreeMap::from([
+                    (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
+                    (OUTBOX_LABEL.to_owned(), OUTBOX_VALUE.to_owned()),
+                ])),
+                annotations: Some(BTreeMap::from([(
+                    REQUEST_ANNOTATION.to_owned(),
+                    request.to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..ConfigMap::default()
+        }
     }
 
     /// Records that `channel` got everything before `next`.
@@ -348,23 +429,7 @@ impl Store {
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
                 Err(error) => return Err(Self::failed("update", uid)(error)),
             }
-            let config_map = ConfigMap {
-                metadata: ObjectMeta {
-                    name: Some(name.clone()),
-                    namespace: Some(self.namespace.clone()),
-                    labels: Some(BTreeMap::from([
-                        (MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned()),
-                        (OUTBOX_LABEL.to_owned(), OUTBOX_VALUE.to_owned()),
-                    ])),
-                    annotations: Some(BTreeMap::from([(
-                        REQUEST_ANNOTATION.to_owned(),
-                        request.to_owned(),
-                    )])),
-                    ..ObjectMeta::default()
-                },
-                data: Some(data.clone()),
-                ..ConfigMap::default()
-            };
+            let config_map = self.config_map(uid, request, data.clone());
             match self.api.create(&PostParams::default(), &config_map).await {
                 Ok(_) => return Ok(()),
                 // Made meanwhile by another writer: merge into it.
@@ -373,5 +438,100 @@ impl Store {
             }
         }
         Err(Error::Contended { name })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    const UID: &str = "6f1c2d3e-0000-4000-8000-000000000001";
+
+    fn sealed(sealer: &Sealer, ordinal: u64, to: &[&str]) -> (String, String) {
+        let record = Record {
+            event: serde_json::json!({"id": format!("event {ordinal}")}),
+            to: to.iter().map(|channel| (*channel).to_owned()).collect(),
+            mail: Vec::new(),
+        };
+        let text = serde_json::to_string(&record).unwrap();
+        let sealed = Sealed {
+            seal: sealer.seal_audit(UID, ordinal, &text),
+            record: text,
+        };
+        (
+            format!("{EVENT_PREFIX}{ordinal:08}"),
+            serde_json::to_string(&sealed).unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_deliverer_keeps_the_text_of_only_what_a_channel_is_still_owed() {
+        let sealer = Sealer::new(b"the outbox tests' sealing key....");
+        let mut data: BTreeMap<String, String> = [
+            sealed(&sealer, 0, &["slack"]),
+            sealed(&sealer, 1, &[]),
+            sealed(&sealer, 2, &["slack", "mail"]),
+            sealed(&sealer, 3, &["mail"]),
+        ]
+        .into_iter()
+        .collect();
+        data.insert(format!("{DELIVERED_PREFIX}slack"), "1".to_owned());
+        data.insert(format!("{DELIVERED_PREFIX}mail"), "4".to_owned());
+        data.insert(RECORDED.to_owned(), "4".to_owned());
+        let config_map = Arc::new(ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(Store::name(UID)),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..ConfigMap::default()
+        });
+
+        let outbox = Outbox::parse(&config_map, &sealer)
+            .unwrap()
+            .keeping_owed_text();
+
+        assert_eq!(outbox.records.len(), 4, "every record is still known");
+        assert!(outbox.forged.is_empty());
+        // Slack has had 0; it is owed 2. Mail has had everything. Nobody hears 1.
+        assert_eq!(
+            outbox.next_for("slack", 1).map(|(ordinal, _)| ordinal),
+            Some(2)
+        );
+        assert_eq!(
+            outbox.record(2).map(|record| record.event["id"].clone()),
+            Some(serde_json::json!("event 2"))
+        );
+        for settled in [0, 1, 3] {
+            assert!(outbox.record(settled).is_none(), "text of {settled} kept");
+        }
+        let kept = outbox.source.as_ref().unwrap().data.as_ref().unwrap();
+        assert_eq!(kept.len(), 1, "only the owed record's text: {kept:?}");
+    }
+
+    #[test]
+    fn an_outbox_nobody_is_owed_anything_from_keeps_no_text() {
+        let sealer = Sealer::new(b"the outbox tests' sealing key....");
+        let data: BTreeMap<String, String> = [sealed(&sealer, 0, &[]), sealed(&sealer, 1, &[])]
+            .into_iter()
+            .collect();
+        let config_map = Arc::new(ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(Store::name(UID)),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..ConfigMap::default()
+        });
+
+        let outbox = Outbox::parse(&config_map, &sealer)
+            .unwrap()
+            .keeping_owed_text();
+
+        assert_eq!(outbox.records.len(), 2);
+        assert!(outbox.source.is_none());
+        assert!(outbox.channels().is_empty());
     }
 }
