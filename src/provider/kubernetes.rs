@@ -325,6 +325,34 @@ where
     Ok(())
 }
 
+/// The request UIDs on every managed binding of one kind, read a page at a time: the sweep
+/// holds a page of bindings, not all of them.
+async fn list_request_uids<K>(api: Api<K>, kinds: &str) -> Result<Vec<String>, Error>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    const PAGE: u32 = 500;
+    let mut params = ListParams::default()
+        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
+        .limit(PAGE);
+    let mut uids = Vec::new();
+    loop {
+        let page = api
+            .list_metadata(&params)
+            .await
+            .map_err(kubernetes_error("list", kinds))?;
+        uids.extend(
+            page.items
+                .iter()
+                .filter_map(|binding| binding.labels().get(REQUEST_UID_LABEL).cloned()),
+        );
+        match page.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(uids),
+        }
+    }
+}
+
 /// Makes sure a deleted binding is gone, not Terminating: RBAC honours a binding until it is
 /// removed, and anyone who may patch bindings can add a finalizer without an escalation check.
 /// Finalizers on the operator's own bindings are removed; a binding still there afterwards is
@@ -450,29 +478,15 @@ impl Provider for KubernetesProvider {
     }
 
     async fn list_managed(&self) -> Result<Vec<String>, Error> {
-        let selector = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-        let mut uids = Vec::new();
-        let role_bindings = Api::<RoleBinding>::all(self.client.clone())
-            .list_metadata(&selector)
-            .await
-            .map_err(kubernetes_error("list", "RoleBindings"))?;
-        let cluster_role_bindings = Api::<ClusterRoleBinding>::all(self.client.clone())
-            .list_metadata(&selector)
-            .await
-            .map_err(kubernetes_error("list", "ClusterRoleBindings"))?;
-        let labels = role_bindings
-            .into_iter()
-            .map(|binding| binding.metadata.labels)
-            .chain(
-                cluster_role_bindings
-                    .into_iter()
-                    .map(|binding| binding.metadata.labels),
-            );
-        for labels in labels.flatten() {
-            if let Some(uid) = labels.get(REQUEST_UID_LABEL) {
-                uids.push(uid.clone());
-            }
-        }
+        let mut uids =
+            list_request_uids(Api::<RoleBinding>::all(self.client.clone()), "RoleBindings").await?;
+        uids.extend(
+            list_request_uids(
+                Api::<ClusterRoleBinding>::all(self.client.clone()),
+                "ClusterRoleBindings",
+            )
+            .await?,
+        );
         Ok(uids)
     }
 
