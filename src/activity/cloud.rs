@@ -250,6 +250,10 @@ fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
     metadata.managed_fields = None;
     metadata.labels = None;
     metadata.annotations = None;
+    request.spec.reason = None;
+    if let Some(requester) = request.spec.requester.as_mut() {
+        requester.extra.clear();
+    }
     if let Some(status) = request.status.take() {
         let window = super::phase_and_window(&status);
         request.status = Some(AccessRequestStatus {

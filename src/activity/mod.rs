@@ -151,7 +151,7 @@ impl BindingRef {
 pub(crate) type RequestKey = String;
 
 /// An active Kubernetes grant: whose request, for which subject, from when to when.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ActiveGrant {
     pub request: RequestKey,
     pub uid: String,
