@@ -219,47 +219,75 @@ impl Recorder {
         let Some(next) = transitions.last().map(|last| last.ordinal + 1) else {
             return Ok(());
         };
-        let recorded = match self.cached(&uid) {
-            Some(recorded) => recorded,
-            None => self
-                .store
-                .read(&uid)
-                .await?
-                .map_or(0, |outbox| outbox.recorded),
-        };
-        if recorded >= next {
-            self.remember(&uid, recorded);
-            return Ok(());
-        }
-        let history = transitions
-            .iter()
-            .any(|transition| {
-                transition.ordinal >= recorded
-                    && matches!(
-                        transition.kind,
-                        AuditEventType::Requested | AuditEventType::Reminder
-                    )
-            })
-            .then(grants_last_30_days);
-        let mut records = Vec::new();
-        for transition in transitions
-            .iter()
-            .filter(|transition| transition.ordinal >= recorded)
-        {
-            let event = event::event_json(request, status, policy, transition, history)?;
-            records.push((
-                transition.ordinal,
-                outbox::Record {
-                    event,
-                    to: self.routes(policy, transition.kind),
-                    mail: recipients(request, policy, transition.kind),
-                },
-            ));
-        }
         let name = path_of(request);
-        self.store
-            .append(&uid, &name, &records, next, false)
-            .await?;
+        // How often the subject had this role lately: counted once, and only if a new
+        // transition tells approvers.
+        let mut count = Some(grants_last_30_days);
+        let mut counted = None;
+        let mut history = |recorded: u64| {
+            transitions
+                .iter()
+                .any(|transition| {
+                    transition.ordinal >= recorded
+                        && matches!(
+                            transition.kind,
+                            AuditEventType::Requested | AuditEventType::Reminder
+                        )
+                })
+                .then(|| *counted.get_or_insert_with(|| count.take().map_or(0, |count| count())))
+        };
+        let records_from = |recorded: u64, history: Option<usize>| {
+            let mut records = Vec::new();
+            for transition in transitions
+                .iter()
+                .filter(|transition| transition.ordinal >= recorded)
+            {
+                let event = event::event_json(request, status, policy, transition, history)?;
+                records.push((
+                    transition.ordinal,
+                    outbox::Record {
+                        event,
+                        to: self.routes(policy, transition.kind),
+                        mail: recipients(request, policy, transition.kind),
+                    },
+                ));
+            }
+            Ok::<_, Error>(records)
+        };
+        let records = match self.cached(&uid) {
+            Some(recorded) if recorded >= next => return Ok(()),
+            Some(recorded) => {
+                let records = records_from(recorded, history(recorded))?;
+                self.store
+                    .append(&uid, &name, &records, next, false)
+                    .await?;
+                records
+            }
+            // Not seen by this process: almost always a new request, whose outbox does not
+            // exist yet. Making it at once saves a read and a merge that fails; an outbox
+            // that exists (a restart) is read, and only what it lacks is added.
+            None => {
+                let records = records_from(0, history(0))?;
+                if self.store.create(&uid, &name, &records, next).await? {
+                    records
+                } else {
+                    let recorded = self
+                        .store
+                        .read(&uid)
+                        .await?
+                        .map_or(0, |outbox| outbox.recorded);
+                    if recorded >= next {
+                        self.remember(&uid, recorded);
+                        return Ok(());
+                    }
+                    let records = records_from(recorded, history(recorded))?;
+                    self.store
+                        .append(&uid, &name, &records, next, false)
+                        .await?;
+                    records
+                }
+            }
+        };
         // Recorded, told to nobody yet.
         crate::failpoint::crash_point("audit-after-record");
         for (_, record) in &records {
