@@ -20,7 +20,6 @@ use std::{
 
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -45,7 +44,7 @@ use crate::{
         TimelineEntry,
     },
     metrics::Metrics,
-    provider::{MANAGED_BY, MANAGED_BY_LABEL, Providers, REQUEST_ANNOTATION},
+    provider::Providers,
     retry,
     seal::Sealer,
     telemetry::error_chain,
@@ -308,15 +307,9 @@ pub async fn run(
                 .collect::<Vec<_>>()
         })
         // A managed binding changed or deleted by hand: look at its request now (drift).
-        .watches(
-            Api::<RoleBinding>::all(context.client.clone()),
-            managed_only(),
-            |binding| request_of(&binding),
-        )
-        .watches(
-            Api::<ClusterRoleBinding>::all(context.client.clone()),
-            managed_only(),
-            |binding| request_of(&binding),
+        .reconcile_on(
+            futures::stream::select_all(context.providers.all().filter_map(|p| p.watch()))
+                .map(|(namespace, name)| ObjectRef::new(&name).within(&namespace)),
         )
         // Reconciles at once: each holds a request read whole and an API connection (with its
         // buffers) while it runs, so this bounds the operator's memory whatever the number and
@@ -390,20 +383,6 @@ fn reconcile_relevant(guarded: &DeserializeGuard<AccessRequest>) -> Option<u64> 
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     serde_json::to_vec(&relevant).ok()?.hash(&mut hasher);
     Some(hasher.finish())
-}
-
-/// Watches only what the operator manages.
-fn managed_only() -> watcher::Config {
-    watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
-}
-
-/// The request a managed object belongs to, from its `jit.dev/request` annotation.
-fn request_of<K: ResourceExt>(object: &K) -> Option<ObjectRef<DeserializeGuard<AccessRequest>>> {
-    let (namespace, name) = object
-        .annotations()
-        .get(REQUEST_ANNOTATION)?
-        .split_once('/')?;
-    Some(ObjectRef::new(name).within(namespace))
 }
 
 #[instrument(skip_all, fields(request = %guarded.name_any(), namespace = guarded.namespace(), subject = tracing::field::Empty))]

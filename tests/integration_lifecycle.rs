@@ -398,3 +398,67 @@ async fn removing_the_role_from_the_policy_revokes() {
     assert_eq!(granted.reason, "PolicyChanged");
     assert!(!alice_can(&env, "list").await);
 }
+
+/// A revoke deletes the bindings it knows of by name, without listing the cluster's bindings:
+/// one the status records, and any other labelled with the request's UID that the operator's
+/// watch of its bindings has seen (here one made by hand, as an earlier grant of the request
+/// at a place its policy no longer names would be). Both are gone by the time the request
+/// says it is revoked.
+#[tokio::test]
+async fn a_revoke_removes_every_binding_of_the_request_not_only_the_recorded_one() {
+    shared_operator();
+    let env = TestEnv::new().await;
+    let policy = policy(&env, |_| {}).await;
+    let name = request(&env, &policy, "view", "1h").await;
+    let pending = wait_for_request(&requests(&env), &name, "pending", |r| {
+        phase(r) == Some(Phase::Pending)
+    })
+    .await;
+    let uid = pending.uid().unwrap();
+    let earlier: RoleBinding = serde_json::from_value(json!({
+        "metadata": {
+            "name": format!("jit-earlier-{}", random_suffix(6)),
+            "namespace": env.namespace,
+            "labels": {"app.kubernetes.io/managed-by": "jit-operator", "jit.dev/request-uid": uid},
+            "annotations": {"jit.dev/request": format!("{}/{name}", env.namespace)},
+        },
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "jit-dev-view"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "alice"}],
+    }))
+    .unwrap();
+    Api::<RoleBinding>::namespaced(env.admin.clone(), &env.namespace)
+        .create(&PostParams::default(), &earlier)
+        .await
+        .expect("an earlier binding of the request");
+    annotate(&env.bob, &env.namespace, &name, annotations::APPROVE, "ok")
+        .await
+        .expect("annotate");
+    let active = wait_for_request(&requests(&env), &name, "granted", |r| {
+        condition_true(r, "Granted")
+    })
+    .await;
+    assert_eq!(bindings_for(&env, &active).await.len(), 2);
+    annotate(
+        &env.alice,
+        &env.namespace,
+        &name,
+        annotations::REVOKE,
+        "done",
+    )
+    .await
+    .expect("annotate");
+    wait_for_request(&requests(&env), &name, "revoked", |r| {
+        phase(r) == Some(Phase::Revoked)
+    })
+    .await;
+    assert_eq!(
+        bindings_for(&env, &active)
+            .await
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect::<Vec<_>>(),
+        Vec::<String>::new(),
+        "every binding of the request is gone once it says revoked"
+    );
+    assert!(!alice_can(&env, "list").await);
+}

@@ -2,9 +2,14 @@
 //! ClusterRoleBinding from the subject to the policy's ClusterRole, named by the grant key and
 //! labelled with the request UID. Kubernetes has no expiring bindings: the operator ends them.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use k8s_openapi::{
     api::{
         authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec},
@@ -14,7 +19,8 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, PartialObjectMeta, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
 };
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::debug;
@@ -36,6 +42,172 @@ pub struct KubernetesProvider {
     /// read per role a minute instead of one per grant. Only the propagation check uses it,
     /// and a stale one can only make that check end early or wait out its limit.
     samples: std::sync::Mutex<BTreeMap<String, (tokio::time::Instant, Option<ResourceAttributes>)>>,
+    /// Where the operator's bindings are, as the watch [`Provider::watch`] starts saw them.
+    bindings: Arc<Mutex<ManagedBindings>>,
+}
+
+/// A binding's kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum BindingKind {
+    RoleBinding,
+    ClusterRoleBinding,
+}
+
+/// A binding: its kind, namespace (RoleBindings) and name.
+type BindingName = (BindingKind, Option<String>, String);
+
+/// The operator's bindings by the request UID on their label, from a watch of them. A revoke
+/// deletes by name what this knows of the request (and what its status records) instead of
+/// listing every binding in the cluster for one label: at 3,000 grants those two lists were an
+/// eighth of the API server's CPU while revoking, and their cost grows with the cluster.
+#[derive(Default)]
+struct ManagedBindings {
+    /// Binding -> request UID, and the reverse.
+    uid_of: HashMap<BindingName, String>,
+    by_uid: HashMap<String, HashSet<BindingName>>,
+    /// What each kind's watch has listed so far since it last started listing.
+    listing: HashMap<BindingKind, Vec<(BindingName, String)>>,
+    /// The kinds whose watch has listed everything at least once.
+    listed: HashSet<BindingKind>,
+}
+
+impl ManagedBindings {
+    fn insert(&mut self, binding: BindingName, uid: String) {
+        self.remove(&binding);
+        self.by_uid
+            .entry(uid.clone())
+            .or_default()
+            .insert(binding.clone());
+        self.uid_of.insert(binding, uid);
+    }
+
+    fn remove(&mut self, binding: &BindingName) {
+        let Some(uid) = self.uid_of.remove(binding) else {
+            return;
+        };
+        if let Some(bindings) = self.by_uid.get_mut(&uid) {
+            bindings.remove(binding);
+            if bindings.is_empty() {
+                self.by_uid.remove(&uid);
+            }
+        }
+    }
+
+    /// Takes one event of the watch of `kind`.
+    fn take<K: kube::Resource>(
+        &mut self,
+        kind: BindingKind,
+        event: &watcher::Event<PartialObjectMeta<K>>,
+    ) {
+        let named = |object: &PartialObjectMeta<K>| -> BindingName {
+            (kind, object.namespace(), object.name_any())
+        };
+        let uid = |object: &PartialObjectMeta<K>| object.labels().get(REQUEST_UID_LABEL).cloned();
+        match event {
+            watcher::Event::Init => {
+                self.listing.insert(kind, Vec::new());
+            }
+            watcher::Event::InitApply(object) => {
+                if let (Some(listing), Some(uid)) = (self.listing.get_mut(&kind), uid(object)) {
+                    listing.push((named(object), uid));
+                }
+            }
+            watcher::Event::InitDone => {
+                let listed = self.listing.remove(&kind).unwrap_or_default();
+                let stale: Vec<BindingName> = self
+                    .uid_of
+                    .keys()
+                    .filter(|binding| binding.0 == kind)
+                    .cloned()
+                    .collect();
+                for binding in &stale {
+                    self.remove(binding);
+                }
+                for (binding, uid) in listed {
+                    self.insert(binding, uid);
+                }
+                self.listed.insert(kind);
+            }
+            watcher::Event::Apply(object) => match uid(object) {
+                Some(uid) => self.insert(named(object), uid),
+                None => self.remove(&named(object)),
+            },
+            watcher::Event::Delete(object) => self.remove(&named(object)),
+        }
+    }
+
+    /// The bindings labelled with the request's UID, once both watches have listed them.
+    fn of_request(&self, uid: &str) -> Option<Vec<BindingName>> {
+        let listed = [BindingKind::RoleBinding, BindingKind::ClusterRoleBinding]
+            .iter()
+            .all(|kind| self.listed.contains(kind));
+        listed.then(|| {
+            self.by_uid
+                .get(uid)
+                .map(|bindings| bindings.iter().cloned().collect())
+                .unwrap_or_default()
+        })
+    }
+}
+
+/// The binding a grant reference (`RoleBinding NS/NAME`, `ClusterRoleBinding NAME`) names.
+fn binding_of_reference(reference: &str) -> Option<BindingName> {
+    match reference.split_once(' ')? {
+        ("RoleBinding", rest) => {
+            let (namespace, name) = rest.split_once('/')?;
+            Some((
+                BindingKind::RoleBinding,
+                Some(namespace.to_owned()),
+                name.to_owned(),
+            ))
+        }
+        ("ClusterRoleBinding", name) => {
+            Some((BindingKind::ClusterRoleBinding, None, name.to_owned()))
+        }
+        _ => None,
+    }
+}
+
+/// Watches one kind of the operator's bindings (metadata only) into `bindings`; yields the
+/// request of each binding that changed or went.
+fn watch_kind<K>(
+    api: Api<PartialObjectMeta<K>>,
+    kind: BindingKind,
+    bindings: Arc<Mutex<ManagedBindings>>,
+) -> futures::stream::BoxStream<'static, (String, String)>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+    watcher::watcher(api, config)
+        .default_backoff()
+        .filter_map(move |event| {
+            let bindings = bindings.clone();
+            async move {
+                let event = match event {
+                    Ok(event) => event,
+                    Err(error) => {
+                        debug!(error = %crate::telemetry::error_chain(&error), "binding watch failed; retrying");
+                        return None;
+                    }
+                };
+                bindings
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(kind, &event);
+                match event {
+                    watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
+                        let (namespace, name) =
+                            object.annotations().get(REQUEST_ANNOTATION)?.split_once('/')?;
+                        Some((namespace.to_owned(), name.to_owned()))
+                    }
+                    watcher::Event::Init
+                    | watcher::Event::InitApply(_)
+                    | watcher::Event::InitDone => None,
+                }
+            }
+        })
+        .boxed()
 }
 
 /// How long a ClusterRole's sample permission is used before the role is read again.
@@ -47,6 +219,7 @@ impl KubernetesProvider {
         Self {
             client,
             samples: std::sync::Mutex::default(),
+            bindings: Arc::default(),
         }
     }
 
@@ -309,18 +482,26 @@ where
             Some(namespace) => format!("{kind} {namespace}/{name}"),
             None => format!("{kind} {name}"),
         };
-        let api = api_for(namespace.as_deref());
-        // The API server answers a delete that removed the object with a Status, and one that
-        // left it in place (finalizers) with the object: only that one needs a second look.
-        let held = api
-            .delete(&name, &DeleteParams::default())
-            .await
-            .map(|answer| answer.is_left())
-            .or_else(|error| ignore_not_found(error).map(|()| false))
-            .map_err(kubernetes_error("delete", &reference))?;
-        if held {
-            ensure_gone(&api, &name, &reference).await?;
-        }
+        delete_one(&api_for(namespace.as_deref()), &name, &reference).await?;
+    }
+    Ok(())
+}
+
+/// Deletes one binding and makes sure it is gone; one already gone counts as deleted.
+async fn delete_one<K>(api: &Api<K>, name: &str, reference: &str) -> Result<(), Error>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    // The API server answers a delete that removed the object with a Status, and one that
+    // left it in place (finalizers) with the object: only that one needs a second look.
+    let held = api
+        .delete(name, &DeleteParams::default())
+        .await
+        .map(|answer| answer.is_left())
+        .or_else(|error| ignore_not_found(error).map(|()| false))
+        .map_err(kubernetes_error("delete", reference))?;
+    if held {
+        ensure_gone(api, name, reference).await?;
     }
     Ok(())
 }
@@ -477,6 +658,62 @@ impl Provider for KubernetesProvider {
         .await
     }
 
+    async fn revoke_recorded(
+        &self,
+        request: &RequestRef,
+        recorded: Option<&str>,
+    ) -> Result<(), Error> {
+        let known = self
+            .bindings
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .of_request(&request.uid);
+        // Until the watch has listed every binding, search.
+        let Some(mut bindings) = known else {
+            return self.revoke(request).await;
+        };
+        // The status's record, whether or not the watch has shown it yet.
+        if let Some(binding) = recorded.and_then(binding_of_reference)
+            && !bindings.contains(&binding)
+        {
+            bindings.push(binding);
+        }
+        for (kind, namespace, name) in bindings {
+            match (kind, namespace) {
+                (BindingKind::RoleBinding, Some(namespace)) => {
+                    let reference = format!("RoleBinding {namespace}/{name}");
+                    let api = Api::<RoleBinding>::namespaced(self.client.clone(), &namespace);
+                    delete_one(&api, &name, &reference).await?;
+                }
+                (BindingKind::ClusterRoleBinding, _) => {
+                    let reference = format!("ClusterRoleBinding {name}");
+                    let api = Api::<ClusterRoleBinding>::all(self.client.clone());
+                    delete_one(&api, &name, &reference).await?;
+                }
+                (BindingKind::RoleBinding, None) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn watch(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
+        Some(
+            futures::stream::select(
+                watch_kind(
+                    Api::<PartialObjectMeta<RoleBinding>>::all(self.client.clone()),
+                    BindingKind::RoleBinding,
+                    self.bindings.clone(),
+                ),
+                watch_kind(
+                    Api::<PartialObjectMeta<ClusterRoleBinding>>::all(self.client.clone()),
+                    BindingKind::ClusterRoleBinding,
+                    self.bindings.clone(),
+                ),
+            )
+            .boxed(),
+        )
+    }
+
     async fn list_managed(&self) -> Result<Vec<String>, Error> {
         let mut uids =
             list_request_uids(Api::<RoleBinding>::all(self.client.clone()), "RoleBindings").await?;
@@ -600,6 +837,126 @@ mod tests {
                 account.name.as_str()
             ),
             ("ServiceAccount", Some("ci"), "deployer")
+        );
+    }
+
+    fn binding_meta(
+        namespace: Option<&str>,
+        name: &str,
+        uid: Option<&str>,
+    ) -> PartialObjectMeta<RoleBinding> {
+        let mut labels = BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGED_BY.to_owned())]);
+        if let Some(uid) = uid {
+            labels.insert(REQUEST_UID_LABEL.to_owned(), uid.to_owned());
+        }
+        PartialObjectMeta {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                namespace: namespace.map(str::to_owned),
+                labels: Some(labels),
+                ..ObjectMeta::default()
+            },
+            ..PartialObjectMeta::default()
+        }
+    }
+
+    fn role_binding(namespace: &str, name: &str) -> BindingName {
+        (
+            BindingKind::RoleBinding,
+            Some(namespace.to_owned()),
+            name.to_owned(),
+        )
+    }
+
+    #[test]
+    fn the_binding_index_knows_nothing_until_both_kinds_are_listed_then_follows_the_watch() {
+        let mut index = ManagedBindings::default();
+        let kind = BindingKind::RoleBinding;
+        index.take::<RoleBinding>(kind, &watcher::Event::Init);
+        index.take(
+            kind,
+            &watcher::Event::InitApply(binding_meta(Some("a"), "jit-1", Some("1"))),
+        );
+        index.take(
+            kind,
+            &watcher::Event::InitApply(binding_meta(Some("b"), "jit-1", Some("1"))),
+        );
+        index.take::<RoleBinding>(kind, &watcher::Event::InitDone);
+        assert_eq!(
+            index.of_request("1"),
+            None,
+            "cluster role bindings not listed yet"
+        );
+        let cluster = BindingKind::ClusterRoleBinding;
+        index.take::<ClusterRoleBinding>(cluster, &watcher::Event::Init);
+        index.take::<ClusterRoleBinding>(cluster, &watcher::Event::InitDone);
+        let mut found = index.of_request("1").unwrap();
+        found.sort();
+        assert_eq!(
+            found,
+            vec![role_binding("a", "jit-1"), role_binding("b", "jit-1")]
+        );
+        assert_eq!(index.of_request("2"), Some(vec![]));
+
+        // Deleted, relabelled, added.
+        index.take(
+            kind,
+            &watcher::Event::Delete(binding_meta(Some("a"), "jit-1", Some("1"))),
+        );
+        index.take(
+            kind,
+            &watcher::Event::Apply(binding_meta(Some("b"), "jit-1", Some("2"))),
+        );
+        index.take(
+            kind,
+            &watcher::Event::Apply(binding_meta(Some("c"), "jit-3", Some("3"))),
+        );
+        assert_eq!(index.of_request("1"), Some(vec![]));
+        assert_eq!(
+            index.of_request("2"),
+            Some(vec![role_binding("b", "jit-1")])
+        );
+
+        // Listed again after the watch lost its place: what went meanwhile is forgotten.
+        index.take::<RoleBinding>(kind, &watcher::Event::Init);
+        index.take(
+            kind,
+            &watcher::Event::InitApply(binding_meta(Some("b"), "jit-1", Some("2"))),
+        );
+        index.take::<RoleBinding>(kind, &watcher::Event::InitDone);
+        assert_eq!(index.of_request("3"), Some(vec![]));
+        assert_eq!(
+            index.of_request("2"),
+            Some(vec![role_binding("b", "jit-1")])
+        );
+        // A binding that lost its label is no longer the request's.
+        index.take(
+            kind,
+            &watcher::Event::Apply(binding_meta(Some("b"), "jit-1", None)),
+        );
+        assert_eq!(index.of_request("2"), Some(vec![]));
+    }
+
+    #[test]
+    fn a_grant_reference_names_its_binding() {
+        assert_eq!(
+            binding_of_reference("RoleBinding team/jit-1"),
+            Some(role_binding("team", "jit-1"))
+        );
+        assert_eq!(
+            binding_of_reference("ClusterRoleBinding jit-1"),
+            Some((BindingKind::ClusterRoleBinding, None, "jit-1".to_owned()))
+        );
+        assert_eq!(binding_of_reference("RoleBinding jit-1"), None);
+        assert_eq!(binding_of_reference("Secret team/x"), None);
+        // The reference of every grant parses back to the same binding.
+        let namespaced = KubernetesTarget {
+            cluster_role: "view".into(),
+            namespace: Some("team".into()),
+        };
+        assert_eq!(
+            binding_of_reference(&reference(&namespaced, "jit-1")),
+            Some(role_binding("team", "jit-1"))
         );
     }
 }

@@ -369,6 +369,26 @@ pub trait Provider: Send + Sync {
     /// Removes every grant this provider holds for the request; nothing there counts as done.
     async fn revoke(&self, request: &RequestRef) -> Result<(), Error>;
 
+    /// [`Provider::revoke`], told that every grant made for the request was recorded in its
+    /// status (no grant intent is open) and what the status records (`recorded`, the
+    /// reference of the grant in this provider, if any): a provider that keeps track of
+    /// what it made need not search the target for it.
+    async fn revoke_recorded(
+        &self,
+        request: &RequestRef,
+        recorded: Option<&str>,
+    ) -> Result<(), Error> {
+        let _ = recorded;
+        self.revoke(request).await
+    }
+
+    /// The requests (namespace, name) whose grants in this target change or go, from a
+    /// watch the provider also learns from; `None` when it watches nothing. The controller
+    /// looks at those requests again (drift).
+    fn watch(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
+        None
+    }
+
     /// Compares the grant with what it should be, for drift repair.
     async fn verify(&self, grant: &GrantSpec<'_>) -> Result<GrantState, Error>;
 

@@ -178,9 +178,23 @@ async fn revoke(providers: &Providers, request: &AccessRequest) -> Result<Applie
             ));
         }
     }
-    // The policy may be gone: ask every provider; each treats nothing held as done.
+    // The policy may be gone: ask every provider; each treats nothing held as done. With no
+    // grant intent open, every grant made for the request is on record in its status, and a
+    // provider that tracks what it made need not search for it.
+    let all_recorded = request
+        .status
+        .as_ref()
+        .is_none_or(|status| status.intent.is_none());
     for provider in providers.all() {
-        provider.revoke(&request_ref).await.map_err(Error::Revoke)?;
+        let revoked = if all_recorded {
+            let reference = recorded
+                .filter(|grant| grant.provider == provider.target().as_str())
+                .map(|grant| grant.reference.as_str());
+            provider.revoke_recorded(&request_ref, reference).await
+        } else {
+            provider.revoke(&request_ref).await
+        };
+        revoked.map_err(Error::Revoke)?;
     }
     Ok(Applied {
         grant: None,
