@@ -338,14 +338,7 @@ fn cached_copy(guarded: &mut DeserializeGuard<AccessRequest>) {
     let Ok(request) = guarded.0.as_mut() else {
         return;
     };
-    let metadata = &mut request.metadata;
-    metadata.managed_fields = None;
-    metadata.labels = None;
-    metadata.annotations = None;
-    request.spec.reason = None;
-    if let Some(requester) = request.spec.requester.as_mut() {
-        requester.extra.clear();
-    }
+    request.strip_for_cache();
     if let Some(status) = request.status.take() {
         let ended = status.timeline.last().map(|entry| TimelineEntry {
             time: entry.time.clone(),
@@ -354,12 +347,8 @@ fn cached_copy(guarded: &mut DeserializeGuard<AccessRequest>) {
             message: None,
         });
         request.status = Some(AccessRequestStatus {
-            phase: status.phase,
-            granted_at: status.granted_at,
-            expires_at: status.expires_at,
-            revoked_at: status.revoked_at,
             timeline: ended.into_iter().collect(),
-            ..AccessRequestStatus::default()
+            ..status.phase_and_window()
         });
     }
 }

@@ -19,8 +19,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde::Deserialize;
 
 use crate::crd::v1alpha1::{
-    ACTIVITY_RECENT, ACTIVITY_TOP, AccessRequestStatus, Activity, ActivityAction,
-    ActivityCompleteness, ActivityCount, ActivitySource,
+    ACTIVITY_RECENT, ACTIVITY_TOP, Activity, ActivityAction, ActivityCompleteness, ActivityCount,
+    ActivitySource,
 };
 
 /// The audit annotation the API server sets to its authorization decision.
@@ -330,18 +330,6 @@ pub(crate) fn attribute(event: &AuditEvent, grants: &Grants) -> Vec<Attribution>
         }
         Some("forbid") => attribute_refusal(event, grants.by_binding.values(), &[]),
         _ => Vec::new(),
-    }
-}
-
-/// Of a request's status, its phase and its grant's window: what the activity caches keep of
-/// every request, each adding what else it reads.
-pub(crate) fn phase_and_window(status: &AccessRequestStatus) -> AccessRequestStatus {
-    AccessRequestStatus {
-        phase: status.phase,
-        granted_at: status.granted_at.clone(),
-        expires_at: status.expires_at.clone(),
-        revoked_at: status.revoked_at.clone(),
-        ..AccessRequestStatus::default()
     }
 }
 

@@ -688,15 +688,9 @@ fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
     let Ok(request) = guarded.0.as_mut() else {
         return;
     };
-    request.metadata.managed_fields = None;
-    request.metadata.labels = None;
-    request.metadata.annotations = None;
-    request.spec.reason = None;
-    if let Some(requester) = request.spec.requester.as_mut() {
-        requester.extra.clear();
-    }
+    request.strip_for_cache();
     if let Some(status) = request.status.take() {
-        let window = super::phase_and_window(&status);
+        let window = status.phase_and_window();
         request.status = Some(AccessRequestStatus {
             grant: status.grant,
             activity: status.activity,

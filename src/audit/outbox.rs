@@ -466,6 +466,17 @@ mod tests {
         )
     }
 
+    fn outbox_of(data: BTreeMap<String, String>) -> Arc<ConfigMap> {
+        Arc::new(ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(Store::name(UID)),
+                ..ObjectMeta::default()
+            },
+            data: Some(data),
+            ..ConfigMap::default()
+        })
+    }
+
     #[test]
     fn the_deliverer_keeps_the_text_of_only_what_a_channel_is_still_owed() {
         let sealer = Sealer::new(b"the outbox tests' sealing key....");
@@ -480,14 +491,7 @@ mod tests {
         data.insert(format!("{DELIVERED_PREFIX}slack"), "1".to_owned());
         data.insert(format!("{DELIVERED_PREFIX}mail"), "4".to_owned());
         data.insert(RECORDED.to_owned(), "4".to_owned());
-        let config_map = Arc::new(ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(Store::name(UID)),
-                ..ObjectMeta::default()
-            },
-            data: Some(data),
-            ..ConfigMap::default()
-        });
+        let config_map = outbox_of(data);
 
         let outbox = Outbox::parse(&config_map, &sealer)
             .unwrap()
@@ -517,14 +521,7 @@ mod tests {
         let data: BTreeMap<String, String> = [sealed(&sealer, 0, &[]), sealed(&sealer, 1, &[])]
             .into_iter()
             .collect();
-        let config_map = Arc::new(ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(Store::name(UID)),
-                ..ObjectMeta::default()
-            },
-            data: Some(data),
-            ..ConfigMap::default()
-        });
+        let config_map = outbox_of(data);
 
         let outbox = Outbox::parse(&config_map, &sealer)
             .unwrap()

@@ -580,6 +580,36 @@ impl AccessRequestSpec {
     }
 }
 
+impl AccessRequest {
+    /// Drops what none of the operator's caches of requests reads, and what a requester can
+    /// make large: managedFields, labels, annotations, the reason and the requester's extra
+    /// attributes.
+    pub fn strip_for_cache(&mut self) {
+        let metadata = &mut self.metadata;
+        metadata.managed_fields = None;
+        metadata.labels = None;
+        metadata.annotations = None;
+        self.spec.reason = None;
+        if let Some(requester) = self.spec.requester.as_mut() {
+            requester.extra.clear();
+        }
+    }
+}
+
+impl AccessRequestStatus {
+    /// Its phase and its grant's window: what every cache of requests keeps of a status, each
+    /// adding what else it reads.
+    pub fn phase_and_window(&self) -> Self {
+        Self {
+            phase: self.phase,
+            granted_at: self.granted_at.clone(),
+            expires_at: self.expires_at.clone(),
+            revoked_at: self.revoked_at.clone(),
+            ..Self::default()
+        }
+    }
+}
+
 /// Where a request is in its life. The last four are final and never left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum Phase {
