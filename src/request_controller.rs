@@ -20,6 +20,7 @@ use std::{
 
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -40,8 +41,8 @@ use self::{
 };
 use crate::{
     crd::v1alpha1::{
-        AccessPolicy, AccessRequest, AccessRequestStatus, FINALIZER, IntentAction, Phase,
-        TimelineEntry,
+        AccessPolicy, AccessRequest, AccessRequestSpec, AccessRequestStatus, FINALIZER,
+        IntentAction, Phase, Requester, TimelineEntry,
     },
     metrics::Metrics,
     provider::Providers,
@@ -225,7 +226,7 @@ pub async fn run(
                 request.metadata.managed_fields = None;
             }
         })
-        .inspect_ok(move |event| writer.apply_watcher_event(&event.clone().modify(cached_copy)))
+        .inspect_ok(move |event| writer.apply_watcher_event(&cached_event(event)))
         .applied_objects()
         .predicate_filter(reconcile_relevant, PredicateConfig::default());
     let controller = Controller::for_stream(stream, store.clone());
@@ -332,24 +333,66 @@ pub async fn run(
 /// settled, its policy, its subject and grant time for approvers' history, when it ended for
 /// retention, its name and UID for the audit deliverer). Reconciles read each request fresh.
 /// The whole request was a cache's largest part (about 5 KB each, 55 MB at 10,000); this
-/// copy is a few hundred bytes, and a requester padding a request with labels, annotations
-/// or a long reason costs the operator nothing to hold.
-fn cached_copy(guarded: &mut DeserializeGuard<AccessRequest>) {
-    let Ok(request) = guarded.0.as_mut() else {
-        return;
+/// copy is a few hundred bytes, made without copying the rest, and a requester padding a
+/// request with labels, annotations or a long reason costs the operator nothing to hold.
+fn cached_copy(guarded: &DeserializeGuard<AccessRequest>) -> DeserializeGuard<AccessRequest> {
+    let Ok(request) = &guarded.0 else {
+        return guarded.clone();
     };
-    request.strip_for_cache();
-    if let Some(status) = request.status.take() {
-        let ended = status.timeline.last().map(|entry| TimelineEntry {
-            time: entry.time.clone(),
-            event: entry.event.clone(),
-            actor: None,
-            message: None,
-        });
-        request.status = Some(AccessRequestStatus {
-            timeline: ended.into_iter().collect(),
-            ..status.phase_and_window()
-        });
+    let metadata = &request.metadata;
+    let spec = &request.spec;
+    let status = request.status.as_ref().map(|status| AccessRequestStatus {
+        timeline: status
+            .timeline
+            .last()
+            .map(|entry| TimelineEntry {
+                time: entry.time.clone(),
+                event: entry.event.clone(),
+                actor: None,
+                message: None,
+            })
+            .into_iter()
+            .collect(),
+        ..status.phase_and_window()
+    });
+    DeserializeGuard(Ok(AccessRequest {
+        metadata: ObjectMeta {
+            name: metadata.name.clone(),
+            namespace: metadata.namespace.clone(),
+            uid: metadata.uid.clone(),
+            resource_version: metadata.resource_version.clone(),
+            creation_timestamp: metadata.creation_timestamp.clone(),
+            deletion_timestamp: metadata.deletion_timestamp.clone(),
+            finalizers: metadata.finalizers.clone(),
+            ..ObjectMeta::default()
+        },
+        spec: AccessRequestSpec {
+            policy: spec.policy.clone(),
+            role: spec.role.clone(),
+            duration: spec.duration.clone(),
+            reason: None,
+            subject: spec.subject.clone(),
+            requester: spec.requester.as_ref().map(|requester| Requester {
+                username: requester.username.clone(),
+                uid: requester.uid.clone(),
+                groups: requester.groups.clone(),
+                extra: std::collections::BTreeMap::new(),
+            }),
+        },
+        status,
+    }))
+}
+
+/// A watch event as the controller's cache takes it: with [`cached_copy`]s.
+fn cached_event(
+    event: &watcher::Event<DeserializeGuard<AccessRequest>>,
+) -> watcher::Event<DeserializeGuard<AccessRequest>> {
+    match event {
+        watcher::Event::Apply(guarded) => watcher::Event::Apply(cached_copy(guarded)),
+        watcher::Event::Delete(guarded) => watcher::Event::Delete(cached_copy(guarded)),
+        watcher::Event::InitApply(guarded) => watcher::Event::InitApply(cached_copy(guarded)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
     }
 }
 

@@ -88,6 +88,23 @@ async fn bindings_for(env: &TestEnv, request: &AccessRequest) -> Vec<RoleBinding
         .items
 }
 
+/// Alice ends her request early; returns it once it says so.
+async fn alice_revokes(env: &TestEnv, name: &str) -> AccessRequest {
+    annotate(
+        &env.alice,
+        &env.namespace,
+        name,
+        annotations::REVOKE,
+        "done",
+    )
+    .await
+    .expect("annotate");
+    wait_for_request(&requests(env), name, "revoked", |r| {
+        phase(r) == Some(Phase::Revoked)
+    })
+    .await
+}
+
 async fn event_reasons(env: &TestEnv, name: &str) -> Vec<String> {
     Api::<Event>::namespaced(env.admin.clone(), &env.namespace)
         .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
@@ -315,19 +332,7 @@ async fn revoke_annotation_ends_access_early() {
     })
     .await;
     assert!(alice_can(&env, "list").await);
-    annotate(
-        &env.alice,
-        &env.namespace,
-        &name,
-        annotations::REVOKE,
-        "done",
-    )
-    .await
-    .expect("annotate");
-    let revoked = wait_for_request(&requests(&env), &name, "revoked", |r| {
-        phase(r) == Some(Phase::Revoked)
-    })
-    .await;
+    let revoked = alice_revokes(&env, &name).await;
     let status = revoked.status.unwrap();
     assert!(status.revoked_at.is_some());
     assert_eq!(
@@ -438,19 +443,7 @@ async fn a_revoke_removes_every_binding_of_the_request_not_only_the_recorded_one
     })
     .await;
     assert_eq!(bindings_for(&env, &active).await.len(), 2);
-    annotate(
-        &env.alice,
-        &env.namespace,
-        &name,
-        annotations::REVOKE,
-        "done",
-    )
-    .await
-    .expect("annotate");
-    wait_for_request(&requests(&env), &name, "revoked", |r| {
-        phase(r) == Some(Phase::Revoked)
-    })
-    .await;
+    alice_revokes(&env, &name).await;
     assert_eq!(
         bindings_for(&env, &active)
             .await

@@ -254,47 +254,43 @@ impl Recorder {
             }
             Ok::<_, Error>(records)
         };
-        let records = match self.cached(&uid) {
-            Some(recorded) if recorded >= next => return Ok(()),
-            Some(recorded) => {
-                let records = records_from(recorded, history(recorded))?;
-                self.store
-                    .append(&uid, &name, &records, next, false)
-                    .await?;
-                records
-            }
+        let recorded = match self.cached(&uid) {
+            Some(recorded) => recorded,
             // Not seen by this process: almost always a new request, whose outbox does not
             // exist yet. Making it at once saves a read and a merge that fails; an outbox
             // that exists (a restart) is read, and only what it lacks is added.
             None => {
                 let records = records_from(0, history(0))?;
                 if self.store.create(&uid, &name, &records, next).await? {
-                    records
-                } else {
-                    let recorded = self
-                        .store
-                        .read(&uid)
-                        .await?
-                        .map_or(0, |outbox| outbox.recorded);
-                    if recorded >= next {
-                        self.remember(&uid, recorded);
-                        return Ok(());
-                    }
-                    let records = records_from(recorded, history(recorded))?;
-                    self.store
-                        .append(&uid, &name, &records, next, false)
-                        .await?;
-                    records
+                    self.recorded(&uid, &records, next);
+                    return Ok(());
                 }
+                self.store
+                    .read(&uid)
+                    .await?
+                    .map_or(0, |outbox| outbox.recorded)
             }
         };
+        if recorded >= next {
+            self.remember(&uid, recorded);
+            return Ok(());
+        }
+        let records = records_from(recorded, history(recorded))?;
+        self.store
+            .append(&uid, &name, &records, next, false)
+            .await?;
+        self.recorded(&uid, &records, next);
+        Ok(())
+    }
+
+    /// What follows records written to an outbox: their audit lines, and `next` remembered.
+    fn recorded(&self, uid: &str, records: &[(u64, outbox::Record)], next: u64) {
         // Recorded, told to nobody yet.
         crate::failpoint::crash_point("audit-after-record");
-        for (_, record) in &records {
+        for (_, record) in records {
             self.lines.write(&record.event);
         }
-        self.remember(&uid, next);
-        Ok(())
+        self.remember(uid, next);
     }
 
     /// Records a create that admission refused: a `Refused` event on the audit lines and,

@@ -99,9 +99,7 @@ impl ManagedBindings {
         kind: BindingKind,
         event: &watcher::Event<PartialObjectMeta<K>>,
     ) {
-        let named = |object: &PartialObjectMeta<K>| -> BindingName {
-            (kind, object.namespace(), object.name_any())
-        };
+        let named = |object: &PartialObjectMeta<K>| named(kind, object);
         let uid = |object: &PartialObjectMeta<K>| object.labels().get(REQUEST_UID_LABEL).cloned();
         match event {
             watcher::Event::Init => {
@@ -148,6 +146,11 @@ impl ManagedBindings {
                 .unwrap_or_default()
         })
     }
+}
+
+/// A binding as the API server showed it.
+fn named<K: kube::Resource>(kind: BindingKind, binding: &PartialObjectMeta<K>) -> BindingName {
+    (kind, binding.namespace(), binding.name_any())
 }
 
 /// The binding a grant reference (`RoleBinding NS/NAME`, `ClusterRoleBinding NAME`) names.
@@ -214,6 +217,27 @@ where
 const SAMPLE_LIFETIME: Duration = Duration::from_secs(60);
 
 impl KubernetesProvider {
+    /// Deletes these bindings and makes sure each is gone.
+    async fn delete_all(&self, bindings: Vec<BindingName>) -> Result<(), Error> {
+        for (kind, namespace, name) in bindings {
+            match (kind, namespace) {
+                (BindingKind::RoleBinding, Some(namespace)) => {
+                    let reference = format!("RoleBinding {namespace}/{name}");
+                    let api = Api::<RoleBinding>::namespaced(self.client.clone(), &namespace);
+                    delete_one(&api, &name, &reference).await?;
+                }
+                (BindingKind::ClusterRoleBinding, _) => {
+                    let reference = format!("ClusterRoleBinding {name}");
+                    let api = Api::<ClusterRoleBinding>::all(self.client.clone());
+                    delete_one(&api, &name, &reference).await?;
+                }
+                // A RoleBinding always has a namespace.
+                (BindingKind::RoleBinding, None) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// A provider that writes bindings with this client.
     pub fn new(client: Client) -> Self {
         Self {
@@ -460,31 +484,30 @@ where
     }
 }
 
-/// Deletes every object of one kind that `selector` finds, in any namespace; an object already
-/// gone counts as deleted.
-async fn delete_labelled<K>(
-    kind: &str,
-    everywhere: Api<K>,
-    api_for: impl Fn(Option<&str>) -> Api<K>,
-    selector: &ListParams,
+/// Looks at every binding of one kind that `selector` finds, in any namespace, a page at a
+/// time: the sweep holds a page of bindings, not all of them.
+async fn for_each_labelled<K>(
+    api: Api<K>,
+    kinds: &str,
+    selector: ListParams,
+    mut each: impl FnMut(PartialObjectMeta<K>),
 ) -> Result<(), Error>
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    let found = everywhere
-        .list_metadata(selector)
-        .await
-        .map_err(kubernetes_error("list", &format!("{kind}s")))?;
-    for object in found {
-        let namespace = object.namespace();
-        let name = object.name_any();
-        let reference = match &namespace {
-            Some(namespace) => format!("{kind} {namespace}/{name}"),
-            None => format!("{kind} {name}"),
-        };
-        delete_one(&api_for(namespace.as_deref()), &name, &reference).await?;
+    const PAGE: u32 = 500;
+    let mut params = selector.limit(PAGE);
+    loop {
+        let page = api
+            .list_metadata(&params)
+            .await
+            .map_err(kubernetes_error("list", kinds))?;
+        page.items.into_iter().for_each(&mut each);
+        match page.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
     }
-    Ok(())
 }
 
 /// Deletes one binding and makes sure it is gone; one already gone counts as deleted.
@@ -504,34 +527,6 @@ where
         ensure_gone(api, name, reference).await?;
     }
     Ok(())
-}
-
-/// The request UIDs on every managed binding of one kind, read a page at a time: the sweep
-/// holds a page of bindings, not all of them.
-async fn list_request_uids<K>(api: Api<K>, kinds: &str) -> Result<Vec<String>, Error>
-where
-    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    const PAGE: u32 = 500;
-    let mut params = ListParams::default()
-        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"))
-        .limit(PAGE);
-    let mut uids = Vec::new();
-    loop {
-        let page = api
-            .list_metadata(&params)
-            .await
-            .map_err(kubernetes_error("list", kinds))?;
-        uids.extend(
-            page.items
-                .iter()
-                .filter_map(|binding| binding.labels().get(REQUEST_UID_LABEL).cloned()),
-        );
-        match page.metadata.continue_.filter(|token| !token.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(uids),
-        }
-    }
 }
 
 /// Makes sure a deleted binding is gone, not Terminating: RBAC honours a binding until it is
@@ -640,22 +635,24 @@ impl Provider for KubernetesProvider {
     async fn revoke(&self, request: &RequestRef) -> Result<(), Error> {
         // By label, across namespaces: the request's role may have moved or gone from the
         // policy since the grant, and revocation must not depend on it.
-        let selector = managed_by_request(request);
-        let client = &self.client;
-        delete_labelled(
-            "RoleBinding",
-            Api::<RoleBinding>::all(client.clone()),
-            |namespace| Api::namespaced(client.clone(), namespace.unwrap_or_default()),
-            &selector,
+        let mut role_bindings = Vec::new();
+        for_each_labelled(
+            Api::<RoleBinding>::all(self.client.clone()),
+            "RoleBindings",
+            managed_by_request(request),
+            |binding| role_bindings.push(named(BindingKind::RoleBinding, &binding)),
         )
         .await?;
-        delete_labelled(
-            "ClusterRoleBinding",
-            Api::<ClusterRoleBinding>::all(client.clone()),
-            |_| Api::all(client.clone()),
-            &selector,
+        self.delete_all(role_bindings).await?;
+        let mut cluster_role_bindings = Vec::new();
+        for_each_labelled(
+            Api::<ClusterRoleBinding>::all(self.client.clone()),
+            "ClusterRoleBindings",
+            managed_by_request(request),
+            |binding| cluster_role_bindings.push(named(BindingKind::ClusterRoleBinding, &binding)),
         )
-        .await
+        .await?;
+        self.delete_all(cluster_role_bindings).await
     }
 
     async fn revoke_recorded(
@@ -678,22 +675,7 @@ impl Provider for KubernetesProvider {
         {
             bindings.push(binding);
         }
-        for (kind, namespace, name) in bindings {
-            match (kind, namespace) {
-                (BindingKind::RoleBinding, Some(namespace)) => {
-                    let reference = format!("RoleBinding {namespace}/{name}");
-                    let api = Api::<RoleBinding>::namespaced(self.client.clone(), &namespace);
-                    delete_one(&api, &name, &reference).await?;
-                }
-                (BindingKind::ClusterRoleBinding, _) => {
-                    let reference = format!("ClusterRoleBinding {name}");
-                    let api = Api::<ClusterRoleBinding>::all(self.client.clone());
-                    delete_one(&api, &name, &reference).await?;
-                }
-                (BindingKind::RoleBinding, None) => {}
-            }
-        }
-        Ok(())
+        self.delete_all(bindings).await
     }
 
     fn watch(&self) -> Option<futures::stream::BoxStream<'static, (String, String)>> {
@@ -715,15 +697,25 @@ impl Provider for KubernetesProvider {
     }
 
     async fn list_managed(&self) -> Result<Vec<String>, Error> {
-        let mut uids =
-            list_request_uids(Api::<RoleBinding>::all(self.client.clone()), "RoleBindings").await?;
-        uids.extend(
-            list_request_uids(
-                Api::<ClusterRoleBinding>::all(self.client.clone()),
-                "ClusterRoleBindings",
-            )
-            .await?,
-        );
+        let managed = || ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        let mut uids = Vec::new();
+        let mut take = |labels: &BTreeMap<String, String>| {
+            uids.extend(labels.get(REQUEST_UID_LABEL).cloned());
+        };
+        for_each_labelled(
+            Api::<RoleBinding>::all(self.client.clone()),
+            "RoleBindings",
+            managed(),
+            |binding| take(binding.labels()),
+        )
+        .await?;
+        for_each_labelled(
+            Api::<ClusterRoleBinding>::all(self.client.clone()),
+            "ClusterRoleBindings",
+            managed(),
+            |binding| take(binding.labels()),
+        )
+        .await?;
         Ok(uids)
     }
 

@@ -476,3 +476,48 @@ fn activity_and_version_changes_do_not_wake_the_controller_and_others_do() {
     deleting.metadata.deletion_timestamp = Some(Time(fixtures::at("2026-01-01T00:00:00Z")));
     assert_ne!(super::reconcile_relevant(&guarded(&deleting)), before);
 }
+
+/// The controller's cache holds a small copy of each request; everything read from the cache
+/// reads the same from it as from the whole request.
+#[test]
+fn the_cached_copy_answers_what_the_cache_is_asked_as_the_whole_request_does() {
+    let mut ended = active(Timestamp::now() - jiff::SignedDuration::from_secs(60));
+    ended.spec.reason = Some("x".repeat(10_000));
+    ended.metadata.labels = Some([("padding".to_owned(), "y".repeat(60))].into());
+    let status = ended.status.get_or_insert_with(Default::default);
+    status.phase = Some(Phase::Expired);
+    status.timeline.push(crate::crd::v1alpha1::TimelineEntry {
+        time: Time(Timestamp::now()),
+        event: "Expired".into(),
+        actor: None,
+        message: Some("ran its course".into()),
+    });
+    for request in [approved(), ended] {
+        let copy = super::cached_copy(&DeserializeGuard(Ok(request.clone())))
+            .0
+            .unwrap();
+        assert_eq!(super::settled(&copy), super::settled(&request));
+        assert_eq!(
+            crate::retention::ended_at(&copy),
+            crate::retention::ended_at(&request)
+        );
+        assert_eq!(
+            super::key_of(&DeserializeGuard(Ok(copy.clone()))),
+            super::key_of(&DeserializeGuard(Ok(request.clone())))
+        );
+        assert_eq!(copy.metadata.uid, request.metadata.uid);
+        assert_eq!(copy.spec.policy, request.spec.policy);
+        assert_eq!(copy.spec.role, request.spec.role);
+        assert_eq!(copy.spec.subject_name(), request.spec.subject_name());
+        let granted = |request: &AccessRequest| {
+            request
+                .status
+                .as_ref()
+                .and_then(|status| status.granted_at.clone())
+        };
+        assert_eq!(granted(&copy), granted(&request));
+        assert_eq!(copy.spec.reason, None, "what nothing reads is not kept");
+        assert_eq!(copy.metadata.labels, None);
+        assert_eq!(copy.metadata.annotations, None);
+    }
+}
