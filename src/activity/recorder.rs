@@ -1,7 +1,7 @@
 //! The activity recorder: the index of Kubernetes grants that calls are attributed to (from a
 //! watch of the requests), the counts not yet written, the `dev.jit.activity.v1` audit lines,
-//! and the writes of `status.activity`, at most one per request per [`WRITE_INTERVAL`]
-//! ([`YIELDING_INTERVAL`] while revokes are overdue).
+//! and the writes of `status.activity`, at most one per request per [`WRITE_INTERVAL`], and
+//! fewer while grants or revokes are due (see [`Pace`]).
 //!
 //! Every replica runs one (the API server may post to any of them): a write merges this
 //! replica's pending counts onto the summary as it is stored, guarded by its
@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::{ActiveGrant, Attribution, AuditEvent, BindingRef, Grants, RequestKey, Tally};
 use crate::{
-    crd::v1alpha1::{AccessRequest, AccessRequestStatus, Phase},
+    crd::v1alpha1::{AccessPolicy, AccessRequest, AccessRequestStatus, Phase},
     metrics::Metrics,
     telemetry::error_chain,
 };
@@ -37,13 +37,20 @@ use crate::{
 /// writes of it, however busy its subject is.
 pub(crate) const WRITE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// While revokes are overdue, how long a summary already written waits for its next write
-/// (instead of [`WRITE_INTERVAL`]): revocation comes first on the API server both write to.
-/// Bounded, since a policy's idle timeout reads `lastActionTime`.
-const YIELDING_INTERVAL: Duration = Duration::from_secs(20);
+/// While grants or revokes are due, how many summaries a second are written of requests no
+/// idle timeout reads: the lifecycle comes first on the API server both write to.
+const YIELDING_WRITES_PER_SECOND: f64 = 5.0;
 
-/// How far past its end a grant that is still active counts as an overdue revoke.
-const OVERDUE_AFTER: SignedDuration = SignedDuration::from_secs(1);
+/// How long before its end an active grant's revoke counts as due: summary writes already
+/// in flight finish before it.
+const REVOKE_DUE_BEFORE: SignedDuration = SignedDuration::from_secs(2);
+
+/// How long after a pending request changed (created, approved) its grant counts as due.
+const GRANT_DUE_FOR: SignedDuration = SignedDuration::from_secs(5);
+
+/// How long the recorder remembers when it wrote a summary: the longest-unwritten go first
+/// while grants or revokes are due.
+const WRITTEN_KEPT: Duration = Duration::from_secs(600);
 
 /// How long an ended grant still takes late calls: the API server posts in batches (up to
 /// `--audit-webhook-batch-max-wait`, 30 s by default) and retries a failed post.
@@ -283,24 +290,36 @@ impl Recorder {
         grants
     }
 
-    /// Takes the pending counts of requests whose summary may be written now: never written,
-    /// or last written at least `interval` ago.
+    /// Takes the pending counts of requests whose summary may be written now (never written,
+    /// or last written at least [`WRITE_INTERVAL`] ago), as fast as `pace` lets.
     fn take_due(
         &self,
         written: &HashMap<RequestKey, tokio::time::Instant>,
         now: tokio::time::Instant,
-        interval: Duration,
+        pace: Pace<'_>,
     ) -> Vec<(RequestKey, Tally)> {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
-        let due: Vec<RequestKey> = pending
+        let mut due: Vec<(&RequestKey, Option<tokio::time::Instant>)> = pending
             .keys()
-            .filter(|key| {
-                written
-                    .get(*key)
-                    .is_none_or(|at| now.duration_since(*at) >= interval)
+            .filter_map(|key| {
+                let at = written.get(key).copied();
+                at.is_none_or(|at| now.duration_since(at) >= WRITE_INTERVAL)
+                    .then_some((key, at))
             })
-            .cloned()
             .collect();
+        if let Pace::Yielding {
+            allowed,
+            read_by_idle,
+        } = pace
+        {
+            let (mut chosen, mut others): (Vec<_>, Vec<_>) =
+                due.into_iter().partition(|(key, _)| read_by_idle(key));
+            // Never written first, then the longest unwritten.
+            others.sort_by_key(|(_, at)| *at);
+            chosen.extend(others.into_iter().take(allowed));
+            due = chosen;
+        }
+        let due: Vec<RequestKey> = due.into_iter().map(|(key, _)| key.clone()).collect();
         due.into_iter()
             .filter_map(|key| pending.remove(&key).map(|tally| (key, tally)))
             .collect()
@@ -361,8 +380,11 @@ impl Recorder {
                 }
             }
         });
+        let idle_policies = Arc::new(RwLock::new(IdlePolicies::default()));
+        let policies = tokio::spawn(watch_idle_policies(client.clone(), idle_policies.clone()));
         let mut index = Index::default();
         let mut written = HashMap::new();
+        let mut allowance = Allowance::new(tokio::time::Instant::now());
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -415,34 +437,44 @@ impl Recorder {
             } else {
                 earlier.clone()
             };
-            let interval = if index.revokes_overdue(now) {
-                YIELDING_INTERVAL
-            } else {
-                WRITE_INTERVAL
-            };
             rest = started.elapsed();
-            self.attribute_parked(tokio::time::Instant::now(), grants.fresh_since(&earlier));
-            self.write_due(&client, &store, &mut written, interval)
-                .await;
+            let instant = tokio::time::Instant::now();
+            self.attribute_parked(instant, grants.fresh_since(&earlier));
+            let due = if index.lifecycle_due(now) {
+                let idle = idle_policies.read().unwrap_or_else(PoisonError::into_inner);
+                let read_by_idle = |key: &RequestKey| index.read_by_idle(key, &idle, now);
+                let pace = Pace::Yielding {
+                    allowed: allowance.available(instant),
+                    read_by_idle: &read_by_idle,
+                };
+                let due = self.take_due(&written, instant, pace);
+                allowance.spend(due.iter().filter(|(key, _)| !read_by_idle(key)).count());
+                due
+            } else {
+                allowance = Allowance::new(instant);
+                self.take_due(&written, instant, Pace::Free)
+            };
+            self.write_due(&client, &store, &mut written, due).await;
         }
         // What is pending is written once more before stopping.
         written.clear();
-        self.write_due(&client, &store, &mut written, WRITE_INTERVAL)
-            .await;
+        let due = self.take_due(&written, tokio::time::Instant::now(), Pace::Free);
+        self.write_due(&client, &store, &mut written, due).await;
         watch.abort();
+        policies.abort();
         writer.abort();
     }
 
+    /// Writes the summaries taken by [`Recorder::take_due`].
     async fn write_due(
         &self,
         client: &Client,
         store: &reflector::Store<DeserializeGuard<AccessRequest>>,
         written: &mut HashMap<RequestKey, tokio::time::Instant>,
-        interval: Duration,
+        due: Vec<(RequestKey, Tally)>,
     ) {
         let now = tokio::time::Instant::now();
-        written.retain(|_, at| now.duration_since(*at) < YIELDING_INTERVAL);
-        let due = self.take_due(written, now, interval);
+        written.retain(|_, at| now.duration_since(*at) < WRITTEN_KEPT);
         if due.is_empty() {
             return;
         }
@@ -460,7 +492,10 @@ impl Recorder {
                     written.insert(key, tokio::time::Instant::now());
                     "written"
                 }
-                Written::Gone => "gone",
+                Written::Gone => {
+                    written.remove(&key);
+                    "gone"
+                }
                 Written::NotYet(wait) => {
                     // Another replica wrote it a moment ago.
                     written.insert(key.clone(), now - WRITE_INTERVAL.saturating_sub(wait));
@@ -479,6 +514,53 @@ impl Recorder {
             };
             Metrics::count(&self.metrics.activity_writes, label, 1);
         }
+    }
+}
+
+/// How fast summaries are written in a round.
+#[derive(Clone, Copy)]
+enum Pace<'a> {
+    /// Each at most once per [`WRITE_INTERVAL`].
+    Free,
+    /// Grants or revokes are due: summaries a policy's idle timeout reads (`lastActionTime`)
+    /// as when free, since holding them back could end a grant in use; of the others,
+    /// `allowed`.
+    Yielding {
+        allowed: usize,
+        read_by_idle: &'a dyn Fn(&RequestKey) -> bool,
+    },
+}
+
+/// The summary writes allowed while grants or revokes are due:
+/// [`YIELDING_WRITES_PER_SECOND`], saved up for at most a second.
+struct Allowance {
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Allowance {
+    fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            tokens: YIELDING_WRITES_PER_SECOND,
+            at: now,
+        }
+    }
+
+    /// How many writes are allowed now.
+    fn available(&mut self, now: tokio::time::Instant) -> usize {
+        let earned = now.duration_since(self.at).as_secs_f64() * YIELDING_WRITES_PER_SECOND;
+        self.tokens = (self.tokens + earned).min(YIELDING_WRITES_PER_SECOND);
+        self.at = now;
+        // Never negative, at most a second's worth: the cast cannot truncate meaningfully.
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let whole = self.tokens.floor().max(0.0) as usize;
+        whole
+    }
+
+    fn spend(&mut self, writes: usize) {
+        #[allow(clippy::cast_precision_loss)]
+        let writes = writes as f64;
+        self.tokens = (self.tokens - writes).max(0.0);
     }
 }
 
@@ -590,8 +672,10 @@ impl Changes {
 struct Index {
     /// Kubernetes grants by request, ended ones for [`LATE_CALLS`] (see [`index`]).
     known: HashMap<RequestKey, ActiveGrant>,
-    /// When each active request's revoke is overdue (any target).
-    overdue_at: HashMap<RequestKey, Timestamp>,
+    /// From when each active request's revoke is due (any target).
+    revoke_due_at: HashMap<RequestKey, Timestamp>,
+    /// When a pending request last changed: its grant may be under way.
+    pending_changed_at: Option<Timestamp>,
 }
 
 impl Index {
@@ -603,18 +687,24 @@ impl Index {
     ) {
         let requests: Vec<&AccessRequest> = requests.into_iter().collect();
         index(&mut self.known, requests.iter().copied(), now);
-        self.overdue_at = requests
+        self.revoke_due_at = requests
             .iter()
-            .filter_map(|request| Some((request_key(request), overdue_at(request)?)))
+            .filter_map(|request| Some((request_key(request), revoke_due_at(request)?)))
             .collect();
+        if requests.iter().any(|request| is_pending(request)) {
+            self.pending_changed_at = Some(now);
+        }
     }
 
     /// Takes one request as it is now (`None`: gone); returns whether the grants changed.
     fn take(&mut self, key: &RequestKey, request: Option<&AccessRequest>, now: Timestamp) -> bool {
-        match request.and_then(overdue_at) {
-            Some(at) => self.overdue_at.insert(key.clone(), at),
-            None => self.overdue_at.remove(key),
+        match request.and_then(revoke_due_at) {
+            Some(at) => self.revoke_due_at.insert(key.clone(), at),
+            None => self.revoke_due_at.remove(key),
         };
+        if request.is_some_and(is_pending) {
+            self.pending_changed_at = Some(now);
+        }
         if let Some(grant) = request.and_then(|request| active_grant(request, key)) {
             if self.known.get(key) == Some(&grant) {
                 return false;
@@ -647,9 +737,22 @@ impl Index {
         Grants::new(self.known.values().cloned())
     }
 
-    /// Whether any request is still active past its end: a revoke is overdue.
-    fn revokes_overdue(&self, now: Timestamp) -> bool {
-        self.overdue_at.values().any(|at| *at < now)
+    /// Whether the controller may have grants or revokes to write: a pending request changed
+    /// less than [`GRANT_DUE_FOR`] ago, or a request is active within [`REVOKE_DUE_BEFORE`]
+    /// of its end, or past it.
+    fn lifecycle_due(&self, now: Timestamp) -> bool {
+        self.pending_changed_at
+            .and_then(|at| at.checked_add(GRANT_DUE_FOR).ok())
+            .is_some_and(|until| now < until)
+            || self.revoke_due_at.values().any(|at| *at <= now)
+    }
+
+    /// Whether a policy's idle timeout may read the request's summary: its grant is active
+    /// and its policy sets one (or the policies are not known yet).
+    fn read_by_idle(&self, key: &RequestKey, idle: &IdlePolicies, now: Timestamp) -> bool {
+        self.known
+            .get(key)
+            .is_some_and(|grant| grant.expires_at > now && idle.may_set(&grant.policy))
     }
 }
 
@@ -661,8 +764,17 @@ fn request_key(request: &AccessRequest) -> RequestKey {
     )
 }
 
-/// When an active request's revoke is overdue: a moment after its end.
-fn overdue_at(request: &AccessRequest) -> Option<Timestamp> {
+/// Whether a request waits for its decision or its grant.
+fn is_pending(request: &AccessRequest) -> bool {
+    request
+        .status
+        .as_ref()
+        .and_then(|status| status.phase)
+        .is_none_or(|phase| phase == Phase::Pending)
+}
+
+/// From when an active request's revoke is due: a moment before its end.
+fn revoke_due_at(request: &AccessRequest) -> Option<Timestamp> {
     let status = request.status.as_ref()?;
     if status.phase != Some(Phase::Active) {
         return None;
@@ -670,7 +782,57 @@ fn overdue_at(request: &AccessRequest) -> Option<Timestamp> {
     status
         .expires_at
         .as_ref()
-        .and_then(|expires| expires.0.checked_add(OVERDUE_AFTER).ok())
+        .and_then(|expires| expires.0.checked_sub(REVOKE_DUE_BEFORE).ok())
+}
+
+/// The policies that set `idleTimeout`, by name; `None` until they are listed.
+#[derive(Default)]
+struct IdlePolicies(Option<std::collections::HashSet<String>>);
+
+impl IdlePolicies {
+    /// Whether the policy may set an idle timeout: it does, or the policies are not known.
+    fn may_set(&self, policy: &str) -> bool {
+        self.0.as_ref().is_none_or(|named| named.contains(policy))
+    }
+
+    /// Takes a policy as it is now, or gone (`present` false).
+    fn take(&mut self, policy: &AccessPolicy, present: bool) {
+        if let Some(named) = self.0.as_mut() {
+            if present && policy.spec.idle_timeout.is_some() {
+                named.insert(policy.name_any());
+            } else {
+                named.remove(&policy.name_any());
+            }
+        }
+    }
+}
+
+/// Keeps `idle` to the policies that set `idleTimeout`, from a watch of the policies.
+async fn watch_idle_policies(client: Client, idle: Arc<RwLock<IdlePolicies>>) {
+    let stream = watcher(
+        Api::<AccessPolicy>::all(client),
+        watcher::Config::default().any_semantic(),
+    )
+    .default_backoff();
+    futures::pin_mut!(stream);
+    let mut listing = std::collections::HashSet::new();
+    while let Some(event) = stream.next().await {
+        let named = || idle.write().unwrap_or_else(PoisonError::into_inner);
+        match event {
+            Ok(watcher::Event::Init) => listing.clear(),
+            Ok(watcher::Event::InitApply(policy)) => {
+                if policy.spec.idle_timeout.is_some() {
+                    listing.insert(policy.name_any());
+                }
+            }
+            Ok(watcher::Event::InitDone) => named().0 = Some(std::mem::take(&mut listing)),
+            Ok(watcher::Event::Apply(policy)) => named().take(&policy, true),
+            Ok(watcher::Event::Delete(policy)) => named().take(&policy, false),
+            Err(error) => {
+                debug!(error = %error_chain(&error), "activity policy watch error; retrying");
+            }
+        }
+    }
 }
 
 /// Whether an ended grant still takes late calls.
@@ -758,7 +920,10 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
-    use crate::crd::v1alpha1::{AccessRequestStatus, Grant};
+    use crate::crd::{
+        ApiDuration,
+        v1alpha1::{AccessRequestStatus, Grant},
+    };
 
     fn at(text: &str) -> Timestamp {
         text.parse().unwrap()
@@ -840,20 +1005,85 @@ mod tests {
     }
 
     #[test]
-    fn a_grant_active_past_its_end_is_an_overdue_revoke() {
+    fn a_revoke_is_due_from_a_moment_before_the_grants_end_until_it_happens() {
         let active = request("a", Phase::Active, Some("RoleBinding team/jit-a"));
         let expired = request("b", Phase::Expired, None);
         let now = at("2026-01-01T00:10:00Z");
         let mut index = Index::default();
         index.relist([&active, &expired], now);
         // Both end at 01:00.
-        assert!(!index.revokes_overdue(at("2026-01-01T00:59:59Z")));
-        assert!(!index.revokes_overdue(at("2026-01-01T01:00:01Z")));
-        assert!(index.revokes_overdue(at("2026-01-01T01:00:02Z")));
-        // The revoke happens: nothing is overdue any more.
+        assert!(!index.lifecycle_due(at("2026-01-01T00:59:57Z")));
+        assert!(index.lifecycle_due(at("2026-01-01T00:59:58Z")));
+        assert!(index.lifecycle_due(at("2026-01-01T01:00:05Z")), "overdue");
+        // The revoke happens: nothing is due any more.
         let revoked = request("a", Phase::Expired, None);
         index.take(&"team/a".to_owned(), Some(&revoked), now);
-        assert!(!index.revokes_overdue(at("2026-01-01T02:00:00Z")));
+        assert!(!index.lifecycle_due(at("2026-01-01T02:00:00Z")));
+    }
+
+    #[test]
+    fn a_grant_is_due_for_a_few_seconds_after_a_pending_request_changes() {
+        let now = at("2026-01-01T00:10:00Z");
+        let mut index = Index::default();
+        index.relist([&request("a", Phase::Expired, None)], now);
+        assert!(!index.lifecycle_due(now), "nothing pending");
+        let approved = request("b", Phase::Pending, None);
+        index.take(&"team/b".to_owned(), Some(&approved), now);
+        assert!(index.lifecycle_due(at("2026-01-01T00:10:04Z")));
+        // Waiting on people, not on the operator: summaries go at their usual pace again.
+        assert!(!index.lifecycle_due(at("2026-01-01T00:10:05Z")));
+        // A change to an ended request is no grant.
+        index.take(
+            &"team/a".to_owned(),
+            Some(&request("a", Phase::Expired, None)),
+            at("2026-01-01T00:20:00Z"),
+        );
+        assert!(!index.lifecycle_due(at("2026-01-01T00:20:00Z")));
+    }
+
+    #[test]
+    fn only_active_grants_under_a_policy_with_an_idle_timeout_are_read_by_idle() {
+        let now = at("2026-01-01T00:10:00Z");
+        let mut index = Index::default();
+        index.relist(
+            [
+                &request("a", Phase::Active, Some("RoleBinding team/jit-a")),
+                &request("b", Phase::Active, Some("RoleBinding team/jit-b")),
+            ],
+            now,
+        );
+        let ended = request("b", Phase::Expired, None);
+        index.take(&"team/b".to_owned(), Some(&ended), now);
+        let (a, b) = ("team/a".to_owned(), "team/b".to_owned());
+        // Before the policies are listed, any may be.
+        let unknown = IdlePolicies::default();
+        assert!(index.read_by_idle(&a, &unknown, now));
+        let policy = |idle: Option<&str>| {
+            let mut policy = crate::fixtures::policy();
+            policy.metadata.name = Some("dev".into());
+            policy.spec.idle_timeout = idle.map(|idle| ApiDuration::parse(idle).unwrap());
+            policy
+        };
+        let mut listed = IdlePolicies(Some(std::collections::HashSet::new()));
+        assert!(!index.read_by_idle(&a, &listed, now));
+        listed.take(&policy(Some("5m")), true);
+        assert!(index.read_by_idle(&a, &listed, now));
+        assert!(
+            !index.read_by_idle(&b, &listed, now),
+            "ended: nothing reads it"
+        );
+        assert!(!index.read_by_idle(&"team/c".to_owned(), &listed, now));
+        listed.take(&policy(None), true);
+        assert!(
+            !index.read_by_idle(&a, &listed, now),
+            "the timeout was removed"
+        );
+        listed.take(&policy(Some("5m")), true);
+        listed.take(&policy(Some("5m")), false);
+        assert!(
+            !index.read_by_idle(&a, &listed, now),
+            "the policy was deleted"
+        );
     }
 
     /// The index kept one change at a time is the index built from every request, at each
@@ -949,7 +1179,7 @@ mod tests {
         recorder.attribute_parked(tokio::time::Instant::now(), again.fresh_since(&both));
         recorder.attribute_parked(tokio::time::Instant::now(), again.fresh_since(&only_a));
         let refused: HashMap<RequestKey, i64> = recorder
-            .take_due(&HashMap::new(), tokio::time::Instant::now(), WRITE_INTERVAL)
+            .take_due(&HashMap::new(), tokio::time::Instant::now(), Pace::Free)
             .into_iter()
             .map(|(key, tally)| (key, tally.summary(Timestamp::UNIX_EPOCH).refused))
             .collect();
@@ -986,20 +1216,75 @@ mod tests {
         recorder.receive(&[call.clone(), call]);
         let now = tokio::time::Instant::now();
         let mut written = HashMap::new();
-        let due = recorder.take_due(&written, now, WRITE_INTERVAL);
+        let due = recorder.take_due(&written, now, Pace::Free);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].1.summary(Timestamp::UNIX_EPOCH).actions, 2);
         recorder.put_back(due[0].0.clone(), &due[0].1);
         // Just written: not due again within the interval.
         written.insert("team/a".to_owned(), now);
-        assert!(recorder.take_due(&written, now, WRITE_INTERVAL).is_empty());
-        // While revokes are overdue, not yet either.
-        assert!(
-            recorder
-                .take_due(&written, now + WRITE_INTERVAL, YIELDING_INTERVAL)
-                .is_empty()
-        );
-        let later = recorder.take_due(&written, now + WRITE_INTERVAL, WRITE_INTERVAL);
+        assert!(recorder.take_due(&written, now, Pace::Free).is_empty());
+        let later = recorder.take_due(&written, now + WRITE_INTERVAL, Pace::Free);
         assert_eq!(later[0].1.summary(Timestamp::UNIX_EPOCH).actions, 2);
+    }
+
+    /// Pending counts for each of `keys`, as the webhook would leave them.
+    fn pending_for(recorder: &Recorder, keys: &[&str]) {
+        let mut pending = recorder.pending.lock().unwrap();
+        for key in keys {
+            pending.insert((*key).to_owned(), Tally::default());
+        }
+    }
+
+    #[test]
+    fn while_revokes_are_due_only_summaries_an_idle_timeout_reads_are_not_held_back() {
+        let (recorder, _lines) = Recorder::new(Metrics::shared());
+        pending_for(
+            &recorder,
+            &[
+                "team/idle",
+                "team/new",
+                "team/old",
+                "team/older",
+                "team/recent",
+            ],
+        );
+        let now = tokio::time::Instant::now() + Duration::from_secs(120);
+        let written = HashMap::from([
+            ("team/idle".to_owned(), now - Duration::from_secs(15)),
+            ("team/old".to_owned(), now - Duration::from_secs(30)),
+            ("team/older".to_owned(), now - Duration::from_secs(60)),
+            ("team/recent".to_owned(), now - Duration::from_secs(3)),
+        ]);
+        let read_by_idle = |key: &RequestKey| key == "team/idle";
+        let pace = Pace::Yielding {
+            allowed: 2,
+            read_by_idle: &read_by_idle,
+        };
+        let mut taken: Vec<RequestKey> = recorder
+            .take_due(&written, now, pace)
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect();
+        taken.sort();
+        // The idle one as when free; of the rest, the never-written and the longest unwritten.
+        assert_eq!(taken, ["team/idle", "team/new", "team/older"]);
+        // The others wait for the next round, the recent one for its interval too.
+        let rest = recorder.take_due(&written, now, Pace::Free);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].0, "team/old");
+        assert_eq!(recorder.pending.lock().unwrap().len(), 1, "the recent one");
+    }
+
+    #[test]
+    fn the_allowance_while_revokes_are_due_is_five_writes_a_second_saved_up_for_one() {
+        let start = tokio::time::Instant::now();
+        let mut allowance = Allowance::new(start);
+        assert_eq!(allowance.available(start), 5);
+        allowance.spend(5);
+        assert_eq!(allowance.available(start), 0);
+        assert_eq!(allowance.available(start + Duration::from_millis(400)), 2);
+        allowance.spend(2);
+        // A quiet minute saves up no more than a second's worth.
+        assert_eq!(allowance.available(start + Duration::from_secs(60)), 5);
     }
 }
