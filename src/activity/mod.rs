@@ -12,7 +12,7 @@ pub(crate) mod line;
 pub(crate) mod recorder;
 pub(crate) mod server;
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -165,15 +165,16 @@ pub(crate) struct ActiveGrant {
     pub expires_at: Timestamp,
 }
 
-/// The active grants, indexed for attribution.
+/// The active grants, indexed for attribution. Each grant is shared with the recorder's index
+/// that this is built from, so building it anew copies no grant.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Grants {
-    by_binding: HashMap<BindingRef, ActiveGrant>,
+    by_binding: HashMap<BindingRef, Arc<ActiveGrant>>,
 }
 
 impl Grants {
     /// An index of these grants.
-    pub fn new(grants: impl IntoIterator<Item = ActiveGrant>) -> Self {
+    pub fn new(grants: impl IntoIterator<Item = Arc<ActiveGrant>>) -> Self {
         Self {
             by_binding: grants
                 .into_iter()
@@ -200,7 +201,7 @@ impl Grants {
         self.by_binding
             .iter()
             .filter(|(binding, _)| !earlier.by_binding.contains_key(*binding))
-            .map(|(_, grant)| grant)
+            .map(|(_, grant)| &**grant)
     }
 }
 
@@ -328,7 +329,9 @@ pub(crate) fn attribute(event: &AuditEvent, grants: &Grants) -> Vec<Attribution>
                 .map(|grant| vec![Attribution::of(grant, Outcome::Used, event, user, time)])
                 .unwrap_or_default()
         }
-        Some("forbid") => attribute_refusal(event, grants.by_binding.values(), &[]),
+        Some("forbid") => {
+            attribute_refusal(event, grants.by_binding.values().map(|grant| &**grant), &[])
+        }
         _ => Vec::new(),
     }
 }
@@ -607,7 +610,7 @@ mod tests {
         r#"RBAC: allowed by RoleBinding "alice-own/team" of ClusterRole "edit" to User "alice""#;
 
     fn grants() -> Grants {
-        Grants::new([ActiveGrant {
+        Grants::new([Arc::new(ActiveGrant {
             request: "team/alice-view".into(),
             uid: "uid-1".into(),
             policy: "dev".into(),
@@ -618,7 +621,7 @@ mod tests {
             subject: "alice".into(),
             granted_at: at("2026-01-01T00:00:00Z"),
             expires_at: at("2026-01-01T01:00:00Z"),
-        }])
+        })])
     }
 
     #[test]
@@ -710,7 +713,7 @@ mod tests {
 
     #[test]
     fn a_group_grant_counts_its_members_refusals() {
-        let grants = Grants::new([ActiveGrant {
+        let grants = Grants::new([Arc::new(ActiveGrant {
             request: "team/oncall".into(),
             uid: "uid-2".into(),
             policy: "oncall".into(),
@@ -720,7 +723,7 @@ mod tests {
             subject: "group:devs".into(),
             granted_at: at("2026-01-01T00:00:00Z"),
             expires_at: at("2026-01-01T01:00:00Z"),
-        }]);
+        })]);
         assert_eq!(
             attribute(&event("alice", "delete", "pods", "forbid", ""), &grants).len(),
             1

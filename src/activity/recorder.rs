@@ -671,7 +671,7 @@ impl Changes {
 #[derive(Default)]
 struct Index {
     /// Kubernetes grants by request, ended ones for [`LATE_CALLS`] (see [`index`]).
-    known: HashMap<RequestKey, ActiveGrant>,
+    known: HashMap<RequestKey, Arc<ActiveGrant>>,
     /// From when each active request's revoke is due (any target).
     revoke_due_at: HashMap<RequestKey, Timestamp>,
     /// When a pending request last changed: its grant may be under way.
@@ -706,10 +706,10 @@ impl Index {
             self.pending_changed_at = Some(now);
         }
         if let Some(grant) = request.and_then(|request| active_grant(request, key)) {
-            if self.known.get(key) == Some(&grant) {
+            if self.known.get(key).is_some_and(|known| **known == grant) {
                 return false;
             }
-            self.known.insert(key.clone(), grant);
+            self.known.insert(key.clone(), Arc::new(grant));
             return true;
         }
         let Some(grant) = self.known.get_mut(key) else {
@@ -721,9 +721,12 @@ impl Index {
             .and_then(|status| status.revoked_at.as_ref())
             .map_or(now, |time| time.0);
         let closed = grant.expires_at.min(ended);
-        let changed = closed != grant.expires_at;
-        grant.expires_at = closed;
-        changed
+        if closed == grant.expires_at {
+            return false;
+        }
+        // A copy only while the published index still holds this grant.
+        Arc::make_mut(grant).expires_at = closed;
+        true
     }
 
     /// Forgets grants that ended longer than [`LATE_CALLS`] ago; returns whether any went.
@@ -865,7 +868,7 @@ fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
 /// less than [`LATE_CALLS`] ago (their window closed at the end), which `known` remembers
 /// since an ended request no longer names its binding.
 pub(crate) fn index<'a>(
-    known: &mut HashMap<RequestKey, ActiveGrant>,
+    known: &mut HashMap<RequestKey, Arc<ActiveGrant>>,
     requests: impl IntoIterator<Item = &'a AccessRequest>,
     now: Timestamp,
 ) -> Grants {
@@ -873,7 +876,7 @@ pub(crate) fn index<'a>(
     for request in requests {
         let key = request_key(request);
         if let Some(grant) = active_grant(request, &key) {
-            known.insert(key.clone(), grant);
+            known.insert(key.clone(), Arc::new(grant));
         } else if let Some(grant) = known.get_mut(&key) {
             // Ended: its window closed when it was revoked, or now.
             let ended = request
@@ -881,13 +884,15 @@ pub(crate) fn index<'a>(
                 .as_ref()
                 .and_then(|status| status.revoked_at.as_ref())
                 .map_or(now, |time| time.0);
-            grant.expires_at = grant.expires_at.min(ended);
+            if ended < grant.expires_at {
+                Arc::make_mut(grant).expires_at = ended;
+            }
         }
         present.insert(key);
     }
     for (key, grant) in known.iter_mut() {
-        if !present.contains(key) {
-            grant.expires_at = grant.expires_at.min(now);
+        if !present.contains(key) && now < grant.expires_at {
+            Arc::make_mut(grant).expires_at = now;
         }
     }
     known.retain(|_, grant| within_late_calls(grant, now));
@@ -1109,7 +1114,7 @@ mod tests {
         ];
         let mut kept = Index::default();
         kept.relist([&a_active], t(9));
-        let mut built: HashMap<RequestKey, ActiveGrant> = HashMap::new();
+        let mut built: HashMap<RequestKey, Arc<ActiveGrant>> = HashMap::new();
         index(&mut built, [&a_active], t(9));
         for (minute, requests, changed) in steps {
             let now = t(minute);
