@@ -19,8 +19,8 @@ use kube::{
 };
 use serde_json::{Value, json};
 use support::{
-    TestEnv, annotate, condition_true, eventually, operator::shared_operator, phase, random_suffix,
-    wait_for_request,
+    TestEnv, alice_revokes, annotate, condition_true, eventually, operator::shared_operator, phase,
+    random_suffix, wait_for_request,
 };
 
 async fn policy(env: &TestEnv, changes: impl FnOnce(&mut Value)) -> String {
@@ -88,19 +88,13 @@ async fn bindings_for(env: &TestEnv, request: &AccessRequest) -> Vec<RoleBinding
         .items
 }
 
-/// Alice ends her request early; returns it once it says so.
-async fn alice_revokes(env: &TestEnv, name: &str) -> AccessRequest {
-    annotate(
-        &env.alice,
-        &env.namespace,
-        name,
-        annotations::REVOKE,
-        "done",
-    )
-    .await
-    .expect("annotate");
-    wait_for_request(&requests(env), name, "revoked", |r| {
-        phase(r) == Some(Phase::Revoked)
+/// Bob approves the request; returns it once it is granted.
+async fn bob_approves(env: &TestEnv, name: &str) -> AccessRequest {
+    annotate(&env.bob, &env.namespace, name, annotations::APPROVE, "ok")
+        .await
+        .expect("annotate");
+    wait_for_request(&requests(env), name, "granted", |r| {
+        condition_true(r, "Granted")
     })
     .await
 }
@@ -149,13 +143,7 @@ async fn one_approval_grants_and_expiry_takes_it_away() {
     assert!(!condition_true(&pending, "Granted"));
     assert!(!alice_can(&env, "list").await, "nothing before approval");
 
-    annotate(&env.bob, &env.namespace, &name, annotations::APPROVE, "ok")
-        .await
-        .expect("annotate");
-    let active = wait_for_request(&requests(&env), &name, "granted", |r| {
-        condition_true(r, "Granted")
-    })
-    .await;
+    let active = bob_approves(&env, &name).await;
     let status = active.status.clone().unwrap();
     assert_eq!(status.phase, Some(Phase::Active));
     assert_eq!(status.approvals[0].user, "bob");
@@ -435,13 +423,7 @@ async fn a_revoke_removes_every_binding_of_the_request_not_only_the_recorded_one
         .create(&PostParams::default(), &earlier)
         .await
         .expect("an earlier binding of the request");
-    annotate(&env.bob, &env.namespace, &name, annotations::APPROVE, "ok")
-        .await
-        .expect("annotate");
-    let active = wait_for_request(&requests(&env), &name, "granted", |r| {
-        condition_true(r, "Granted")
-    })
-    .await;
+    let active = bob_approves(&env, &name).await;
     assert_eq!(bindings_for(&env, &active).await.len(), 2);
     alice_revokes(&env, &name).await;
     assert_eq!(

@@ -510,6 +510,41 @@ where
     }
 }
 
+/// Both kinds of binding the operator makes.
+const BINDING_KINDS: [BindingKind; 2] = [BindingKind::RoleBinding, BindingKind::ClusterRoleBinding];
+
+/// Every binding of `kinds` that `selector` matches, across namespaces, with its labels.
+async fn for_each_labelled_binding(
+    client: &Client,
+    kinds: &[BindingKind],
+    selector: ListParams,
+    mut each: impl FnMut(BindingName, &BTreeMap<String, String>),
+) -> Result<(), Error> {
+    for kind in kinds {
+        match kind {
+            BindingKind::RoleBinding => {
+                for_each_labelled(
+                    Api::<RoleBinding>::all(client.clone()),
+                    "RoleBindings",
+                    selector.clone(),
+                    |binding| each(named(*kind, &binding), binding.labels()),
+                )
+                .await?;
+            }
+            BindingKind::ClusterRoleBinding => {
+                for_each_labelled(
+                    Api::<ClusterRoleBinding>::all(client.clone()),
+                    "ClusterRoleBindings",
+                    selector.clone(),
+                    |binding| each(named(*kind, &binding), binding.labels()),
+                )
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Deletes one binding and makes sure it is gone; one already gone counts as deleted.
 async fn delete_one<K>(api: &Api<K>, name: &str, reference: &str) -> Result<(), Error>
 where
@@ -635,24 +670,20 @@ impl Provider for KubernetesProvider {
     async fn revoke(&self, request: &RequestRef) -> Result<(), Error> {
         // By label, across namespaces: the request's role may have moved or gone from the
         // policy since the grant, and revocation must not depend on it.
-        let mut role_bindings = Vec::new();
-        for_each_labelled(
-            Api::<RoleBinding>::all(self.client.clone()),
-            "RoleBindings",
-            managed_by_request(request),
-            |binding| role_bindings.push(named(BindingKind::RoleBinding, &binding)),
-        )
-        .await?;
-        self.delete_all(role_bindings).await?;
-        let mut cluster_role_bindings = Vec::new();
-        for_each_labelled(
-            Api::<ClusterRoleBinding>::all(self.client.clone()),
-            "ClusterRoleBindings",
-            managed_by_request(request),
-            |binding| cluster_role_bindings.push(named(BindingKind::ClusterRoleBinding, &binding)),
-        )
-        .await?;
-        self.delete_all(cluster_role_bindings).await
+        // Each kind's bindings are deleted before the next kind is listed: a failing list of
+        // the second kind does not hold back the first kind's revoke.
+        for kind in BINDING_KINDS {
+            let mut bindings = Vec::new();
+            for_each_labelled_binding(
+                &self.client,
+                &[kind],
+                managed_by_request(request),
+                |binding, _| bindings.push(binding),
+            )
+            .await?;
+            self.delete_all(bindings).await?;
+        }
+        Ok(())
     }
 
     async fn revoke_recorded(
@@ -697,24 +728,11 @@ impl Provider for KubernetesProvider {
     }
 
     async fn list_managed(&self) -> Result<Vec<String>, Error> {
-        let managed = || ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
+        let managed = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
         let mut uids = Vec::new();
-        let mut take = |labels: &BTreeMap<String, String>| {
+        for_each_labelled_binding(&self.client, &BINDING_KINDS, managed, |_, labels| {
             uids.extend(labels.get(REQUEST_UID_LABEL).cloned());
-        };
-        for_each_labelled(
-            Api::<RoleBinding>::all(self.client.clone()),
-            "RoleBindings",
-            managed(),
-            |binding| take(binding.labels()),
-        )
-        .await?;
-        for_each_labelled(
-            Api::<ClusterRoleBinding>::all(self.client.clone()),
-            "ClusterRoleBindings",
-            managed(),
-            |binding| take(binding.labels()),
-        )
+        })
         .await?;
         Ok(uids)
     }

@@ -457,6 +457,25 @@ pub async fn alice_requests(env: &TestEnv, name: &str, spec: serde_json::Value) 
         .expect("alice requests")
 }
 
+/// Alice ends her request early; returns it once it says so.
+pub async fn alice_revokes(env: &TestEnv, name: &str) -> AccessRequest {
+    use jit_operator::crd::v1alpha1::{Phase, annotations};
+    annotate(
+        &env.alice,
+        &env.namespace,
+        name,
+        annotations::REVOKE,
+        "done",
+    )
+    .await
+    .expect("annotate");
+    let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
+    wait_for_request(&requests, name, "revoked", |r| {
+        phase(r) == Some(Phase::Revoked)
+    })
+    .await
+}
+
 /// How an active request is ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
@@ -470,7 +489,7 @@ pub enum Ending {
 
 /// Ends an active request one way and waits until it has ended (or is gone).
 pub async fn end_request(env: &TestEnv, name: &str, ending: Ending) {
-    use jit_operator::crd::v1alpha1::{Phase, annotations};
+    use jit_operator::crd::v1alpha1::Phase;
     let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
     match ending {
         Ending::Expiry => {
@@ -480,19 +499,7 @@ pub async fn end_request(env: &TestEnv, name: &str, ending: Ending) {
             .await;
         }
         Ending::Revoke => {
-            annotate(
-                &env.alice,
-                &env.namespace,
-                name,
-                annotations::REVOKE,
-                "done",
-            )
-            .await
-            .unwrap();
-            wait_for_request(&requests, name, "revoked", |r| {
-                phase(r) == Some(Phase::Revoked)
-            })
-            .await;
+            alice_revokes(env, name).await;
         }
         Ending::Delete => {
             requests
