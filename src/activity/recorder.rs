@@ -20,7 +20,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
     core::DeserializeGuard,
-    runtime::{WatchStreamExt, reflector, watcher},
+    runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use super::{ActiveGrant, Attribution, AuditEvent, BindingRef, Grants, RequestKey, Tally};
 use crate::{
-    crd::v1alpha1::{AccessPolicy, AccessRequest, AccessRequestStatus, Phase},
+    crd::v1alpha1::{AccessPolicy, AccessRequest, Activity, Phase},
     metrics::Metrics,
     telemetry::error_chain,
 };
@@ -354,15 +354,11 @@ impl Recorder {
             }
         });
         let requests = Api::<DeserializeGuard<AccessRequest>>::all(client.clone());
-        let (store, store_writer) = reflector::store::<DeserializeGuard<AccessRequest>>();
-        let stream = watcher(requests, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(trim)
-            .reflect(store_writer);
+        let stream = watcher(requests, watcher::Config::default().any_semantic()).default_backoff();
         let changed = Arc::new(tokio::sync::Notify::new());
         let notify = changed.clone();
-        let changes = Arc::new(Mutex::new(Changes::default()));
-        let watched = changes.clone();
+        let cache = Arc::new(Mutex::new(Cache::default()));
+        let watched = cache.clone();
         let watch = tokio::spawn(async move {
             futures::pin_mut!(stream);
             while let Some(event) = stream.next().await {
@@ -371,7 +367,7 @@ impl Recorder {
                         watched
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner)
-                            .take(&event);
+                            .take(event);
                         notify.notify_one();
                     }
                     Err(error) => {
@@ -405,30 +401,21 @@ impl Recorder {
             }
             let started = tokio::time::Instant::now();
             let now = Timestamp::now();
-            let taken =
-                std::mem::take(&mut *changes.lock().unwrap_or_else(PoisonError::into_inner));
-            let mut grants_changed = if taken.relisted {
-                let requests = store.state();
-                index.relist(
-                    requests
-                        .iter()
-                        .filter_map(|guarded| guarded.0.as_ref().ok()),
-                    now,
-                );
-                true
-            } else {
-                // Only what changed is looked at, not every request.
-                let mut grants_changed = false;
-                for key in &taken.keys {
-                    let cached = key.split_once('/').and_then(|(namespace, name)| {
-                        store.get(&reflector::ObjectRef::new(name).within(namespace))
-                    });
-                    let request = cached
-                        .as_deref()
-                        .and_then(|guarded| guarded.0.as_ref().ok());
-                    grants_changed |= index.take(key, request, now);
+            let mut grants_changed = {
+                let mut cache = cache.lock().unwrap_or_else(PoisonError::into_inner);
+                let changes = std::mem::take(&mut cache.changes);
+                if changes.relisted {
+                    index.relist(&cache.requests, now);
+                    true
+                } else {
+                    // Only what changed is looked at, not every request (each one: no
+                    // short cut).
+                    let mut grants_changed = false;
+                    for key in &changes.keys {
+                        grants_changed |= index.take(key, cache.requests.get(key), now);
+                    }
+                    grants_changed
                 }
-                grants_changed
             };
             grants_changed |= index.forget_late(now);
             let earlier = self.grants();
@@ -454,12 +441,12 @@ impl Recorder {
                 allowance = Allowance::new(instant);
                 self.take_due(&written, instant, Pace::Free)
             };
-            self.write_due(&client, &store, &mut written, due).await;
+            self.write_due(&client, &cache, &mut written, due).await;
         }
         // What is pending is written once more before stopping.
         written.clear();
         let due = self.take_due(&written, tokio::time::Instant::now(), Pace::Free);
-        self.write_due(&client, &store, &mut written, due).await;
+        self.write_due(&client, &cache, &mut written, due).await;
         watch.abort();
         policies.abort();
         writer.abort();
@@ -469,7 +456,7 @@ impl Recorder {
     async fn write_due(
         &self,
         client: &Client,
-        store: &reflector::Store<DeserializeGuard<AccessRequest>>,
+        cache: &Mutex<Cache>,
         written: &mut HashMap<RequestKey, tokio::time::Instant>,
         due: Vec<(RequestKey, Tally)>,
     ) {
@@ -480,7 +467,7 @@ impl Recorder {
         }
         let results: Vec<_> = futures::stream::iter(due)
             .map(|(key, tally)| async move {
-                let outcome = write(client, store, &key, &tally, Timestamp::now()).await;
+                let outcome = write(client, cache, &key, &tally, Timestamp::now()).await;
                 (key, tally, outcome)
             })
             .buffer_unordered(WRITES_IN_FLIGHT)
@@ -581,7 +568,7 @@ enum Written {
 /// the resourceVersion precondition and is written on the next round.
 async fn write(
     client: &Client,
-    store: &reflector::Store<DeserializeGuard<AccessRequest>>,
+    cache: &Mutex<Cache>,
     key: &str,
     pending: &Tally,
     now: Timestamp,
@@ -590,14 +577,20 @@ async fn write(
         return Written::Gone;
     };
     let api = Api::<AccessRequest>::namespaced(client.clone(), namespace);
-    let cached = store
-        .get(&reflector::ObjectRef::new(name).within(namespace))
-        .and_then(|guarded| guarded.0.as_ref().ok().cloned());
-    let request = match cached {
-        Some(request) => request,
+    let cached = cache
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .requests
+        .get(key)
+        .map(|watched| (watched.resource_version.clone(), watched.activity.clone()));
+    let (resource_version, stored) = match cached {
+        Some((resource_version, activity)) => (resource_version, activity.map(|boxed| *boxed)),
         // Not in the cache (yet, or any more): ask.
         None => match api.get_opt(name).await {
-            Ok(Some(request)) => request,
+            Ok(Some(request)) => (
+                request.metadata.resource_version,
+                request.status.and_then(|status| status.activity),
+            ),
             Ok(None) => return Written::Gone,
             Err(error) => {
                 warn!(request = key, error = %error_chain(&error), "failed to read a request to record its activity");
@@ -605,10 +598,6 @@ async fn write(
             }
         },
     };
-    let stored = request
-        .status
-        .as_ref()
-        .and_then(|status| status.activity.clone());
     if let Some(as_of) = stored.as_ref().and_then(|stored| stored.as_of.as_ref()) {
         let age = now.duration_since(as_of.0).unsigned_abs();
         if now >= as_of.0 && age < WRITE_INTERVAL {
@@ -618,7 +607,7 @@ async fn write(
     let mut tally = stored.as_ref().map(Tally::from_summary).unwrap_or_default();
     tally.merge(pending);
     let patch = json!({
-        "metadata": { "resourceVersion": request.resource_version() },
+        "metadata": { "resourceVersion": resource_version },
         "status": { "activity": tally.summary(now) },
     });
     let params = PatchParams {
@@ -636,6 +625,115 @@ async fn write(
     }
 }
 
+/// What the recorder keeps of every request (from its watch), and what changed since the
+/// index last looked.
+#[derive(Default)]
+struct Cache {
+    requests: HashMap<RequestKey, Watched>,
+    /// Filled while the watch lists everything again; then replaces `requests`.
+    listing: HashMap<RequestKey, Watched>,
+    changes: Changes,
+}
+
+impl Cache {
+    /// Takes one event of the watch. A request that does not parse is kept as absent: it
+    /// holds no grant the index could know.
+    fn take(&mut self, event: watcher::Event<DeserializeGuard<AccessRequest>>) {
+        let watched = |guarded: &DeserializeGuard<AccessRequest>| {
+            let key = format!(
+                "{}/{}",
+                guarded.namespace().unwrap_or_default(),
+                guarded.name_any()
+            );
+            let watched = guarded
+                .0
+                .as_ref()
+                .ok()
+                .map(|request| Watched::of(request, &key));
+            (key, watched)
+        };
+        match event {
+            watcher::Event::Apply(guarded) => {
+                let (key, watched) = watched(&guarded);
+                match watched {
+                    Some(watched) => self.requests.insert(key.clone(), watched),
+                    None => self.requests.remove(&key),
+                };
+                self.changes.keys.insert(key);
+            }
+            watcher::Event::Delete(guarded) => {
+                let (key, _) = watched(&guarded);
+                self.requests.remove(&key);
+                self.changes.keys.insert(key);
+            }
+            watcher::Event::Init => self.listing.clear(),
+            watcher::Event::InitApply(guarded) => {
+                if let (key, Some(watched)) = watched(&guarded) {
+                    self.listing.insert(key, watched);
+                }
+            }
+            watcher::Event::InitDone => {
+                self.requests = std::mem::take(&mut self.listing);
+                self.changes.relisted = true;
+                self.changes.keys.clear();
+            }
+        }
+    }
+}
+
+/// What the recorder keeps of a request: what the index and the summary's merge read, a
+/// tenth of the request it comes from (a trimmed request was about 2 KB in this cache).
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Watched {
+    resource_version: Option<String>,
+    phase: Option<Phase>,
+    expires_at: Option<Timestamp>,
+    revoked_at: Option<Timestamp>,
+    /// Its Kubernetes grant while active.
+    grant: Option<Arc<ActiveGrant>>,
+    /// The summary as stored.
+    activity: Option<Box<Activity>>,
+}
+
+impl Watched {
+    fn of(request: &AccessRequest, key: &str) -> Self {
+        let status = request.status.as_ref();
+        Self {
+            resource_version: request.metadata.resource_version.clone(),
+            phase: status.and_then(|status| status.phase),
+            expires_at: status
+                .and_then(|status| status.expires_at.as_ref())
+                .map(|time| time.0),
+            revoked_at: status
+                .and_then(|status| status.revoked_at.as_ref())
+                .map(|time| time.0),
+            grant: active_grant(request, key).map(Arc::new),
+            activity: status
+                .and_then(|status| status.activity.clone())
+                .map(Box::new),
+        }
+    }
+
+    /// Whether it waits for its decision or its grant.
+    fn is_pending(&self) -> bool {
+        self.phase.is_none_or(|phase| phase == Phase::Pending)
+    }
+
+    /// From when its revoke is due, while active: a moment before its end.
+    fn revoke_due_at(&self) -> Option<Timestamp> {
+        if self.phase != Some(Phase::Active) {
+            return None;
+        }
+        self.expires_at
+            .and_then(|expires| expires.checked_sub(REVOKE_DUE_BEFORE).ok())
+    }
+
+    /// When its grant's window closed, seen `now`: when it was revoked, or now (expired).
+    fn ended(&self, now: Timestamp) -> Timestamp {
+        self.revoked_at.unwrap_or(now)
+    }
+}
+
 /// The requests the watch changed since the index last looked.
 #[derive(Default)]
 struct Changes {
@@ -644,25 +742,6 @@ struct Changes {
     /// The watch listed everything again (at start, or after it lost its place): the index
     /// is built anew from the cache.
     relisted: bool,
-}
-
-impl Changes {
-    fn take(&mut self, event: &watcher::Event<DeserializeGuard<AccessRequest>>) {
-        match event {
-            watcher::Event::Apply(request) | watcher::Event::Delete(request) => {
-                self.keys.insert(format!(
-                    "{}/{}",
-                    request.namespace().unwrap_or_default(),
-                    request.name_any()
-                ));
-            }
-            watcher::Event::InitDone => {
-                self.relisted = true;
-                self.keys.clear();
-            }
-            watcher::Event::Init | watcher::Event::InitApply(_) => {}
-        }
-    }
 }
 
 /// The grants calls are attributed to, kept up to date one changed request at a time: at
@@ -680,46 +759,38 @@ struct Index {
 
 impl Index {
     /// Builds the index anew from every request.
-    fn relist<'a>(
-        &mut self,
-        requests: impl IntoIterator<Item = &'a AccessRequest>,
-        now: Timestamp,
-    ) {
-        let requests: Vec<&AccessRequest> = requests.into_iter().collect();
-        index(&mut self.known, requests.iter().copied(), now);
+    fn relist(&mut self, requests: &HashMap<RequestKey, Watched>, now: Timestamp) {
+        index(&mut self.known, requests, now);
         self.revoke_due_at = requests
             .iter()
-            .filter_map(|request| Some((request_key(request), revoke_due_at(request)?)))
+            .filter_map(|(key, request)| Some((key.clone(), request.revoke_due_at()?)))
             .collect();
-        if requests.iter().any(|request| is_pending(request)) {
+        if requests.values().any(Watched::is_pending) {
             self.pending_changed_at = Some(now);
         }
     }
 
     /// Takes one request as it is now (`None`: gone); returns whether the grants changed.
-    fn take(&mut self, key: &RequestKey, request: Option<&AccessRequest>, now: Timestamp) -> bool {
-        match request.and_then(revoke_due_at) {
+    fn take(&mut self, key: &RequestKey, request: Option<&Watched>, now: Timestamp) -> bool {
+        match request.and_then(Watched::revoke_due_at) {
             Some(at) => self.revoke_due_at.insert(key.clone(), at),
             None => self.revoke_due_at.remove(key),
         };
-        if request.is_some_and(is_pending) {
+        if request.is_some_and(Watched::is_pending) {
             self.pending_changed_at = Some(now);
         }
-        if let Some(grant) = request.and_then(|request| active_grant(request, key)) {
-            if self.known.get(key).is_some_and(|known| **known == grant) {
+        if let Some(grant) = request.and_then(|request| request.grant.as_ref()) {
+            if self.known.get(key).is_some_and(|known| known == grant) {
                 return false;
             }
-            self.known.insert(key.clone(), Arc::new(grant));
+            self.known.insert(key.clone(), grant.clone());
             return true;
         }
         let Some(grant) = self.known.get_mut(key) else {
             return false;
         };
         // Ended: its window closed when it was revoked, or now (gone, or expired).
-        let ended = request
-            .and_then(|request| request.status.as_ref())
-            .and_then(|status| status.revoked_at.as_ref())
-            .map_or(now, |time| time.0);
+        let ended = request.map_or(now, |request| request.ended(now));
         let closed = grant.expires_at.min(ended);
         if closed == grant.expires_at {
             return false;
@@ -757,35 +828,6 @@ impl Index {
             .get(key)
             .is_some_and(|grant| grant.expires_at > now && idle.may_set(&grant.policy))
     }
-}
-
-fn request_key(request: &AccessRequest) -> RequestKey {
-    format!(
-        "{}/{}",
-        request.namespace().unwrap_or_default(),
-        request.name_any()
-    )
-}
-
-/// Whether a request waits for its decision or its grant.
-fn is_pending(request: &AccessRequest) -> bool {
-    request
-        .status
-        .as_ref()
-        .and_then(|status| status.phase)
-        .is_none_or(|phase| phase == Phase::Pending)
-}
-
-/// From when an active request's revoke is due: a moment before its end.
-fn revoke_due_at(request: &AccessRequest) -> Option<Timestamp> {
-    let status = request.status.as_ref()?;
-    if status.phase != Some(Phase::Active) {
-        return None;
-    }
-    status
-        .expires_at
-        .as_ref()
-        .and_then(|expires| expires.0.checked_sub(REVOKE_DUE_BEFORE).ok())
 }
 
 /// The policies that set `idleTimeout`, by name; `None` until they are listed.
@@ -846,52 +888,27 @@ fn within_late_calls(grant: &ActiveGrant, now: Timestamp) -> bool {
         .is_ok_and(|until| now < until)
 }
 
-/// What the recorder's cache keeps of a request: the spec, and of the status only what the
-/// index and the summary's merge read (the timeline, conditions and decision records are
-/// most of a request, and the controller keeps its own copy).
-fn trim(guarded: &mut DeserializeGuard<AccessRequest>) {
-    let Ok(request) = guarded.0.as_mut() else {
-        return;
-    };
-    request.strip_for_cache();
-    if let Some(status) = request.status.take() {
-        let window = status.phase_and_window();
-        request.status = Some(AccessRequestStatus {
-            grant: status.grant,
-            activity: status.activity,
-            ..window
-        });
-    }
-}
-
 /// The grants calls are attributed to: every active Kubernetes grant, and those that ended
 /// less than [`LATE_CALLS`] ago (their window closed at the end), which `known` remembers
 /// since an ended request no longer names its binding.
-pub(crate) fn index<'a>(
+fn index(
     known: &mut HashMap<RequestKey, Arc<ActiveGrant>>,
-    requests: impl IntoIterator<Item = &'a AccessRequest>,
+    requests: &HashMap<RequestKey, Watched>,
     now: Timestamp,
 ) -> Grants {
-    let mut present = std::collections::HashSet::new();
-    for request in requests {
-        let key = request_key(request);
-        if let Some(grant) = active_grant(request, &key) {
-            known.insert(key.clone(), Arc::new(grant));
-        } else if let Some(grant) = known.get_mut(&key) {
+    for (key, request) in requests {
+        if let Some(grant) = &request.grant {
+            known.insert(key.clone(), grant.clone());
+        } else if let Some(grant) = known.get_mut(key) {
             // Ended: its window closed when it was revoked, or now.
-            let ended = request
-                .status
-                .as_ref()
-                .and_then(|status| status.revoked_at.as_ref())
-                .map_or(now, |time| time.0);
+            let ended = request.ended(now);
             if ended < grant.expires_at {
                 Arc::make_mut(grant).expires_at = ended;
             }
         }
-        present.insert(key);
     }
     for (key, grant) in known.iter_mut() {
-        if !present.contains(key) && now < grant.expires_at {
+        if !requests.contains_key(key) && now < grant.expires_at {
             Arc::make_mut(grant).expires_at = now;
         }
     }
@@ -932,6 +949,38 @@ mod tests {
 
     fn at(text: &str) -> Timestamp {
         text.parse().unwrap()
+    }
+
+    fn key_of(request: &AccessRequest) -> RequestKey {
+        format!(
+            "{}/{}",
+            request.namespace().unwrap_or_default(),
+            request.name_any()
+        )
+    }
+
+    /// What the recorder's cache keeps of a request.
+    fn watched(request: &AccessRequest) -> Watched {
+        Watched::of(request, &key_of(request))
+    }
+
+    /// The recorder's cache of these requests.
+    fn cached<'a>(
+        requests: impl IntoIterator<Item = &'a AccessRequest>,
+    ) -> HashMap<RequestKey, Watched> {
+        requests
+            .into_iter()
+            .map(|request| (key_of(request), watched(request)))
+            .collect()
+    }
+
+    /// The grants indexed from these requests as the cache keeps them.
+    fn index<'a>(
+        known: &mut HashMap<RequestKey, Arc<ActiveGrant>>,
+        requests: impl IntoIterator<Item = &'a AccessRequest>,
+        now: Timestamp,
+    ) -> Grants {
+        super::index(known, &cached(requests), now)
     }
 
     fn request(name: &str, phase: Phase, reference: Option<&str>) -> AccessRequest {
@@ -978,35 +1027,69 @@ mod tests {
         // A deleted request's window closes when it is seen gone.
         let grants = index(&mut known, &[active], now);
         assert_eq!(grants.len(), 1);
-        index(&mut known, &[], at("2026-01-01T00:11:00Z"));
+        index(&mut known, std::iter::empty(), at("2026-01-01T00:11:00Z"));
         assert_eq!(known["team/a"].expires_at, at("2026-01-01T00:11:00Z"));
     }
 
+    /// The cache follows the watch (a listing replaces it only once whole, changes and
+    /// deletions one at a time, a request that no longer parses holds nothing) and keeps what
+    /// the index and the summary's merge read.
     #[test]
-    fn the_trimmed_cache_indexes_and_merges_as_the_whole_request_does() {
-        let now = at("2026-01-01T00:10:00Z");
+    fn the_cache_follows_the_watch_and_keeps_what_the_index_and_the_merge_read() {
+        let guarded = |request: &AccessRequest| DeserializeGuard(Ok(request.clone()));
         let mut whole = request("a", Phase::Active, Some("RoleBinding team/jit-a"));
+        whole.metadata.resource_version = Some("41".into());
         if let Some(status) = whole.status.as_mut() {
-            status.activity = Some(crate::crd::v1alpha1::Activity {
+            status.activity = Some(Activity {
                 actions: 7,
                 ..Default::default()
             });
             status.message = Some("granted".into());
         }
-        let mut trimmed = DeserializeGuard(Ok(whole.clone()));
-        trim(&mut trimmed);
-        let trimmed = trimmed.0.unwrap();
-        let grants = |request: &AccessRequest| {
-            let indexed = index(&mut HashMap::new(), std::slice::from_ref(request), now);
-            format!(
-                "{:?}",
-                indexed.fresh_since(&Grants::default()).collect::<Vec<_>>()
-            )
-        };
-        assert_eq!(grants(&trimmed), grants(&whole));
-        let status = trimmed.status.unwrap();
-        assert_eq!(status.activity.map(|activity| activity.actions), Some(7));
-        assert_eq!(status.message, None, "what nothing here reads is not kept");
+        let mut cache = Cache::default();
+        cache.take(watcher::Event::Init);
+        cache.take(watcher::Event::InitApply(guarded(&whole)));
+        assert!(cache.requests.is_empty(), "not before the listing is whole");
+        cache.take(watcher::Event::InitDone);
+        assert!(cache.changes.relisted);
+        let kept = &cache.requests["team/a"];
+        assert_eq!(kept.resource_version.as_deref(), Some("41"));
+        assert_eq!(
+            kept.activity.as_ref().map(|activity| activity.actions),
+            Some(7)
+        );
+        assert_eq!(
+            kept.grant.as_deref(),
+            active_grant(&whole, "team/a").as_ref()
+        );
+        assert!(kept.grant.is_some());
+
+        let changes = std::mem::take(&mut cache.changes);
+        assert!(changes.keys.is_empty());
+        cache.take(watcher::Event::Apply(guarded(&request(
+            "b",
+            Phase::Pending,
+            None,
+        ))));
+        assert!(cache.requests["team/b"].is_pending());
+        cache.take(watcher::Event::Delete(guarded(&whole)));
+        assert!(!cache.requests.contains_key("team/a"));
+        let broken: DeserializeGuard<AccessRequest> = serde_json::from_value(json!({
+            "apiVersion": "jit.dev/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": "b", "namespace": "team"},
+            "spec": "not a spec",
+        }))
+        .unwrap();
+        assert!(broken.0.is_err());
+        cache.take(watcher::Event::Apply(broken));
+        assert!(
+            cache.requests.is_empty(),
+            "a request that does not parse is absent"
+        );
+        let mut keys: Vec<_> = cache.changes.keys.iter().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["team/a", "team/b"]);
+        assert!(!cache.changes.relisted);
     }
 
     #[test]
@@ -1015,14 +1098,14 @@ mod tests {
         let expired = request("b", Phase::Expired, None);
         let now = at("2026-01-01T00:10:00Z");
         let mut index = Index::default();
-        index.relist([&active, &expired], now);
+        index.relist(&cached([&active, &expired]), now);
         // Both end at 01:00.
         assert!(!index.lifecycle_due(at("2026-01-01T00:59:57Z")));
         assert!(index.lifecycle_due(at("2026-01-01T00:59:58Z")));
         assert!(index.lifecycle_due(at("2026-01-01T01:00:05Z")), "overdue");
         // The revoke happens: nothing is due any more.
         let revoked = request("a", Phase::Expired, None);
-        index.take(&"team/a".to_owned(), Some(&revoked), now);
+        index.take(&"team/a".to_owned(), Some(&watched(&revoked)), now);
         assert!(!index.lifecycle_due(at("2026-01-01T02:00:00Z")));
     }
 
@@ -1030,17 +1113,17 @@ mod tests {
     fn a_grant_is_due_for_a_few_seconds_after_a_pending_request_changes() {
         let now = at("2026-01-01T00:10:00Z");
         let mut index = Index::default();
-        index.relist([&request("a", Phase::Expired, None)], now);
+        index.relist(&cached([&request("a", Phase::Expired, None)]), now);
         assert!(!index.lifecycle_due(now), "nothing pending");
         let approved = request("b", Phase::Pending, None);
-        index.take(&"team/b".to_owned(), Some(&approved), now);
+        index.take(&"team/b".to_owned(), Some(&watched(&approved)), now);
         assert!(index.lifecycle_due(at("2026-01-01T00:10:04Z")));
         // Waiting on people, not on the operator: summaries go at their usual pace again.
         assert!(!index.lifecycle_due(at("2026-01-01T00:10:05Z")));
         // A change to an ended request is no grant.
         index.take(
             &"team/a".to_owned(),
-            Some(&request("a", Phase::Expired, None)),
+            Some(&watched(&request("a", Phase::Expired, None))),
             at("2026-01-01T00:20:00Z"),
         );
         assert!(!index.lifecycle_due(at("2026-01-01T00:20:00Z")));
@@ -1051,14 +1134,14 @@ mod tests {
         let now = at("2026-01-01T00:10:00Z");
         let mut index = Index::default();
         index.relist(
-            [
+            &cached([
                 &request("a", Phase::Active, Some("RoleBinding team/jit-a")),
                 &request("b", Phase::Active, Some("RoleBinding team/jit-b")),
-            ],
+            ]),
             now,
         );
         let ended = request("b", Phase::Expired, None);
-        index.take(&"team/b".to_owned(), Some(&ended), now);
+        index.take(&"team/b".to_owned(), Some(&watched(&ended)), now);
         let (a, b) = ("team/a".to_owned(), "team/b".to_owned());
         // Before the policies are listed, any may be.
         let unknown = IdlePolicies::default();
@@ -1113,16 +1196,16 @@ mod tests {
             (40, vec![&b_active], "team/b"),
         ];
         let mut kept = Index::default();
-        kept.relist([&a_active], t(9));
+        kept.relist(&cached([&a_active]), t(9));
         let mut built: HashMap<RequestKey, Arc<ActiveGrant>> = HashMap::new();
         index(&mut built, [&a_active], t(9));
         for (minute, requests, changed) in steps {
             let now = t(minute);
             let request = requests
                 .iter()
-                .find(|request| request_key(request) == changed)
+                .find(|request| key_of(request) == changed)
                 .copied();
-            kept.take(&changed.to_owned(), request, now);
+            kept.take(&changed.to_owned(), request.map(watched).as_ref(), now);
             kept.forget_late(now);
             index(&mut built, requests.iter().copied(), now);
             let mut kept_grants: Vec<String> = kept
