@@ -2,6 +2,7 @@
 //! apply (finalizer and provider effect), then write the status and publish Events.
 
 mod apply;
+mod cached;
 mod conditions;
 mod decide;
 #[cfg(test)]
@@ -20,7 +21,6 @@ use std::{
 
 use futures::{StreamExt, TryStreamExt};
 use jiff::Timestamp;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::{
     Api, Client, Resource, ResourceExt,
     api::{Patch, PatchParams},
@@ -35,15 +35,13 @@ use kube::{
 use serde_json::json;
 use tracing::{debug, error, info, instrument, warn};
 
+pub(crate) use self::cached::CachedRequest;
 use self::{
     decide::{Effect, FinalizerChange},
     notice::{Notice, Reason, Severity, TimelineEvent},
 };
 use crate::{
-    crd::v1alpha1::{
-        AccessPolicy, AccessRequest, AccessRequestSpec, AccessRequestStatus, FINALIZER,
-        IntentAction, Phase, Requester, TimelineEntry,
-    },
+    crd::v1alpha1::{AccessPolicy, AccessRequest, AccessRequestStatus, IntentAction, Phase},
     metrics::Metrics,
     provider::Providers,
     retry,
@@ -113,7 +111,7 @@ pub struct Context {
     /// How long ended requests are kept (`--retain-ended`); kept for ever when `None`.
     pub retain_ended: Option<Duration>,
     /// The controller's cache of requests, once it runs: the history in approvers' messages.
-    requests: std::sync::OnceLock<reflector::Store<DeserializeGuard<AccessRequest>>>,
+    requests: std::sync::OnceLock<reflector::Store<CachedRequest>>,
     /// The controller's cache of policies, once it has listed them all.
     policies: std::sync::OnceLock<reflector::Store<AccessPolicy>>,
     /// Consecutive failed reconciles per request (`namespace/name`), for their backoff.
@@ -169,17 +167,15 @@ impl Context {
         store
             .state()
             .iter()
-            .filter_map(|guarded| guarded.0.as_ref().ok())
             .filter(|other| {
-                other.metadata.uid != request.metadata.uid
-                    && other.spec.policy == request.spec.policy
-                    && other.spec.role == request.spec.role
-                    && other.spec.subject_name() == subject
+                other.invalid.is_none()
+                    && other.uid() != request.metadata.uid
+                    && other.policy == request.spec.policy
+                    && other.role == request.spec.role
+                    && other.subject.as_deref() == subject
                     && other
-                        .status
-                        .as_ref()
-                        .and_then(|status| status.granted_at.as_ref())
-                        .is_some_and(|granted_at| granted_at.0 >= since)
+                        .granted_at
+                        .is_some_and(|granted_at| granted_at >= since)
             })
             .count()
     }
@@ -216,9 +212,9 @@ pub async fn run(
     // Watching through DeserializeGuard keeps one malformed object from stopping the watch.
     let requests = Api::<DeserializeGuard<AccessRequest>>::all(context.client.clone());
     let policies = Api::<AccessPolicy>::all(context.client.clone());
-    // The cache keeps a small copy of each request (`cached_copy`); whether a change is worth
-    // a reconcile is decided on the whole request as it passes.
-    let (store, mut writer) = reflector::store::<DeserializeGuard<AccessRequest>>();
+    // The cache keeps a small record of each request ([`CachedRequest`]); whether a change is
+    // worth a reconcile is decided on the whole request as it passes.
+    let (store, mut writer) = reflector::store::<CachedRequest>();
     let stream = watcher(requests, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|guarded: &mut DeserializeGuard<AccessRequest>| {
@@ -228,7 +224,8 @@ pub async fn run(
         })
         .inspect_ok(move |event| writer.apply_watcher_event(&cached_event(event)))
         .applied_objects()
-        .predicate_filter(reconcile_relevant, PredicateConfig::default());
+        .predicate_filter(reconcile_relevant, PredicateConfig::default())
+        .map_ok(|guarded| CachedRequest::of(&guarded));
     let controller = Controller::for_stream(stream, store.clone());
     let _ = context.requests.set(store.clone());
     let (policy_store, policy_writer) = reflector::store::<AccessPolicy>();
@@ -298,13 +295,8 @@ pub async fn run(
             store
                 .state()
                 .into_iter()
-                .filter(|guarded| {
-                    guarded
-                        .0
-                        .as_ref()
-                        .is_ok_and(|request| request.spec.policy == name)
-                })
-                .map(|guarded| ObjectRef::from_obj(guarded.as_ref()))
+                .filter(|cached| cached.invalid.is_none() && cached.policy == name)
+                .map(|cached| ObjectRef::from_obj(cached.as_ref()))
                 .collect::<Vec<_>>()
         })
         // A managed binding changed or deleted by hand: look at its request now (drift).
@@ -329,68 +321,14 @@ pub async fn run(
     }
 }
 
-/// What the controller's cache keeps of a request: only what is read from it (whether it is
-/// settled, its policy, its subject and grant time for approvers' history, when it ended for
-/// retention, its name and UID for the audit deliverer). Reconciles read each request fresh.
-/// The whole request was a cache's largest part (about 5 KB each, 55 MB at 10,000); this
-/// copy is a few hundred bytes, made without copying the rest, and a requester padding a
-/// request with labels, annotations or a long reason costs the operator nothing to hold.
-fn cached_copy(guarded: &DeserializeGuard<AccessRequest>) -> DeserializeGuard<AccessRequest> {
-    let Ok(request) = &guarded.0 else {
-        return guarded.clone();
-    };
-    let metadata = &request.metadata;
-    let spec = &request.spec;
-    let status = request.status.as_ref().map(|status| AccessRequestStatus {
-        timeline: status
-            .timeline
-            .last()
-            .map(|entry| TimelineEntry {
-                time: entry.time.clone(),
-                event: entry.event.clone(),
-                actor: None,
-                message: None,
-            })
-            .into_iter()
-            .collect(),
-        ..status.phase_and_window()
-    });
-    DeserializeGuard(Ok(AccessRequest {
-        metadata: ObjectMeta {
-            name: metadata.name.clone(),
-            namespace: metadata.namespace.clone(),
-            uid: metadata.uid.clone(),
-            resource_version: metadata.resource_version.clone(),
-            creation_timestamp: metadata.creation_timestamp.clone(),
-            deletion_timestamp: metadata.deletion_timestamp.clone(),
-            finalizers: metadata.finalizers.clone(),
-            ..ObjectMeta::default()
-        },
-        spec: AccessRequestSpec {
-            policy: spec.policy.clone(),
-            role: spec.role.clone(),
-            duration: spec.duration.clone(),
-            reason: None,
-            subject: spec.subject.clone(),
-            requester: spec.requester.as_ref().map(|requester| Requester {
-                username: requester.username.clone(),
-                uid: requester.uid.clone(),
-                groups: requester.groups.clone(),
-                extra: std::collections::BTreeMap::new(),
-            }),
-        },
-        status,
-    }))
-}
-
-/// A watch event as the controller's cache takes it: with [`cached_copy`]s.
+/// A watch event as the controller's cache takes it: with [`CachedRequest`]s.
 fn cached_event(
     event: &watcher::Event<DeserializeGuard<AccessRequest>>,
-) -> watcher::Event<DeserializeGuard<AccessRequest>> {
+) -> watcher::Event<CachedRequest> {
     match event {
-        watcher::Event::Apply(guarded) => watcher::Event::Apply(cached_copy(guarded)),
-        watcher::Event::Delete(guarded) => watcher::Event::Delete(cached_copy(guarded)),
-        watcher::Event::InitApply(guarded) => watcher::Event::InitApply(cached_copy(guarded)),
+        watcher::Event::Apply(guarded) => watcher::Event::Apply(CachedRequest::of(guarded)),
+        watcher::Event::Delete(guarded) => watcher::Event::Delete(CachedRequest::of(guarded)),
+        watcher::Event::InitApply(guarded) => watcher::Event::InitApply(CachedRequest::of(guarded)),
         watcher::Event::Init => watcher::Event::Init,
         watcher::Event::InitDone => watcher::Event::InitDone,
     }
@@ -417,13 +355,10 @@ fn reconcile_relevant(guarded: &DeserializeGuard<AccessRequest>) -> Option<u64> 
     Some(hasher.finish())
 }
 
-#[instrument(skip_all, fields(request = %guarded.name_any(), namespace = guarded.namespace(), subject = tracing::field::Empty))]
-async fn reconcile(
-    guarded: Arc<DeserializeGuard<AccessRequest>>,
-    context: Arc<Context>,
-) -> Result<Action, Error> {
-    let key = key_of(&guarded);
-    let result = reconcile_steps(guarded, context.clone()).await;
+#[instrument(skip_all, fields(request = %cached.name_any(), namespace = cached.namespace(), subject = tracing::field::Empty))]
+async fn reconcile(cached: Arc<CachedRequest>, context: Arc<Context>) -> Result<Action, Error> {
+    let key = key_of(&cached);
+    let result = reconcile_steps(&cached, context.clone()).await;
     if result.is_ok() {
         context.succeeded(&key);
     }
@@ -431,22 +366,17 @@ async fn reconcile(
 }
 
 /// Drives one reconcile: observe, decide, apply, then write what `outcome` says.
-async fn reconcile_steps(
-    guarded: Arc<DeserializeGuard<AccessRequest>>,
-    context: Arc<Context>,
-) -> Result<Action, Error> {
-    if let Err(invalid) = &guarded.0 {
-        warn!(error = %invalid.error, "ignoring access request that does not parse");
+async fn reconcile_steps(cached: &CachedRequest, context: Arc<Context>) -> Result<Action, Error> {
+    if let Some(invalid) = &cached.invalid {
+        warn!(error = %invalid, "ignoring access request that does not parse");
         return Ok(Action::await_change());
     }
-    let namespace = guarded.namespace().unwrap_or_default();
-    let name = guarded.name_any();
-    if let Ok(cached) = &guarded.0
-        && let Some(phase) = settled(cached)
-    {
+    let namespace = cached.namespace().unwrap_or_default();
+    let name = cached.name_any();
+    if let Some(phase) = cached.settled() {
         context
             .metrics
-            .track(&key_of(&guarded), Some(phase.as_str()), None);
+            .track(&key_of(cached), Some(phase.as_str()), None);
         return Ok(Action::await_change());
     }
 
@@ -562,17 +492,6 @@ async fn reconcile_steps(
         Some(after) => Action::requeue(after.min(context.resync)),
         None => Action::await_change(),
     })
-}
-
-/// The phase of a request that has nothing left to do, as the cache has it: ended (a phase
-/// never left), its finalizer released (which happens only once its grant is gone and its
-/// audit events are recorded) and not being deleted. Such a request is not read again: the
-/// look the watch reports after its last writes, a resync and a restart cost no API call. The
-/// cache can only be behind, and behind "settled" there is nothing but "settled".
-fn settled(request: &AccessRequest) -> Option<Phase> {
-    let phase = request.status.as_ref()?.phase?;
-    let released = !request.finalizers().iter().any(|f| f == FINALIZER);
-    (phase.is_final() && released && request.metadata.deletion_timestamp.is_none()).then_some(phase)
 }
 
 /// Decide: no client. On a blocking thread, because the policy's autoApprove CEL runs there:
@@ -796,11 +715,7 @@ async fn publish(context: &Context, request: &AccessRequest, notices: &[Notice])
 /// A reconcile that failed before its outcome could be written (the API server refusing or
 /// failing): retried with a backoff counted in memory, since the status is what could not be
 /// written. Nothing gives up: a revoke is retried from its status.
-fn error_policy(
-    request: Arc<DeserializeGuard<AccessRequest>>,
-    error: &Error,
-    context: Arc<Context>,
-) -> Action {
+fn error_policy(request: Arc<CachedRequest>, error: &Error, context: Arc<Context>) -> Action {
     context.metrics.reconciled(error.category());
     context.metrics.reconcile_error(error.category());
     let key = key_of(&request);
@@ -808,14 +723,7 @@ fn error_policy(
     // Never past the grant's end: a status write that keeps failing must not hold up the
     // revoke its expiry calls for.
     let now = Timestamp::now();
-    let expires_at = request
-        .0
-        .as_ref()
-        .ok()
-        .and_then(|request| request.status.as_ref())
-        .and_then(|status| status.expires_at.as_ref())
-        .map(|time| time.0)
-        .filter(|expires_at| *expires_at > now);
+    let expires_at = request.expires_at.filter(|expires_at| *expires_at > now);
     let mut delay = retry::delay(&key, failures, None);
     if let Some(expires_at) = expires_at {
         delay = delay.min(retry::until(now, expires_at));
@@ -825,7 +733,7 @@ fn error_policy(
 }
 
 /// `namespace/name`.
-fn key_of(request: &DeserializeGuard<AccessRequest>) -> String {
+fn key_of(request: &CachedRequest) -> String {
     format!(
         "{}/{}",
         request.namespace().unwrap_or_default(),

@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource, ResourceExt,
     api::{DeleteParams, Preconditions},
-    core::DeserializeGuard,
     runtime::reflector,
 };
 use tracing::{debug, info, warn};
 
 use crate::{
     crd::v1alpha1::{AccessRequest, Phase},
+    request_controller::CachedRequest,
     telemetry::error_chain,
 };
 
@@ -37,16 +37,17 @@ pub(crate) fn ended_at(request: &AccessRequest) -> Option<Timestamp> {
 /// The requests (namespace, name, uid) that ended more than `retain` before `now`, and are
 /// not being deleted already.
 pub(crate) fn due<'a>(
-    requests: impl IntoIterator<Item = &'a AccessRequest>,
+    requests: impl IntoIterator<Item = &'a CachedRequest>,
     now: Timestamp,
     retain: Duration,
 ) -> Vec<(String, String, String)> {
     let retain = jiff::SignedDuration::try_from(retain).unwrap_or(jiff::SignedDuration::MAX);
     requests
         .into_iter()
-        .filter(|request| request.metadata.deletion_timestamp.is_none())
+        .filter(|request| request.meta().deletion_timestamp.is_none())
         .filter(|request| {
-            ended_at(request)
+            request
+                .ended_at
                 .and_then(|ended| ended.checked_add(retain).ok())
                 .is_some_and(|until| until <= now)
         })
@@ -64,7 +65,7 @@ fn period(retain: Duration) -> Duration {
 /// `shutdown` completes.
 pub(crate) async fn run(
     client: Client,
-    requests: reflector::Store<DeserializeGuard<AccessRequest>>,
+    requests: reflector::Store<CachedRequest>,
     retain: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -75,7 +76,10 @@ pub(crate) async fn run(
     loop {
         let cached = requests.state();
         let due = due(
-            cached.iter().filter_map(|guarded| guarded.0.as_ref().ok()),
+            cached
+                .iter()
+                .map(AsRef::as_ref)
+                .filter(|request| request.invalid.is_none()),
             Timestamp::now(),
             retain,
         );
@@ -136,6 +140,10 @@ mod tests {
         request
     }
 
+    fn cached(request: &AccessRequest) -> CachedRequest {
+        CachedRequest::of(&kube::core::DeserializeGuard(Ok(request.clone())))
+    }
+
     const DAY: Duration = Duration::from_secs(86_400);
 
     #[test]
@@ -157,7 +165,8 @@ mod tests {
             ),
             request("no-status-yet", None, "2026-01-01T00:00:00Z"),
         ];
-        let due: Vec<String> = due(&requests, now, 30 * DAY)
+        let cached = requests.each_ref().map(cached);
+        let due: Vec<String> = due(&cached, now, 30 * DAY)
             .into_iter()
             .map(|(_, name, _)| name)
             .collect();
@@ -168,8 +177,8 @@ mod tests {
     fn the_retention_counts_from_the_end_not_the_creation() {
         let ended = request("late", Some(Phase::Expired), "2026-02-25T00:00:00Z");
         let now: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
-        assert!(due([&ended], now, 30 * DAY).is_empty());
-        assert_eq!(due([&ended], now, 4 * DAY).len(), 1);
+        assert!(due([&cached(&ended)], now, 30 * DAY).is_empty());
+        assert_eq!(due([&cached(&ended)], now, 4 * DAY).len(), 1);
     }
 
     #[test]
@@ -177,14 +186,14 @@ mod tests {
         let mut ended = request("going", Some(Phase::Expired), "2026-01-01T00:00:00Z");
         ended.metadata.deletion_timestamp = Some(Time("2026-02-01T00:00:00Z".parse().unwrap()));
         let now: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
-        assert!(due([&ended], now, DAY).is_empty());
+        assert!(due([&cached(&ended)], now, DAY).is_empty());
     }
 
     #[test]
     fn an_enormous_retention_never_comes_due() {
         let ended = request("kept", Some(Phase::Expired), "2026-01-01T00:00:00Z");
         let now: Timestamp = "2026-03-01T00:00:00Z".parse().unwrap();
-        assert!(due([&ended], now, Duration::MAX).is_empty());
+        assert!(due([&cached(&ended)], now, Duration::MAX).is_empty());
     }
 
     #[test]

@@ -23,7 +23,6 @@ use k8s_openapi::{
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
-    core::DeserializeGuard,
     runtime::{WatchStreamExt, reflector, watcher},
 };
 use tokio::sync::Notify;
@@ -35,8 +34,9 @@ use super::{
     send::{self, ChannelSecret},
 };
 use crate::{
-    crd::v1alpha1::{AccessRequest, NotificationChannel, NotificationChannelStatus},
+    crd::v1alpha1::{NotificationChannel, NotificationChannelStatus},
     metrics::Metrics,
+    request_controller::CachedRequest,
     telemetry::error_chain,
 };
 
@@ -130,7 +130,7 @@ pub struct Deliverer {
     client: Client,
     recorder: Arc<Recorder>,
     metrics: Arc<Metrics>,
-    requests: reflector::Store<DeserializeGuard<AccessRequest>>,
+    requests: reflector::Store<CachedRequest>,
     /// Whether `requests` holds every request (until then, no request counts as gone).
     requests_synced: Arc<AtomicBool>,
     state: Mutex<State>,
@@ -144,7 +144,7 @@ impl Deliverer {
         client: Client,
         recorder: Arc<Recorder>,
         metrics: Arc<Metrics>,
-        requests: reflector::Store<DeserializeGuard<AccessRequest>>,
+        requests: reflector::Store<CachedRequest>,
         requests_synced: Arc<AtomicBool>,
     ) -> Arc<Self> {
         Arc::new(Self {

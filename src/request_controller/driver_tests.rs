@@ -13,7 +13,9 @@ use async_trait::async_trait;
 use hyper::{Request, Response};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::{Client, client::Body, core::DeserializeGuard, runtime::controller::Action};
+use kube::{
+    Client, ResourceExt, client::Body, core::DeserializeGuard, runtime::controller::Action,
+};
 use serde_json::{Value, json};
 
 use super::{Context, reconcile_steps};
@@ -210,14 +212,12 @@ impl Scenario {
     }
 
     async fn reconcile(&self) -> Action {
-        let request: AccessRequest =
+        // As the controller's cache hands it over.
+        let cached: super::CachedRequest =
             serde_json::from_value(self.request.lock().unwrap().clone()).unwrap();
-        reconcile_steps(
-            Arc::new(DeserializeGuard(Ok(request))),
-            self.context.clone(),
-        )
-        .await
-        .unwrap()
+        reconcile_steps(&cached, self.context.clone())
+            .await
+            .unwrap()
     }
 
     fn stored(&self) -> AccessRequest {
@@ -477,13 +477,14 @@ fn activity_and_version_changes_do_not_wake_the_controller_and_others_do() {
     assert_ne!(super::reconcile_relevant(&guarded(&deleting)), before);
 }
 
-/// The controller's cache holds a small copy of each request; everything read from the cache
-/// reads the same from it as from the whole request.
+/// The controller's cache holds a small record of each request; everything read from the
+/// cache reads the same from it as from the whole request.
 #[test]
-fn the_cached_copy_answers_what_the_cache_is_asked_as_the_whole_request_does() {
+fn the_cached_record_answers_what_the_cache_is_asked_as_the_whole_request_does() {
     let mut ended = active(Timestamp::now() - jiff::SignedDuration::from_secs(60));
     ended.spec.reason = Some("x".repeat(10_000));
     ended.metadata.labels = Some([("padding".to_owned(), "y".repeat(60))].into());
+    ended.metadata.finalizers = None;
     let status = ended.status.get_or_insert_with(Default::default);
     status.phase = Some(Phase::Expired);
     status.timeline.push(crate::crd::v1alpha1::TimelineEntry {
@@ -492,32 +493,55 @@ fn the_cached_copy_answers_what_the_cache_is_asked_as_the_whole_request_does() {
         actor: None,
         message: Some("ran its course".into()),
     });
-    for request in [approved(), ended] {
-        let copy = super::cached_copy(&DeserializeGuard(Ok(request.clone())))
-            .0
-            .unwrap();
-        assert_eq!(super::settled(&copy), super::settled(&request));
-        assert_eq!(
-            crate::retention::ended_at(&copy),
-            crate::retention::ended_at(&request)
-        );
-        assert_eq!(
-            super::key_of(&DeserializeGuard(Ok(copy.clone()))),
-            super::key_of(&DeserializeGuard(Ok(request.clone())))
-        );
-        assert_eq!(copy.metadata.uid, request.metadata.uid);
-        assert_eq!(copy.spec.policy, request.spec.policy);
-        assert_eq!(copy.spec.role, request.spec.role);
-        assert_eq!(copy.spec.subject_name(), request.spec.subject_name());
-        let granted = |request: &AccessRequest| {
-            request
-                .status
-                .as_ref()
-                .and_then(|status| status.granted_at.clone())
-        };
-        assert_eq!(granted(&copy), granted(&request));
-        assert_eq!(copy.spec.reason, None, "what nothing reads is not kept");
-        assert_eq!(copy.metadata.labels, None);
-        assert_eq!(copy.metadata.annotations, None);
+    let mut deleting = ended.clone();
+    deleting.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    let mut held = ended.clone();
+    held.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+    let cases = [
+        (approved(), None),
+        (ended.clone(), Some(Phase::Expired)),
+        (deleting, None),
+        (held, None),
+    ];
+    for (request, settled) in cases {
+        let record = super::CachedRequest::of(&DeserializeGuard(Ok(request.clone())));
+        assert_eq!(record.settled(), settled, "{:?}", request.metadata);
+        assert_eq!(record.ended_at, crate::retention::ended_at(&request));
+        assert_eq!(record.name_any(), request.name_any());
+        assert_eq!(record.namespace(), request.namespace());
+        assert_eq!(record.uid(), request.uid());
+        assert_eq!(record.policy, request.spec.policy);
+        assert_eq!(record.role, request.spec.role);
+        assert_eq!(record.subject.as_deref(), request.spec.subject_name());
+        let status = request.status.as_ref();
+        let granted = status.and_then(|status| status.granted_at.as_ref());
+        assert_eq!(record.granted_at, granted.map(|time| time.0));
+        let expires = status.and_then(|status| status.expires_at.as_ref());
+        assert_eq!(record.expires_at, expires.map(|time| time.0));
+        assert!(record.labels().is_empty(), "what nothing reads is not kept");
+        assert!(record.annotations().is_empty());
     }
+    assert!(crate::retention::ended_at(&ended).is_some());
+
+    // It is the request's resource, and reads from the request's JSON.
+    let json = serde_json::to_value(&ended).unwrap();
+    let read: super::CachedRequest = serde_json::from_value(json.clone()).unwrap();
+    // (As the API server has it: times in whole seconds.)
+    let ended: AccessRequest = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        kube::runtime::reflector::ObjectRef::from_obj(&read).erase(),
+        kube::runtime::reflector::ObjectRef::from_obj(&ended).erase()
+    );
+    assert_eq!(read, super::CachedRequest::of(&DeserializeGuard(Ok(ended))));
+
+    // A request that does not parse is kept by name, and never acted on.
+    let broken: super::CachedRequest = serde_json::from_value(serde_json::json!({
+        "apiVersion": "jit.dev/v1alpha1", "kind": "AccessRequest",
+        "metadata": {"name": "broken", "namespace": "team", "uid": "u"},
+        "spec": "not a spec",
+    }))
+    .unwrap();
+    assert!(broken.invalid.is_some());
+    assert_eq!(broken.name_any(), "broken");
+    assert_eq!(broken.settled(), None);
 }
