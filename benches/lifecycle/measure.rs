@@ -431,6 +431,7 @@ pub async fn run(plan: &Plan, cluster: &Cluster, size: usize, audit_rate: u32) -
         watch.abort();
     }
     let book = book.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    write_timeline(plan, size, audit_rate, &book);
     summarize(
         SummaryInput {
             size,
@@ -467,6 +468,37 @@ struct SummaryInput {
     audit: Option<AuditLoadReport>,
     /// The operator's reconciles during the run, when local.
     reconciles: Option<f64>,
+}
+
+/// Writes what was seen of each request (`requests-N[-audit-R].csv`, in wall-clock time):
+/// to find what the slowest grants and revokes have in common, and when they happened.
+fn write_timeline(plan: &Plan, size: usize, audit_rate: u32, book: &HashMap<String, Seen>) {
+    let time = |at: Option<Timestamp>| at.map(|at| at.to_string()).unwrap_or_default();
+    let mut rows: Vec<(&String, &Seen)> = book.iter().collect();
+    rows.sort_by_key(|(_, seen)| seen.expires_at);
+    let mut csv = String::from(
+        "request,approved_ack,binding_added,granted,expires_at,binding_deleted,expired\n",
+    );
+    for (name, seen) in rows {
+        csv.push_str(&format!(
+            "{name},{},{},{},{},{},{}\n",
+            time(seen.approved_ack),
+            time(seen.binding_added),
+            time(seen.granted),
+            time(seen.expires_at),
+            time(seen.binding_deleted),
+            time(seen.expired),
+        ));
+    }
+    let suffix = if audit_rate > 0 {
+        format!("-audit-{audit_rate}")
+    } else {
+        String::new()
+    };
+    let path = plan.out.join(format!("requests-{size}{suffix}.csv"));
+    if let Err(error) = std::fs::write(&path, csv) {
+        eprintln!("bench: could not write {}: {error}", path.display());
+    }
 }
 
 fn millis(from: Option<Timestamp>, to: Option<Timestamp>) -> Option<f64> {
