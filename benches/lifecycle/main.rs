@@ -15,6 +15,10 @@
 //! operator's audit webhook beside the API server's own (0: none); the smoke run posts 200 a
 //! second so that the load keeps working. A tenth of the posted calls are the live grants'
 //! (`BENCH_AUDIT_GRANTED=0` for none: the intake alone, no summaries to write).
+//!
+//! Each grant lasts long enough, by the ceiling just measured, for all N to be live at once;
+//! `BENCH_GRANT_SECONDS=900` fixes it instead, for runs to be compared: the ceiling varies
+//! from run to run, and so would the resync looks each grant gets.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -38,6 +42,9 @@ pub struct Plan {
     /// The shortest grant, to which the time the ceiling says N lifecycles need is added so
     /// that all are live at once.
     pub min_duration: Duration,
+    /// How long each grant lasts whatever the ceiling (`BENCH_GRANT_SECONDS`): runs to be
+    /// compared get the same number of resync looks per grant.
+    pub fixed_duration: Option<Duration>,
     /// Where the report goes.
     pub out: PathBuf,
     /// A smoke run under `cargo test`.
@@ -69,6 +76,10 @@ impl Plan {
             } else {
                 Duration::from_secs(30)
             },
+            fixed_duration: std::env::var("BENCH_GRANT_SECONDS")
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .map(Duration::from_secs),
             out: if smoke { target.join("smoke") } else { target },
             smoke,
         }

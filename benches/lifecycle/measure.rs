@@ -232,6 +232,9 @@ fn etcd_cpu_seconds(cluster: &Cluster) -> Option<f64> {
 /// as 80 of the ceiling's writes (76-79 measured at N = 1,000), half of it up to the grant.
 /// The report says how many were live at once.
 fn grant_duration(plan: &Plan, size: usize, ceiling: f64) -> Duration {
+    if let Some(fixed) = plan.fixed_duration {
+        return fixed;
+    }
     let writes_needed = size as f64 * 40.0;
     let seconds = 3.0 * writes_needed / ceiling.max(1.0);
     plan.min_duration + Duration::from_secs_f64(seconds.ceil())
