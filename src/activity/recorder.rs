@@ -701,12 +701,8 @@ impl Watched {
         Self {
             resource_version: request.metadata.resource_version.clone(),
             phase: status.and_then(|status| status.phase),
-            expires_at: status
-                .and_then(|status| status.expires_at.as_ref())
-                .map(|time| time.0),
-            revoked_at: status
-                .and_then(|status| status.revoked_at.as_ref())
-                .map(|time| time.0),
+            expires_at: request.status_time(|status| status.expires_at.as_ref()),
+            revoked_at: request.status_time(|status| status.revoked_at.as_ref()),
             grant: active_grant(request, key).map(Arc::new),
             activity: status
                 .and_then(|status| status.activity.clone())

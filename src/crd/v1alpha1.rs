@@ -594,6 +594,15 @@ impl AccessRequest {
             requester.extra.clear();
         }
     }
+
+    /// The time one field of its status holds (`|status| status.expires_at.as_ref()`), if
+    /// it has a status and the field is set.
+    pub fn status_time(
+        &self,
+        field: impl Fn(&AccessRequestStatus) -> Option<&Time>,
+    ) -> Option<jiff::Timestamp> {
+        self.status.as_ref().and_then(field).map(|time| time.0)
+    }
 }
 
 impl AccessRequestStatus {

@@ -58,12 +58,8 @@ impl CachedRequest {
             role: request.spec.role.clone(),
             subject: request.spec.subject_name().map(str::to_owned),
             phase: status.and_then(|status| status.phase),
-            granted_at: status
-                .and_then(|status| status.granted_at.as_ref())
-                .map(|time| time.0),
-            expires_at: status
-                .and_then(|status| status.expires_at.as_ref())
-                .map(|time| time.0),
+            granted_at: request.status_time(|status| status.granted_at.as_ref()),
+            expires_at: request.status_time(|status| status.expires_at.as_ref()),
             ended_at: crate::retention::ended_at(request),
         }
     }
