@@ -12,6 +12,7 @@ mod failures;
 mod notice;
 mod observe;
 mod outcome;
+mod wakes;
 
 use std::{
     collections::HashMap,
@@ -26,7 +27,7 @@ use kube::{
     api::{Patch, PatchParams},
     core::DeserializeGuard,
     runtime::{
-        Controller, PredicateConfig, WatchStreamExt,
+        Controller, WatchStreamExt,
         controller::{self, Action},
         reflector::{self, ObjectRef},
         watcher,
@@ -116,6 +117,8 @@ pub struct Context {
     policies: std::sync::OnceLock<reflector::Store<AccessPolicy>>,
     /// Consecutive failed reconciles per request (`namespace/name`), for their backoff.
     failed: std::sync::Mutex<HashMap<String, i32>>,
+    /// Which changes seen through the watch wake the controller: not its own writes.
+    wakes: Arc<wakes::Wakes>,
 }
 
 impl Context {
@@ -140,6 +143,7 @@ impl Context {
             requests: std::sync::OnceLock::new(),
             policies: std::sync::OnceLock::new(),
             failed: std::sync::Mutex::default(),
+            wakes: Arc::default(),
         }
     }
 
@@ -215,6 +219,7 @@ pub async fn run(
     // The cache keeps a small record of each request ([`CachedRequest`]); whether a change is
     // worth a reconcile is decided on the whole request as it passes.
     let (store, mut writer) = reflector::store::<CachedRequest>();
+    let (gone, woken) = (context.wakes.clone(), context.wakes.clone());
     let stream = watcher(requests, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|guarded: &mut DeserializeGuard<AccessRequest>| {
@@ -222,9 +227,22 @@ pub async fn run(
                 request.metadata.managed_fields = None;
             }
         })
-        .inspect_ok(move |event| writer.apply_watcher_event(&cached_event(event)))
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(guarded) = event {
+                gone.forget(&key_of_meta(guarded.meta()));
+            }
+            writer.apply_watcher_event(&cached_event(event));
+        })
         .applied_objects()
-        .predicate_filter(reconcile_relevant, PredicateConfig::default())
+        .try_filter(move |guarded| {
+            let meta = guarded.meta();
+            let wakes = woken.wakes(
+                &key_of_meta(meta),
+                meta.resource_version.as_deref(),
+                reconcile_relevant(guarded),
+            );
+            futures::future::ready(wakes)
+        })
         .map_ok(|guarded| CachedRequest::of(&guarded));
     let controller = Controller::for_stream(stream, store.clone());
     let _ = context.requests.set(store.clone());
@@ -423,8 +441,10 @@ async fn reconcile_steps(cached: &CachedRequest, context: Arc<Context>) -> Resul
 
     // Apply: client required.
     let api = Api::<AccessRequest>::namespaced(context.client.clone(), &namespace);
+    let key = key_of_meta(request.meta());
     if plan.finalizer == FinalizerChange::Add {
-        apply::set_finalizer(&api, request, true).await?;
+        let version = apply::set_finalizer(&api, request, true).await?;
+        context.wakes.wrote(&key, version.as_deref());
     }
     let action = match &plan.effect {
         Effect::None => None,
@@ -436,7 +456,15 @@ async fn reconcile_steps(cached: &CachedRequest, context: Arc<Context>) -> Resul
         // called, so a crash in between is visible and resolved on restart.
         Some(action) => {
             let intent = outcome::with_intent(&current, &plan, action, &uid, now);
-            let written = write_status(&api, &context.sealer, request, &current, &intent).await?;
+            let written = write_status(
+                &api,
+                &context.sealer,
+                &context.wakes,
+                request,
+                &current,
+                &intent,
+            )
+            .await?;
             crash_point(action, "before-effect");
             written
         }
@@ -461,7 +489,15 @@ async fn reconcile_steps(cached: &CachedRequest, context: Arc<Context>) -> Resul
         applied.as_ref().err(),
         &outcome,
     );
-    let status = write_status(&api, &context.sealer, request, &written, &outcome.status).await?;
+    let status = write_status(
+        &api,
+        &context.sealer,
+        &context.wakes,
+        request,
+        &written,
+        &outcome.status,
+    )
+    .await?;
     measure(&context.metrics, request, phase, &status, now);
     // Recorded after the status that holds the transitions and before anyone is told; a
     // request is released only once its events are in its outbox, which outlives it.
@@ -483,7 +519,8 @@ async fn reconcile_steps(cached: &CachedRequest, context: Arc<Context>) -> Resul
     }
     publish(&context, request, &outcome.notices).await;
     if outcome.release {
-        apply::set_finalizer(&api, request, false).await?;
+        let version = apply::set_finalizer(&api, request, false).await?;
+        context.wakes.wrote(&key, version.as_deref());
         if let Some(action) = action {
             crash_point(action, "after-finalizer");
         }
@@ -660,6 +697,7 @@ fn crash_point(action: IntentAction, step: &str) {
 async fn write_status(
     api: &Api<AccessRequest>,
     sealer: &Sealer,
+    wakes: &wakes::Wakes,
     request: &AccessRequest,
     current: &AccessRequestStatus,
     status: &AccessRequestStatus,
@@ -682,14 +720,19 @@ async fn write_status(
         "kind": "AccessRequest",
         "status": status,
     });
-    api.patch_status(
-        &request.name_any(),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await
-    .map(|_| status)
-    .map_err(Error::Status)
+    let written = api
+        .patch_status(
+            &request.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Status)?;
+    wakes.wrote(
+        &key_of_meta(request.meta()),
+        written.metadata.resource_version.as_deref(),
+    );
+    Ok(status)
 }
 
 /// Publishes a reconcile's notices, at once rather than one after another: each is its own
@@ -733,10 +776,15 @@ fn error_policy(request: Arc<CachedRequest>, error: &Error, context: Arc<Context
 }
 
 /// `namespace/name`.
-fn key_of(request: &CachedRequest) -> String {
+fn key_of_meta(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
     format!(
         "{}/{}",
-        request.namespace().unwrap_or_default(),
-        request.name_any()
+        meta.namespace.as_deref().unwrap_or_default(),
+        meta.name.as_deref().unwrap_or_default()
     )
+}
+
+/// `namespace/name`.
+fn key_of(request: &CachedRequest) -> String {
+    key_of_meta(request.meta())
 }

@@ -62,12 +62,13 @@ fn request_ref(request: &AccessRequest) -> Result<RequestRef, Error> {
 
 /// Adds or removes the finalizer. The JSON patch first tests that the finalizer list is
 /// still what was read, so that a concurrent change makes this fail (and retry) rather than
-/// overwrite it; status writes in between do not matter.
+/// overwrite it; status writes in between do not matter. Returns the resourceVersion the
+/// change was given.
 pub async fn set_finalizer(
     api: &Api<AccessRequest>,
     request: &AccessRequest,
     present: bool,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let current = request.metadata.finalizers.clone();
     let mut finalizers: Vec<String> = current
         .iter()
@@ -95,7 +96,7 @@ pub async fn set_finalizer(
         &Patch::<()>::Json(patch),
     )
     .await
-    .map(|_| ())
+    .map(|patched| patched.metadata.resource_version)
     .map_err(Error::Finalizer)
 }
 

@@ -145,8 +145,9 @@ impl Plan {
                     .is_some_and(|expires_at| expires_at.0 <= now);
                 !(deleting || time_up)
             }
+            // Releasing an ended request's finalizer rests on nothing but its status.
             Effect::None => {
-                self.finalizer != FinalizerChange::Keep
+                self.finalizer == FinalizerChange::Add
                     || !self.notices.is_empty()
                     || current.is_none_or(|current| super::outcome::differs(current, &self.status))
             }
@@ -191,7 +192,15 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Plan {
             builder.pending(observed.policy.as_ref());
         }
     }
-    builder.finish()
+    let mut plan = builder.finish();
+    // A plan that ends the request (a revoke gone through, a denial, a timeout) releases it
+    // in the same pass, once its status and audit events are written: the request holds
+    // nothing then, and a look of its own would cost a read of it and of its policy. A revoke
+    // that fails keeps it (`outcome` releases only on success).
+    if has_finalizer && plan.status.phase.is_some_and(Phase::is_final) {
+        plan.finalizer = FinalizerChange::Remove;
+    }
+    plan
 }
 
 /// The decision records on the request, oldest first, sealed or not (observe keeps only the

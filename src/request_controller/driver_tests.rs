@@ -138,12 +138,14 @@ impl ApiServer {
         } else if path.ends_with("/status") {
             let mut stored = self.request.lock().unwrap();
             stored["status"] = body["status"].clone();
+            next_version(&mut stored);
             self.statuses.lock().unwrap().push(body["status"].clone());
             ("status".to_owned(), stored.clone())
         } else if path.contains("/accessrequests/") && method == "PATCH" {
             // The JSON patch: test the finalizers, then set them.
             let mut stored = self.request.lock().unwrap();
             stored["metadata"]["finalizers"] = body[1]["value"].clone();
+            next_version(&mut stored);
             ("finalizers".to_owned(), stored.clone())
         } else if path.contains("/accessrequests/") {
             ("request".to_owned(), self.request.lock().unwrap().clone())
@@ -161,6 +163,15 @@ impl ApiServer {
             .body(Body::from(serde_json::to_vec(&reply).unwrap()))
             .unwrap()
     }
+}
+
+/// As the API server does: each change of the request gets a resourceVersion of its own.
+fn next_version(stored: &mut Value) {
+    let version = stored["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|version| version.parse::<u64>().ok())
+        .unwrap_or(1);
+    stored["metadata"]["resourceVersion"] = json!((version + 1).to_string());
 }
 
 /// One scenario: the stored request, what the provider holds, and how it answers.
@@ -306,7 +317,40 @@ async fn a_grant_writes_its_intent_before_the_provider_call_and_the_status_after
 }
 
 #[tokio::test]
-async fn an_expiry_revokes_before_it_writes_the_status() {
+async fn the_controllers_own_writes_seen_through_the_watch_do_not_wake_it_again() {
+    let scenario = Scenario::new(approved(), false, None);
+    let key = "team-a/alice-view";
+    let before = scenario.stored().metadata.resource_version;
+    // As the watch reports the request before the reconcile: it wakes the controller.
+    assert!(
+        scenario
+            .context
+            .wakes
+            .wakes(key, before.as_deref(), Some(1))
+    );
+    scenario.reconcile().await;
+    let after = scenario.stored().metadata.resource_version;
+    assert_ne!(before, after, "the grant wrote the request");
+    // Each change the reconcile made, as the watch then reports it: none wakes it again, but
+    // a change someone else made in between (another version) does.
+    let written: Vec<String> = (2..=after.as_deref().and_then(|v| v.parse().ok()).unwrap_or(0))
+        .map(|version: u64| version.to_string())
+        .collect();
+    assert!(written.len() >= 2, "intent and status: {written:?}");
+    for (hash, version) in written.iter().enumerate() {
+        assert!(
+            !scenario
+                .context
+                .wakes
+                .wakes(key, Some(version), Some(hash as u64 + 2)),
+            "its own change {version} woke it"
+        );
+    }
+    assert!(scenario.context.wakes.wakes(key, Some("100"), Some(100)));
+}
+
+#[tokio::test]
+async fn an_expiry_revokes_writes_the_status_then_releases_the_finalizer() {
     let expired = active(Timestamp::now() - jiff::SignedDuration::from_secs(1));
     let scenario = Scenario::new(expired, true, None);
     let action = scenario.reconcile().await;
@@ -315,12 +359,24 @@ async fn an_expiry_revokes_before_it_writes_the_status() {
     let revoke = position(&log, "revoke");
     let result = intent + 1 + position(&log[intent + 1..], "PATCH status");
     assert!(intent < revoke && revoke < result, "{log:#?}");
+    let released = position(&log, "PATCH finalizers");
     assert!(result < position(&log, "POST event Expired"));
+    assert!(
+        position(&log, "POST event Expired") < released,
+        "released last, in the same pass: {log:#?}"
+    );
+    assert_eq!(
+        log.iter().filter(|entry| *entry == "GET request").count(),
+        1,
+        "the request read once: {log:#?}"
+    );
     assert!(!scenario.held());
-    let status = scenario.stored().status.unwrap_or_default();
+    let stored = scenario.stored();
+    let status = stored.status.unwrap_or_default();
     assert_eq!(status.phase, Some(Phase::Expired));
     assert!(status.intent.is_none());
-    // Ended: looked at again only when something changes (its finalizer then goes).
+    assert_eq!(stored.metadata.finalizers, Some(Vec::new()));
+    // Ended and released: looked at again only when something changes.
     assert_eq!(action, Action::await_change());
 }
 

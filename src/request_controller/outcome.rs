@@ -85,12 +85,20 @@ pub fn outcome(
                 notices.push(Notice::new(Reason::GrantRecordMissing, what.clone()));
             }
             let ended = status.phase.is_some_and(Phase::is_final);
+            let requeue = match (ended, finalizer) {
+                (false, _) => Some(requeue_after),
+                // Ended by a revoke that took the finalizer first (a request admitted before
+                // it was added): its own writes do not wake the controller, so it comes back
+                // to release it.
+                (true, super::decide::FinalizerChange::Add) => Some(Duration::ZERO),
+                // Ended, revoked and released: nothing to look at until someone changes it
+                // (a leftover grant would be the orphan sweep's).
+                (true, _) => None,
+            };
             Outcome {
                 status,
                 notices,
-                // Ended, revoked and released: nothing to look at until someone changes it
-                // (a leftover grant would be the orphan sweep's).
-                requeue: (!ended).then_some(requeue_after),
+                requeue,
                 release: finalizer == super::decide::FinalizerChange::Remove,
                 failed: None,
             }

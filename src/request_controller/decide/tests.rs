@@ -226,9 +226,10 @@ fn a_denial_ends_the_request_denied() {
     );
     assert!(reasons(&plan).contains(&"Denied"));
     assert_eq!(plan.status.grant, None);
-    // Final: the finalizer goes once the status says so.
-    let plan = decide(&advance(observed, &plan), at("2026-01-01T00:02:01Z"));
+    // Final: the finalizer goes with the status that says so, and then nothing is left to do.
     assert_eq!(plan.finalizer, FinalizerChange::Remove);
+    let plan = decide(&advance(observed, &plan), at("2026-01-01T00:02:01Z"));
+    assert_eq!(plan.finalizer, FinalizerChange::Keep);
     assert_eq!(plan.effect, Effect::None);
 }
 
@@ -364,6 +365,74 @@ fn an_active_grant_is_revoked_at_its_expiry_not_before() {
     assert_eq!(plan.status.grant, None);
     assert_eq!(condition(&plan, GRANTED).reason, "Expired");
     assert_eq!(reasons(&plan), ["Expired"]);
+    assert_eq!(
+        plan.finalizer,
+        FinalizerChange::Remove,
+        "released in the pass that revokes, once that went through"
+    );
+    assert!(
+        !plan.rests_on_policy(&observed.request, at("2026-01-01T01:02:00Z")),
+        "an expiry's revoke and release wait on no read of the policy"
+    );
+}
+
+#[test]
+fn a_plan_that_ends_the_request_releases_it_in_the_same_pass() {
+    // Denied, withdrawn, timed out: each ends with the finalizer released by the same plan.
+    let records = [decision(
+        "carol",
+        &["approvers"],
+        Decision::Denied,
+        "2026-01-01T00:01:30Z",
+    )];
+    let denied = decide(
+        &with_finalizer(with_decisions(observed(), &records)),
+        at("2026-01-01T00:02:00Z"),
+    );
+    assert_eq!(denied.status.phase, Some(Phase::Denied));
+    assert_eq!(denied.finalizer, FinalizerChange::Remove);
+    let withdrawn = decide(
+        &with_revocation(with_finalizer(observed()), "alice"),
+        at("2026-01-01T00:10:00Z"),
+    );
+    assert_eq!(withdrawn.status.phase, Some(Phase::Revoked));
+    assert_eq!(withdrawn.finalizer, FinalizerChange::Remove);
+    let timed_out = decide(&with_finalizer(observed()), at("2026-01-01T01:00:00Z"));
+    assert_eq!(timed_out.status.phase, Some(Phase::Expired));
+    assert_eq!(timed_out.finalizer, FinalizerChange::Remove);
+    // Without the finalizer, the ending's revoke takes it first, like any revoke; a live
+    // request keeps it.
+    let plan = decide(&observed(), at("2026-01-01T01:00:00Z"));
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.finalizer, FinalizerChange::Add);
+    let live = active("2026-01-01T00:02:00Z");
+    let plan = decide(&live, at("2026-01-01T00:30:00Z"));
+    assert_eq!(plan.finalizer, FinalizerChange::Keep);
+    // An ended request whose release did not happen yet: released, without a policy read.
+    let mut ended = with_finalizer(observed());
+    ended.request.status = Some(timed_out.status.clone());
+    let plan = decide(&ended, at("2026-01-01T01:00:05Z"));
+    assert_eq!(plan.finalizer, FinalizerChange::Remove);
+    assert_eq!(plan.effect, Effect::None);
+    assert!(!plan.rests_on_policy(&ended.request, at("2026-01-01T01:00:05Z")));
+}
+
+#[test]
+fn a_revoke_backing_off_keeps_the_finalizer_until_it_goes_through() {
+    let observed = failing(
+        active("2026-01-01T00:02:00Z"),
+        REVOCATION_FAILING,
+        2,
+        "2026-01-01T01:05:00Z",
+    );
+    let plan = decide(&observed, at("2026-01-01T01:03:00Z"));
+    assert_eq!(plan.effect, Effect::None, "waiting for the backoff");
+    assert_eq!(plan.finalizer, FinalizerChange::Keep);
+    let plan = decide(&observed, at("2026-01-01T01:05:00Z"));
+    assert_eq!(plan.effect, Effect::Revoke);
+    assert_eq!(plan.status.phase, Some(Phase::Expired));
+    assert_eq!(plan.finalizer, FinalizerChange::Remove);
 }
 
 #[test]
