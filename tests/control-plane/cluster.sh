@@ -19,6 +19,9 @@
 # DIR/pki/activity-token; the operator serves it with DIR/pki/activity/tls.{crt,key}:
 #   jit-operator --activity-addr 127.0.0.1:PORT --activity-cert-dir DIR/pki/activity \
 #                --activity-token-file DIR/pki/activity-token
+#
+# JIT_APISERVER_PROFILING=true serves kube-apiserver's /debug/pprof (to admin), to see where
+# its CPU goes under `make bench` (docs/performance.md).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -222,7 +225,7 @@ launch_apiserver() {
 		--audit-webhook-config-file="$dir/audit-webhook.kubeconfig" \
 		--audit-webhook-mode=batch --audit-webhook-batch-max-wait=1s \
 		--audit-webhook-initial-backoff=1s \
-		--profiling=false
+		--profiling="${JIT_APISERVER_PROFILING:-false}"
 
 }
 
