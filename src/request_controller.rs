@@ -245,6 +245,7 @@ pub async fn run(
         })
         .map_ok(|guarded| CachedRequest::of(&guarded));
     let controller = Controller::for_stream(stream, store.clone());
+    let (by_policy, by_grant) = (context.wakes.clone(), context.wakes.clone());
     let _ = context.requests.set(store.clone());
     let (policy_store, policy_writer) = reflector::store::<AccessPolicy>();
     let policy_stream = watcher(policies, watcher::Config::default())
@@ -314,13 +315,20 @@ pub async fn run(
                 .state()
                 .into_iter()
                 .filter(|cached| cached.invalid.is_none() && cached.policy == name)
-                .map(|cached| ObjectRef::from_obj(cached.as_ref()))
+                .map(|cached| {
+                    by_policy.woken_otherwise(&key_of(&cached));
+                    ObjectRef::from_obj(cached.as_ref())
+                })
                 .collect::<Vec<_>>()
         })
         // A managed binding changed or deleted by hand: look at its request now (drift).
         .reconcile_on(
-            futures::stream::select_all(context.providers.all().filter_map(|p| p.watch()))
-                .map(|(namespace, name)| ObjectRef::new(&name).within(&namespace)),
+            futures::stream::select_all(context.providers.all().filter_map(|p| p.watch())).map(
+                move |(namespace, name)| {
+                    by_grant.woken_otherwise(&format!("{namespace}/{name}"));
+                    ObjectRef::new(&name).within(&namespace)
+                },
+            ),
         )
         // Reconciles at once: each holds a request read whole and an API connection (with its
         // buffers) while it runs, so this bounds the operator's memory whatever the number and
@@ -376,6 +384,10 @@ fn reconcile_relevant(guarded: &DeserializeGuard<AccessRequest>) -> Option<u64> 
 #[instrument(skip_all, fields(request = %cached.name_any(), namespace = cached.namespace(), subject = tracing::field::Empty))]
 async fn reconcile(cached: Arc<CachedRequest>, context: Arc<Context>) -> Result<Action, Error> {
     let key = key_of(&cached);
+    if let Some(again) = context.wakes.begin(&key, std::time::Instant::now()) {
+        // Woken by its own writes alone: what the reconcile that wrote them decided holds.
+        return Ok(again.map_or_else(Action::await_change, Action::requeue));
+    }
     let result = reconcile_steps(&cached, context.clone()).await;
     if result.is_ok() {
         context.succeeded(&key);
@@ -525,10 +537,9 @@ async fn reconcile_steps(cached: &CachedRequest, context: Arc<Context>) -> Resul
             crash_point(action, "after-finalizer");
         }
     }
-    Ok(match outcome.requeue {
-        Some(after) => Action::requeue(after.min(context.resync)),
-        None => Action::await_change(),
-    })
+    let again = outcome.requeue.map(|after| after.min(context.resync));
+    context.wakes.looked(&key, again, std::time::Instant::now());
+    Ok(again.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// Decide: no client. On a blocking thread, because the policy's autoApprove CEL runs there:

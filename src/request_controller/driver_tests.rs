@@ -350,6 +350,43 @@ async fn the_controllers_own_writes_seen_through_the_watch_do_not_wake_it_again(
 }
 
 #[tokio::test]
+async fn woken_by_its_own_writes_alone_it_keeps_its_timer_and_reads_nothing() {
+    let scenario = Scenario::new(approved(), false, None);
+    let key = "team-a/alice-view";
+    let wakes = &scenario.context.wakes;
+    // The watch reports the grant's two writes (versions 2 and 3 here) before their
+    // responses arrive: they pass, and wake the controller again once the grant is done.
+    assert!(wakes.wakes(key, Some("2"), Some(2)));
+    assert!(wakes.wakes(key, Some("3"), Some(3)));
+    let granted = scenario.reconcile().await;
+    assert_eq!(granted, Action::requeue(Duration::from_secs(300)));
+    let calls = entries(&scenario.log).len();
+    let cached = || -> Arc<super::CachedRequest> {
+        Arc::new(serde_json::from_value(scenario.request.lock().unwrap().clone()).unwrap())
+    };
+    let again = super::reconcile(cached(), scenario.context.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        entries(&scenario.log).len(),
+        calls,
+        "no read: {:#?}",
+        entries(&scenario.log)
+    );
+    assert_ne!(again, Action::await_change(), "its timer kept");
+    // Anything else (its policy, its grant at the target) makes it look.
+    assert!(
+        wakes.wakes(key, Some("3"), Some(4)),
+        "a relist, content changed"
+    );
+    wakes.woken_otherwise(key);
+    super::reconcile(cached(), scenario.context.clone())
+        .await
+        .unwrap();
+    assert_eq!(entries(&scenario.log)[calls], "GET request");
+}
+
+#[tokio::test]
 async fn an_expiry_revokes_writes_the_status_then_releases_the_finalizer() {
     let expired = active(Timestamp::now() - jiff::SignedDuration::from_secs(1));
     let scenario = Scenario::new(expired, true, None);
