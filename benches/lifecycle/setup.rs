@@ -271,7 +271,12 @@ fn start_operator(dir: &Path) -> Operator {
         .arg("--activity-token-file")
         .arg(dir.join("pki/activity-token"))
         .env("KUBECONFIG", dir.join("kubeconfig-jit-operator"))
-        .env("RUST_LOG", "info")
+        // `BENCH_OPERATOR_LOG=jit_operator=debug,kube_runtime=debug` to see each reconcile
+        // and what woke it.
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+        )
         // The image is a static musl binary, whose allocator keeps no per-thread arenas; this
         // build is glibc's, whose arenas (one per thread that allocated, up to 8 per core)
         // would count as the operator's memory. Two, as in a memory-tight glibc pod.

@@ -69,6 +69,22 @@ struct ManagedBindings {
     listing: HashMap<BindingKind, Vec<(BindingName, String)>>,
     /// The kinds whose watch has listed everything at least once.
     listed: HashSet<BindingKind>,
+    /// The changes the operator is making to its bindings: their watch events need not send
+    /// the controller to look at what it just did (two looks a lifecycle otherwise, each a
+    /// read of the request and one of the binding, queued beside the revokes that are due).
+    own: HashMap<BindingName, OwnChange>,
+}
+
+/// A change the operator is making to one of its bindings, as far as it has got.
+#[derive(Debug, PartialEq, Eq)]
+enum OwnChange {
+    /// Being applied; `seen` once the watch reported a change while it was (the watch may
+    /// report a write before its response arrives).
+    Applying { seen: bool },
+    /// Applied, and the watch has not reported it yet: the version the API server gave it.
+    Applied(String),
+    /// Being deleted.
+    Deleting,
 }
 
 impl ManagedBindings {
@@ -134,6 +150,74 @@ impl ManagedBindings {
         }
     }
 
+    /// Notes a change the operator is about to make to `binding`.
+    fn expect(&mut self, binding: BindingName, change: OwnChange) {
+        self.own.insert(binding, change);
+    }
+
+    /// Notes how an apply of `binding` ended: the version it was given, none if it failed.
+    fn applied(&mut self, binding: &BindingName, version: Option<String>) {
+        match (self.own.remove(binding), version) {
+            (Some(OwnChange::Applying { seen: false }), Some(version)) => {
+                self.own
+                    .insert(binding.clone(), OwnChange::Applied(version));
+            }
+            (Some(OwnChange::Deleting), _) => {
+                self.own.insert(binding.clone(), OwnChange::Deleting);
+            }
+            _ => {}
+        }
+    }
+
+    /// Notes that a delete of `binding` ended without the watch having anything to report
+    /// (nothing was there, or it failed).
+    fn not_deleted(&mut self, binding: &BindingName) {
+        if self.own.get(binding) == Some(&OwnChange::Deleting) {
+            self.own.remove(binding);
+        }
+    }
+
+    /// Whether a change the watch reports is one the operator made itself. A change of anyone
+    /// else has a version of its own, or comes while nothing of the operator's is under way.
+    fn own_change<K: kube::Resource>(
+        &mut self,
+        kind: BindingKind,
+        event: &watcher::Event<PartialObjectMeta<K>>,
+    ) -> bool {
+        let (binding, deleted) = match event {
+            watcher::Event::Apply(object) => (named(kind, object), false),
+            watcher::Event::Delete(object) => (named(kind, object), true),
+            watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::InitDone => {
+                return false;
+            }
+        };
+        let Some(change) = self.own.get_mut(&binding) else {
+            return false;
+        };
+        let version = match event {
+            watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
+                object.resource_version()
+            }
+            _ => None,
+        };
+        match (change, deleted) {
+            (OwnChange::Applying { seen }, false) if !*seen => {
+                *seen = true;
+                true
+            }
+            (OwnChange::Applied(applied), false) => {
+                let own = version.as_deref() == Some(applied.as_str());
+                self.own.remove(&binding);
+                own
+            }
+            (OwnChange::Deleting, true) => {
+                self.own.remove(&binding);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The bindings labelled with the request's UID, once both watches have listed them.
     fn of_request(&self, uid: &str) -> Option<Vec<BindingName>> {
         let listed = [BindingKind::RoleBinding, BindingKind::ClusterRoleBinding]
@@ -194,10 +278,14 @@ where
                         return None;
                     }
                 };
-                bindings
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take(kind, &event);
+                let own = {
+                    let mut bindings = bindings.lock().unwrap_or_else(PoisonError::into_inner);
+                    bindings.take(kind, &event);
+                    bindings.own_change(kind, &event)
+                };
+                if own {
+                    return None;
+                }
                 match event {
                     watcher::Event::Apply(object) | watcher::Event::Delete(object) => {
                         let (namespace, name) =
@@ -217,23 +305,42 @@ where
 const SAMPLE_LIFETIME: Duration = Duration::from_secs(60);
 
 impl KubernetesProvider {
+    /// Applies `binding` with `applying`, noting it as the operator's own change.
+    async fn own_apply(
+        &self,
+        binding: BindingName,
+        applying: impl Future<Output = Result<Option<String>, Error>>,
+    ) -> Result<(), Error> {
+        let bindings = || self.bindings.lock().unwrap_or_else(PoisonError::into_inner);
+        bindings().expect(binding.clone(), OwnChange::Applying { seen: false });
+        let applied = applying.await;
+        bindings().applied(&binding, applied.as_ref().ok().cloned().flatten());
+        applied.map(|_| ())
+    }
+
     /// Deletes these bindings and makes sure each is gone.
     async fn delete_all(&self, bindings: Vec<BindingName>) -> Result<(), Error> {
-        for (kind, namespace, name) in bindings {
-            match (kind, namespace) {
-                (BindingKind::RoleBinding, Some(namespace)) => {
+        let own = || self.bindings.lock().unwrap_or_else(PoisonError::into_inner);
+        for binding in bindings {
+            own().expect(binding.clone(), OwnChange::Deleting);
+            let deleted = match &binding {
+                (BindingKind::RoleBinding, Some(namespace), name) => {
                     let reference = format!("RoleBinding {namespace}/{name}");
-                    let api = Api::<RoleBinding>::namespaced(self.client.clone(), &namespace);
-                    delete_one(&api, &name, &reference).await?;
+                    let api = Api::<RoleBinding>::namespaced(self.client.clone(), namespace);
+                    delete_one(&api, name, &reference).await
                 }
-                (BindingKind::ClusterRoleBinding, _) => {
+                (BindingKind::ClusterRoleBinding, _, name) => {
                     let reference = format!("ClusterRoleBinding {name}");
                     let api = Api::<ClusterRoleBinding>::all(self.client.clone());
-                    delete_one(&api, &name, &reference).await?;
+                    delete_one(&api, name, &reference).await
                 }
                 // A RoleBinding always has a namespace.
-                (BindingKind::RoleBinding, None) => {}
+                (BindingKind::RoleBinding, None, _) => Ok(false),
+            };
+            if !matches!(deleted, Ok(true)) {
+                own().not_deleted(&binding);
             }
+            deleted?;
         }
         Ok(())
     }
@@ -452,8 +559,14 @@ fn kubernetes_error(action: &'static str, reference: &str) -> impl FnOnce(kube::
 }
 
 /// Server-side applies a binding; a binding of that name pointing at another role (roleRef
-/// cannot change) is replaced.
-async fn apply<K>(api: &Api<K>, name: &str, object: &K, reference: &str) -> Result<(), Error>
+/// cannot change) is replaced. Returns the version the binding was given, when a single
+/// apply made it (a replaced one changes more than once, and each change is looked at).
+async fn apply<K>(
+    api: &Api<K>,
+    name: &str,
+    object: &K,
+    reference: &str,
+) -> Result<Option<String>, Error>
 where
     K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
@@ -465,10 +578,10 @@ where
             ensure_gone(api, name, reference).await?;
             api.patch(name, &params, &Patch::Apply(object))
                 .await
-                .map(|_| ())
+                .map(|_| None)
                 .map_err(kubernetes_error("create", reference))
         }
-        Ok(_) => Ok(()),
+        Ok(applied) => Ok(applied.resource_version()),
         Err(kube::Error::Api(status)) if status.code == 422 => {
             api.delete(name, &DeleteParams::foreground())
                 .await
@@ -477,7 +590,7 @@ where
                 .map_err(kubernetes_error("replace", reference))?;
             api.patch(name, &params, &Patch::Apply(object))
                 .await
-                .map(|_| ())
+                .map(|_| None)
                 .map_err(kubernetes_error("create", reference))
         }
         Err(error) => Err(kubernetes_error("create", reference)(error)),
@@ -546,22 +659,22 @@ async fn for_each_labelled_binding(
 }
 
 /// Deletes one binding and makes sure it is gone; one already gone counts as deleted.
-async fn delete_one<K>(api: &Api<K>, name: &str, reference: &str) -> Result<(), Error>
+/// Deletes one binding and makes sure it is gone; whether there was one to delete.
+async fn delete_one<K>(api: &Api<K>, name: &str, reference: &str) -> Result<bool, Error>
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     // The API server answers a delete that removed the object with a Status, and one that
     // left it in place (finalizers) with the object: only that one needs a second look.
-    let held = api
-        .delete(name, &DeleteParams::default())
-        .await
-        .map(|answer| answer.is_left())
-        .or_else(|error| ignore_not_found(error).map(|()| false))
-        .map_err(kubernetes_error("delete", reference))?;
-    if held {
+    let answer = match api.delete(name, &DeleteParams::default()).await {
+        Ok(answer) => answer,
+        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(false),
+        Err(error) => return Err(kubernetes_error("delete", reference)(error)),
+    };
+    if answer.is_left() {
         ensure_gone(api, name, reference).await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Makes sure a deleted binding is gone, not Terminating: RBAC honours a binding until it is
@@ -646,7 +759,13 @@ impl Provider for KubernetesProvider {
                     subjects: Some(want.subjects),
                 };
                 let api = Api::<RoleBinding>::namespaced(self.client.clone(), namespace);
-                apply(&api, &name, &binding, &reference).await?;
+                let named = (
+                    BindingKind::RoleBinding,
+                    Some(namespace.clone()),
+                    name.clone(),
+                );
+                self.own_apply(named, apply(&api, &name, &binding, &reference))
+                    .await?;
             }
             None => {
                 let binding = ClusterRoleBinding {
@@ -655,7 +774,9 @@ impl Provider for KubernetesProvider {
                     subjects: Some(want.subjects),
                 };
                 let api = Api::<ClusterRoleBinding>::all(self.client.clone());
-                apply(&api, &name, &binding, &reference).await?;
+                let named = (BindingKind::ClusterRoleBinding, None, name.clone());
+                self.own_apply(named, apply(&api, &name, &binding, &reference))
+                    .await?;
             }
         }
         self.wait_until_effective(grant, target).await;
@@ -876,6 +997,61 @@ mod tests {
             Some(namespace.to_owned()),
             name.to_owned(),
         )
+    }
+
+    #[test]
+    fn the_operators_own_binding_changes_are_told_apart_from_anyone_elses() {
+        let kind = BindingKind::RoleBinding;
+        let binding = role_binding("a", "jit-1");
+        let at = |version: &str| {
+            let mut meta = binding_meta(Some("a"), "jit-1", Some("1"));
+            meta.metadata.resource_version = Some(version.to_owned());
+            meta
+        };
+        let mut index = ManagedBindings::default();
+        // Nothing under way: every change is someone else's.
+        assert!(!index.own_change(kind, &watcher::Event::Apply(at("1"))));
+        assert!(!index.own_change(kind, &watcher::Event::Delete(at("2"))));
+
+        // An apply whose change the watch reports after its response: only that version.
+        index.expect(binding.clone(), OwnChange::Applying { seen: false });
+        index.applied(&binding, Some("5".into()));
+        assert!(
+            !index.own_change(kind, &watcher::Event::Apply(at("4"))),
+            "someone's edit before it"
+        );
+        index.expect(binding.clone(), OwnChange::Applying { seen: false });
+        index.applied(&binding, Some("7".into()));
+        assert!(index.own_change(kind, &watcher::Event::Apply(at("7"))));
+        assert!(
+            !index.own_change(kind, &watcher::Event::Apply(at("8"))),
+            "an edit after it"
+        );
+
+        // One the watch reports before its response: the first change while it runs.
+        index.expect(binding.clone(), OwnChange::Applying { seen: false });
+        assert!(index.own_change(kind, &watcher::Event::Apply(at("9"))));
+        assert!(!index.own_change(kind, &watcher::Event::Apply(at("10"))));
+        index.applied(&binding, Some("9".into()));
+        assert!(index.own.is_empty(), "nothing left once seen and answered");
+        // A failed apply expects nothing.
+        index.expect(binding.clone(), OwnChange::Applying { seen: false });
+        index.applied(&binding, None);
+        assert!(index.own.is_empty());
+
+        // A delete: its Delete event, not an edit while it runs.
+        index.expect(binding.clone(), OwnChange::Deleting);
+        assert!(!index.own_change(kind, &watcher::Event::Apply(at("11"))));
+        assert!(index.own_change(kind, &watcher::Event::Delete(at("12"))));
+        assert!(!index.own_change(kind, &watcher::Event::Delete(at("12"))));
+        // One that found nothing to delete expects nothing.
+        index.expect(binding.clone(), OwnChange::Deleting);
+        index.not_deleted(&binding);
+        assert!(index.own.is_empty());
+        // Another binding is never the operator's by this one's change.
+        index.expect(role_binding("a", "jit-2"), OwnChange::Deleting);
+        assert!(!index.own_change(kind, &watcher::Event::Delete(at("13"))));
+        assert!(!index.own_change(kind, &watcher::Event::InitApply(at("13"))));
     }
 
     #[test]
