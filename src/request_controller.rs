@@ -392,14 +392,18 @@ async fn reconcile(cached: Arc<CachedRequest>, context: Arc<Context>) -> Result<
     if result.is_ok() {
         context.succeeded(&key);
     }
-    result
+    result.map(|again| again.map_or_else(Action::await_change, Action::requeue))
 }
 
-/// Drives one reconcile: observe, decide, apply, then write what `outcome` says.
-async fn reconcile_steps(cached: &CachedRequest, context: Arc<Context>) -> Result<Action, Error> {
+/// Drives one reconcile: observe, decide, apply, then write what `outcome` says. Returns how
+/// long until the request is looked at again, from now (`None`: only when it changes).
+async fn reconcile_steps(
+    cached: &CachedRequest,
+    context: Arc<Context>,
+) -> Result<Option<Duration>, Error> {
     if let Some(invalid) = &cached.invalid {
         warn!(error = %invalid, "ignoring access request that does not parse");
-        return Ok(Action::await_change());
+        return Ok(None);
     }
     let namespace = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
@@ -407,7 +411,7 @@ async fn reconcile_steps(cached: &CachedRequest, context: Arc<Context>) -> Resul
         context
             .metrics
             .track(&key_of(cached), Some(phase.as_str()), None);
-        return Ok(Action::await_change());
+        return Ok(None);
     }
 
     // Observe: client required. The policy from the cache: most looks change nothing (the
@@ -425,9 +429,13 @@ async fn reconcile_steps(cached: &CachedRequest, context: Arc<Context>) -> Resul
         context
             .metrics
             .track(&format!("{namespace}/{name}"), None, None);
-        return Ok(Action::await_change());
+        return Ok(None);
     };
     let now = Timestamp::now();
+    // What decide schedules is from `now`; the reconcile's own time (a grant's propagation
+    // check, its writes) is taken off at the end, so that a revoke is due at its expiry and
+    // not that much later.
+    let decided = std::time::Instant::now();
     let (mut observed, mut plan) = decide_apart(observed, now).await?;
     // Whatever the plan does on the policy's account rests on the policy as it is now: read
     // fresh, and decided again if it changed since the cache had it.
@@ -537,9 +545,12 @@ async fn reconcile_steps(cached: &CachedRequest, context: Arc<Context>) -> Resul
             crash_point(action, "after-finalizer");
         }
     }
-    let again = outcome.requeue.map(|after| after.min(context.resync));
-    context.wakes.looked(&key, again, std::time::Instant::now());
-    Ok(again.map_or_else(Action::await_change, Action::requeue))
+    let at = std::time::Instant::now();
+    let again = outcome
+        .requeue
+        .map(|after| after.min(context.resync).saturating_sub(at - decided));
+    context.wakes.looked(&key, again, at);
+    Ok(again)
 }
 
 /// Decide: no client. On a blocking thread, because the policy's autoApprove CEL runs there:
