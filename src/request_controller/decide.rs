@@ -170,11 +170,8 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Plan {
         return builder.finish();
     }
     match builder.plan.status.phase {
-        Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed) => {
-            if has_finalizer {
-                builder.plan.finalizer = FinalizerChange::Remove;
-            }
-        }
+        // Ended: nothing to do but release it, which follows for every plan that ends it.
+        Some(Phase::Expired | Phase::Revoked | Phase::Denied | Phase::Failed) => {}
         Some(Phase::Active) => {
             if !has_finalizer {
                 builder.plan.finalizer = FinalizerChange::Add;
@@ -193,7 +190,8 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Plan {
         }
     }
     let mut plan = builder.finish();
-    // A plan that ends the request (a revoke gone through, a denial, a timeout) releases it
+    // A plan that ends the request (a revoke gone through, a denial, a timeout, or one ended
+    // before and not yet released) releases it
     // in the same pass, once its status and audit events are written: the request holds
     // nothing then, and a look of its own would cost a read of it and of its policy. A revoke
     // that fails keeps it (`outcome` releases only on success).
