@@ -109,6 +109,11 @@ pub struct Metrics {
     pub revocation_failures: Counter,
     /// Requests whose revocation is failing right now.
     pub revocations_failing: Gauge,
+    /// Revokes whose followups (audit record, Events, release) were held while expiry
+    /// revokes were behind.
+    pub revoke_followups_held: Counter,
+    /// Requests whose followups are held now.
+    pub revoke_followups_waiting: Gauge,
     /// Grants restored after a change by hand.
     pub drift_repairs: Counter,
     /// Orphaned grants revoked by the sweep.
@@ -161,6 +166,8 @@ impl Default for Metrics {
             revocations: Counter::default(),
             revocation_failures: Counter::default(),
             revocations_failing: Gauge::default(),
+            revoke_followups_held: Counter::default(),
+            revoke_followups_waiting: Gauge::default(),
             drift_repairs: Counter::default(),
             orphans_swept: Counter::default(),
             requests: Family::default(),
@@ -208,6 +215,16 @@ impl Default for Metrics {
             "revocations_failing",
             "Requests whose revocation is failing now",
             metrics.revocations_failing.clone(),
+        );
+        registry.register(
+            "revoke_followups_held",
+            "Revokes whose audit record, Events and release waited while expiry revokes were behind",
+            metrics.revoke_followups_held.clone(),
+        );
+        registry.register(
+            "revoke_followups_waiting",
+            "Requests whose audit record, Events and release wait for revokes to catch up",
+            metrics.revoke_followups_waiting.clone(),
         );
         registry.register(
             "drift_repairs",

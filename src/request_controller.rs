@@ -9,6 +9,7 @@ mod decide;
 mod driver_tests;
 mod events;
 mod failures;
+mod followups;
 mod notice;
 mod observe;
 mod outcome;
@@ -119,6 +120,8 @@ pub struct Context {
     failed: std::sync::Mutex<HashMap<String, i32>>,
     /// Which changes seen through the watch wake the controller: not its own writes.
     wakes: Arc<wakes::Wakes>,
+    /// What follows the revokes made while expiry revokes were behind.
+    followups: Arc<followups::Followups>,
 }
 
 impl Context {
@@ -144,6 +147,7 @@ impl Context {
             policies: std::sync::OnceLock::new(),
             failed: std::sync::Mutex::default(),
             wakes: Arc::default(),
+            followups: Arc::default(),
         }
     }
 
@@ -220,6 +224,7 @@ pub async fn run(
     // worth a reconcile is decided on the whole request as it passes.
     let (store, mut writer) = reflector::store::<CachedRequest>();
     let (gone, woken) = (context.wakes.clone(), context.wakes.clone());
+    let held = context.followups.clone();
     let stream = watcher(requests, watcher::Config::default().any_semantic())
         .default_backoff()
         .modify(|guarded: &mut DeserializeGuard<AccessRequest>| {
@@ -229,7 +234,9 @@ pub async fn run(
         })
         .inspect_ok(move |event| {
             if let watcher::Event::Delete(guarded) = event {
-                gone.forget(&key_of_meta(guarded.meta()));
+                let key = key_of_meta(guarded.meta());
+                gone.forget(&key);
+                held.take(&key);
             }
             writer.apply_watcher_event(&cached_event(event));
         })
@@ -269,6 +276,7 @@ pub async fn run(
         }
     });
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    let followups_due = followups_due(context.clone());
     let requests_synced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let deliverer = context.audit.clone().map(|recorder| {
         let deliverer = crate::audit::delivery::Deliverer::new(
@@ -330,6 +338,8 @@ pub async fn run(
                 },
             ),
         )
+        // A revoke's followups, held while revokes were behind, once they may go ahead.
+        .reconcile_on(followups_due)
         // Reconciles at once: each holds a request read whole and an API connection (with its
         // buffers) while it runs, so this bounds the operator's memory whatever the number and
         // size of requests; grants and revokes are short, so a queue of them drains fast.
@@ -345,6 +355,49 @@ pub async fn run(
     if let Some(deliverer) = deliverer {
         let _ = deliverer.await;
     }
+}
+
+/// The requests whose held followups may go ahead, looked for every [`followups::TICK`].
+fn followups_due(
+    context: Arc<Context>,
+) -> impl futures::Stream<Item = ObjectRef<CachedRequest>> + Send + 'static {
+    futures::stream::unfold(context, |context| async move {
+        tokio::time::sleep(followups::TICK).await;
+        let coming = context.followups.waiting() > 0 && revokes_coming(&context, Timestamp::now());
+        let due = context.followups.due(std::time::Instant::now(), coming);
+        let waiting = i64::try_from(context.followups.waiting()).unwrap_or(i64::MAX);
+        context.metrics.revoke_followups_waiting.set(waiting);
+        let due: Vec<_> = due
+            .into_iter()
+            .filter_map(|key| {
+                let (namespace, name) = key.split_once('/')?;
+                context.wakes.woken_otherwise(&key);
+                Some(ObjectRef::new(name).within(namespace))
+            })
+            .collect();
+        Some((futures::stream::iter(due), context))
+    })
+    .flatten()
+}
+
+/// Whether a grant in the controller's cache ends within [`followups::COMING`] or ended less
+/// than [`followups::OVERDUE_NOT_COMING`] ago without being revoked yet: a revoke about to
+/// come due or waiting its turn.
+fn revokes_coming(context: &Context, now: Timestamp) -> bool {
+    let Some(store) = context.requests.get() else {
+        return true;
+    };
+    let (from, to) = (
+        now.checked_sub(followups::OVERDUE_NOT_COMING)
+            .unwrap_or(now),
+        now.checked_add(followups::COMING).unwrap_or(now),
+    );
+    store.state().iter().any(|cached| {
+        cached.phase == Some(Phase::Active)
+            && cached
+                .expires_at
+                .is_some_and(|expires_at| expires_at >= from && expires_at <= to)
+    })
 }
 
 /// A watch event as the controller's cache takes it: with [`CachedRequest`]s.
@@ -450,6 +503,12 @@ async fn reconcile_steps(
     }
     report_observed(&context, &observed);
     let request = &observed.request;
+    let expiry_revoke = expiry_revoke(request, &plan.effect, now);
+    if let Some(late_by) = expiry_revoke {
+        context
+            .followups
+            .revoke_began(late_by, std::time::Instant::now());
+    }
     let current = request.status.clone().unwrap_or_default();
     let uid = request.uid().unwrap_or_default();
     let phase = request.status.as_ref().and_then(|status| status.phase);
@@ -519,6 +578,24 @@ async fn reconcile_steps(
     )
     .await?;
     measure(&context.metrics, request, phase, &status, now);
+    // Revokes first: while expiry revokes are behind, what follows this one waits its turn.
+    if expiry_revoke.is_some()
+        && outcome.release
+        && context.followups.behind(std::time::Instant::now())
+    {
+        context
+            .followups
+            .hold(&key, outcome.notices, std::time::Instant::now());
+        context.metrics.revoke_followups_held.inc();
+        crash_point(IntentAction::Revoke, "after-status");
+        // Its turn comes from the held followups; this look is the backstop, should that
+        // turn be lost (an ended request has no drift to look for meanwhile).
+        let again = followups::HELD_AT_MOST + Duration::from_secs(60);
+        context
+            .wakes
+            .looked(&key, Some(again), std::time::Instant::now());
+        return Ok(Some(again));
+    }
     // Recorded after the status that holds the transitions and before anyone is told; a
     // request is released only once its events are in its outbox, which outlives it.
     if let Some(recorder) = &context.audit {
@@ -537,7 +614,9 @@ async fn reconcile_steps(
     if let Some(action) = action {
         crash_point(action, "after-status");
     }
-    publish(&context, request, &outcome.notices).await;
+    let mut notices = outcome.notices;
+    notices.extend(context.followups.take(&key));
+    publish(&context, request, &notices).await;
     if outcome.release {
         let version = apply::set_finalizer(&api, request, false).await?;
         context.wakes.wrote(&key, version.as_deref());
@@ -551,6 +630,17 @@ async fn reconcile_steps(
         .map(|after| after.min(context.resync).saturating_sub(at - decided));
     context.wakes.looked(&key, again, at);
     Ok(again)
+}
+
+/// How late the revoke of a grant whose time is up begins, when the plan is one (not the
+/// revoke of a request being deleted or revoked early).
+fn expiry_revoke(request: &AccessRequest, effect: &Effect, now: Timestamp) -> Option<Duration> {
+    if *effect != Effect::Revoke || request.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let expires_at = request.status.as_ref()?.expires_at.as_ref()?.0;
+    let late_by = now.duration_since(expires_at);
+    (!late_by.is_negative()).then(|| Duration::try_from(late_by).unwrap_or_default())
 }
 
 /// Decide: no client. On a blocking thread, because the policy's autoApprove CEL runs there:

@@ -38,6 +38,9 @@ struct Seen {
     expires_at: Option<Timestamp>,
     binding_deleted: Option<Timestamp>,
     expired: Option<Timestamp>,
+    /// Ended and its finalizer released: what follows its revoke (audit record, Events,
+    /// release) is done, which may come after the revoke while revokes are behind.
+    released: Option<Timestamp>,
 }
 
 type Book = Arc<Mutex<HashMap<String, Seen>>>;
@@ -135,6 +138,16 @@ fn watch(cluster: &Cluster, book: Book) -> Vec<tokio::task::JoinHandle<()>> {
                 }
                 if status.phase == Some(Phase::Expired) && seen.expired.is_none() {
                     seen.expired = Some(now);
+                }
+                if status.phase == Some(Phase::Expired)
+                    && request
+                        .metadata
+                        .finalizers
+                        .as_ref()
+                        .is_none_or(Vec::is_empty)
+                    && seen.released.is_none()
+                {
+                    seen.released = Some(now);
                 }
             }
         })
@@ -396,6 +409,12 @@ pub async fn run(plan: &Plan, cluster: &Cluster, size: usize, audit_rate: u32) -
         |seen| seen.expired.is_some() && seen.binding_deleted.is_some(),
     )
     .await;
+    // The lifecycle ends with what follows each revoke: counted in its writes and time.
+    let releasing = bar(&progress, size, "released");
+    until(&book, size, &releasing, Duration::from_secs(300), |seen| {
+        seen.released.is_some()
+    })
+    .await;
     let audit = match audit_load {
         Some(load) => Some(load.stop().await),
         None => None,
@@ -480,17 +499,18 @@ fn write_timeline(plan: &Plan, size: usize, audit_rate: u32, book: &HashMap<Stri
     let mut rows: Vec<(&String, &Seen)> = book.iter().collect();
     rows.sort_by_key(|(_, seen)| seen.expires_at);
     let mut csv = String::from(
-        "request,approved_ack,binding_added,granted,expires_at,binding_deleted,expired\n",
+        "request,approved_ack,binding_added,granted,expires_at,binding_deleted,expired,released\n",
     );
     for (name, seen) in rows {
         csv.push_str(&format!(
-            "{name},{},{},{},{},{},{}\n",
+            "{name},{},{},{},{},{},{},{}\n",
             time(seen.approved_ack),
             time(seen.binding_added),
             time(seen.granted),
             time(seen.expires_at),
             time(seen.binding_deleted),
             time(seen.expired),
+            time(seen.released),
         ));
     }
     let suffix = if audit_rate > 0 {
@@ -544,8 +564,11 @@ fn summarize(
     let last = |step: fn(&Seen) -> Option<Timestamp>| book.values().filter_map(step).max();
     let first = |step: fn(&Seen) -> Option<Timestamp>| book.values().filter_map(step).min();
     let grant_span = millis(Some(input.approve_started), last(|seen| seen.granted)).unwrap_or(0.0);
-    let revoke_span =
-        millis(first(|seen| seen.expires_at), last(|seen| seen.expired)).unwrap_or(0.0);
+    let revoke_span = millis(
+        first(|seen| seen.expires_at),
+        last(|seen| seen.released.or(seen.expired)),
+    )
+    .unwrap_or(0.0);
     let busy_seconds = (grant_span + revoke_span) / 1_000.0;
     let lifecycles_per_second = if busy_seconds > 0.0 {
         input.size as f64 / busy_seconds

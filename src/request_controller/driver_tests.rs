@@ -441,6 +441,48 @@ async fn an_expiry_revokes_writes_the_status_then_releases_the_finalizer() {
 }
 
 #[tokio::test]
+async fn while_revokes_are_behind_a_revoke_leaves_its_events_and_release_to_a_later_look() {
+    let expired = active(Timestamp::now() - jiff::SignedDuration::from_secs(1));
+    let scenario = Scenario::new(expired, true, None);
+    // Sixteen expiry revokes began a second late just now: a burst.
+    for _ in 0..16 {
+        scenario
+            .context
+            .followups
+            .revoke_began(Duration::from_secs(1), std::time::Instant::now());
+    }
+    let again = scenario.reconcile().await;
+    let log = entries(&scenario.log);
+    assert!(!scenario.held(), "revoked at once: {log:#?}");
+    assert_eq!(
+        phase(scenario.statuses.lock().unwrap().last().unwrap()),
+        "Expired"
+    );
+    assert!(
+        !log.iter()
+            .any(|entry| entry.starts_with("POST event") || entry == "PATCH finalizers"),
+        "no Event and no release yet: {log:#?}"
+    );
+    assert!(again.is_some(), "a backstop look is scheduled");
+    assert_eq!(scenario.context.followups.waiting(), 1);
+
+    // The later look: the Events held, then the release; nothing revoked or written again.
+    scenario.log.lock().unwrap().clear();
+    assert_eq!(scenario.reconcile().await, None);
+    let log = entries(&scenario.log);
+    assert!(
+        position(&log, "POST event Expired") < position(&log, "PATCH finalizers"),
+        "{log:#?}"
+    );
+    assert!(
+        !log.iter()
+            .any(|entry| entry == "revoke" || entry == "PATCH status")
+    );
+    assert_eq!(scenario.stored().metadata.finalizers, Some(Vec::new()));
+    assert_eq!(scenario.context.followups.waiting(), 0);
+}
+
+#[tokio::test]
 async fn an_ended_request_whose_finalizer_is_released_is_not_read_again() {
     let mut ended = active(Timestamp::now() - jiff::SignedDuration::from_secs(60));
     let status = ended.status.get_or_insert_with(Default::default);
