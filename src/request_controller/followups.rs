@@ -6,9 +6,10 @@
 //! Events and the release. The last three change nothing anyone holds. When expiries come due
 //! faster than the API server takes all seven (at 10,000 live grants on two cores, 75 a second
 //! against about 68), every revoke waits behind the bookkeeping of the ones before it. While
-//! revokes are behind, a revoke's followups wait here instead, and are let through at a pace
-//! once revokes keep up again and none is about to come due, or after [`HELD_AT_MOST`]
-//! whatever happens.
+//! revokes are behind, a revoke's followups wait here instead, and are let through once
+//! revokes keep up again and none is about to come due, or after [`HELD_AT_MOST`] whatever
+//! happens; [`IN_FLIGHT`] at a time, so that the next revoke never queues behind more than
+//! that.
 //!
 //! Nothing is lost by waiting: the audit record is made from the status that holds the
 //! transitions (it is idempotent), and the release follows the record as before. Only the
@@ -47,9 +48,13 @@ pub(crate) const COMING: Duration = Duration::from_secs(1);
 /// revoke is failing and backing off, not waiting its turn in a burst.
 pub(crate) const OVERDUE_NOT_COMING: Duration = Duration::from_secs(30);
 
-/// Followups let through in one [`Followups::due`] call while revokes keep up: a pace, so that
-/// thousands held through a burst do not queue in front of the next revokes all at once.
-pub(crate) const LET_THROUGH: usize = 8;
+/// Followups let through and not yet done, at most: as many as the controller runs at once,
+/// so that thousands held through a burst never queue in front of the next revoke.
+pub(crate) const IN_FLIGHT: usize = 16;
+
+/// How long a followup let through counts as in flight when its look never takes it (the
+/// request gone from the cache): it does not hold up the others for longer.
+const IN_FLIGHT_AT_MOST: Duration = Duration::from_secs(5);
 
 /// How often the held followups are looked at.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
@@ -68,6 +73,8 @@ struct State {
     held: HashMap<String, Held>,
     /// The requests whose followups wait, oldest first (each once).
     order: VecDeque<String>,
+    /// The requests whose followups were let through and not yet taken, and when.
+    in_flight: VecDeque<(Instant, String)>,
 }
 
 struct Held {
@@ -111,16 +118,22 @@ impl Followups {
         }
     }
 
-    /// The requests whose followups may go ahead now, up to [`LET_THROUGH`] of the oldest:
-    /// when revokes keep up and none is `coming` due, or when the oldest has waited
-    /// [`HELD_AT_MOST`]. Each is returned once; its Events stay here until its look takes
-    /// them.
+    /// The requests whose followups may go ahead now, the oldest first, while fewer than
+    /// [`IN_FLIGHT`] are: when revokes keep up and none is `coming` due, or when the oldest
+    /// has waited [`HELD_AT_MOST`]. Each is returned once; its Events stay here until its look
+    /// takes them.
     pub(crate) fn due(&self, now: Instant, coming: bool) -> Vec<String> {
         let mut state = self.lock();
         state.forget_late_before(now);
+        let State {
+            held, in_flight, ..
+        } = &mut *state;
+        in_flight.retain(|(since, key)| {
+            now.duration_since(*since) < IN_FLIGHT_AT_MOST && held.contains_key(key)
+        });
         let clear = state.late.len() < BEHIND_AFTER && !coming;
         let mut due = Vec::new();
-        while due.len() < LET_THROUGH {
+        while state.in_flight.len() + due.len() < IN_FLIGHT {
             let Some(key) = state.order.front() else {
                 break;
             };
@@ -135,6 +148,9 @@ impl Followups {
                 due.push(key);
             }
         }
+        state
+            .in_flight
+            .extend(due.iter().map(|key| (now, key.clone())));
         due
     }
 
@@ -204,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn held_followups_wait_while_behind_and_go_at_a_pace_after() {
+    fn held_followups_wait_while_behind_and_go_a_few_at_a_time_after() {
         let followups = Followups::default();
         let now = Instant::now();
         late_revokes(&followups, BEHIND_AFTER, now);
@@ -223,33 +239,41 @@ mod tests {
             "nothing while revokes are coming due"
         );
         let first = followups.due(later, false);
-        assert_eq!(first.len(), LET_THROUGH);
+        assert_eq!(first.len(), IN_FLIGHT);
         assert_eq!(first[0], "team/r0", "oldest first");
-        let second = followups.due(later, false);
-        assert_eq!(second.len(), LET_THROUGH);
-        assert!(second.iter().all(|key| !first.contains(key)), "each once");
-        // Still held until their looks take the Events.
+        assert!(
+            followups.due(later, false).is_empty(),
+            "no more while as many are in flight"
+        );
+        // Still held until their looks take the Events; each one taken makes room for one.
         assert_eq!(followups.waiting(), 20);
         assert_eq!(followups.take("team/r0").len(), 1);
         assert!(followups.take("team/r0").is_empty(), "taken once");
         assert_eq!(followups.waiting(), 19);
+        let second = followups.due(later, false);
+        assert_eq!(second, vec![format!("team/r{IN_FLIGHT}")], "each once");
+        // A look that never comes does not hold the rest up for long.
+        let stuck = later + IN_FLIGHT_AT_MOST;
+        assert_eq!(followups.due(stuck, false).len(), 20 - IN_FLIGHT - 1);
     }
 
     #[test]
-    fn followups_held_too_long_go_even_while_behind_at_the_same_pace() {
+    fn followups_held_too_long_go_even_while_behind_as_few_at_a_time() {
         let followups = Followups::default();
         let now = Instant::now();
-        for index in 0..=LET_THROUGH {
+        for index in 0..=IN_FLIGHT {
             followups.hold(&format!("team/old{index}"), Vec::new(), now);
         }
         let much_later = now + HELD_AT_MOST;
         followups.hold("team/new", Vec::new(), much_later);
         late_revokes(&followups, BEHIND_AFTER, much_later);
-        assert_eq!(followups.due(much_later, true).len(), LET_THROUGH);
+        assert_eq!(followups.due(much_later, true).len(), IN_FLIGHT);
+        followups.take("team/old0");
         assert_eq!(
             followups.due(much_later, true),
-            vec![format!("team/old{LET_THROUGH}")]
+            vec![format!("team/old{IN_FLIGHT}")]
         );
+        followups.take("team/old1");
         assert!(
             followups.due(much_later, true).is_empty(),
             "not the new one"
