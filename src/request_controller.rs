@@ -579,21 +579,15 @@ async fn reconcile_steps(
     .await?;
     measure(&context.metrics, request, phase, &status, now);
     // Revokes first: while expiry revokes are behind, what follows this one waits its turn.
-    if expiry_revoke.is_some()
-        && outcome.release
-        && context.followups.behind(std::time::Instant::now())
-    {
-        context
-            .followups
-            .hold(&key, outcome.notices, std::time::Instant::now());
+    let at = std::time::Instant::now();
+    if expiry_revoke.is_some() && outcome.release && context.followups.behind(at) {
+        context.followups.hold(&key, outcome.notices, at);
         context.metrics.revoke_followups_held.inc();
         crash_point(IntentAction::Revoke, "after-status");
         // Its turn comes from the held followups; this look is the backstop, should that
         // turn be lost (an ended request has no drift to look for meanwhile).
         let again = followups::HELD_AT_MOST + Duration::from_secs(60);
-        context
-            .wakes
-            .looked(&key, Some(again), std::time::Instant::now());
+        context.wakes.looked(&key, Some(again), at);
         return Ok(Some(again));
     }
     // Recorded after the status that holds the transitions and before anyone is told; a

@@ -11,13 +11,10 @@ use std::time::Duration;
 
 use jit_operator::crd::v1alpha1::{AccessRequest, Phase};
 use k8s_openapi::api::{core::v1::Event, rbac::v1::RoleBinding};
-use kube::{
-    Api, ResourceExt,
-    api::{ListParams, PostParams},
-};
-use serde_json::json;
+use kube::{Api, ResourceExt, api::ListParams};
 use support::{
-    TestEnv, condition_true, eventually, operator::Operator, phase, view_policy, wait_for_request,
+    TestEnv, condition_true, eventually, operator::Operator, phase, request_view, view_policy,
+    wait_for_request,
 };
 
 /// More than the number of late revokes that tell the operator revokes are behind.
@@ -37,23 +34,12 @@ async fn a_burst_of_overdue_revokes_removes_every_binding_and_every_followup_sti
     let first = Operator::start("jit-operator");
     let env = TestEnv::new().await;
     let policy = view_policy(&env, 0).await;
-    let as_alice = Api::<AccessRequest>::namespaced(env.alice.clone(), &env.namespace);
     let requests = Api::<AccessRequest>::namespaced(env.admin.clone(), &env.namespace);
     let names: Vec<String> = (0..REQUESTS)
         .map(|index| format!("burst-{index}"))
         .collect();
     for name in &names {
-        let request: AccessRequest = serde_json::from_value(json!({
-            "apiVersion": "jit.dev/v1alpha1",
-            "kind": "AccessRequest",
-            "metadata": {"name": name},
-            "spec": {"policy": policy, "role": "view", "duration": "20s"}
-        }))
-        .unwrap();
-        as_alice
-            .create(&PostParams::default(), &request)
-            .await
-            .unwrap();
+        request_view(&env, name, &policy, "20s").await;
     }
     let mut uids = Vec::new();
     let mut last_expiry = jiff::Timestamp::UNIX_EPOCH;

@@ -191,10 +191,10 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Plan {
     }
     let mut plan = builder.finish();
     // A plan that ends the request (a revoke gone through, a denial, a timeout, or one ended
-    // before and not yet released) releases it
-    // in the same pass, once its status and audit events are written: the request holds
-    // nothing then, and a look of its own would cost a read of it and of its policy. A revoke
-    // that fails keeps it (`outcome` releases only on success).
+    // before and not yet released) releases it in the same pass, once its status and audit
+    // events are written: the request holds nothing then, and a look of its own would cost a
+    // read of it and of its policy. A revoke that fails keeps it (`outcome` releases only on
+    // success).
     if has_finalizer && plan.status.phase.is_some_and(Phase::is_final) {
         plan.finalizer = FinalizerChange::Remove;
     }
