@@ -236,7 +236,7 @@ impl Deliverer {
         let parse = |config_map: ConfigMap| {
             let name = config_map.name_any();
             let outbox = Outbox::parse(&Arc::new(config_map), sealer)
-                .map(|outbox| Arc::new(outbox.keeping_owed_text()));
+                .map(|outbox| Arc::new(outbox.keeping_owed()));
             (name, outbox)
         };
         let mut state = self.state();

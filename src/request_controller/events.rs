@@ -75,9 +75,19 @@ impl SeriesKey {
 /// The Event a notice was written as, and how often it has been seen.
 #[derive(Clone, Debug)]
 struct Series {
-    name: String,
+    /// When its Event was created, in nanoseconds: with the request's name, the Event's name
+    /// ([`event_name`]), so that a series holds nothing on the heap.
+    created: i128,
     count: i32,
     last: Timestamp,
+}
+
+/// The name of the Event about `regarding` created at `created` (nanoseconds).
+fn event_name(regarding: &ObjectReference, controller: &str, created: i128) -> String {
+    format!(
+        "{}.{created:x}",
+        regarding.name.as_deref().unwrap_or(controller)
+    )
 }
 
 /// The series of the last [`SERIES_WINDOW`], and their keys by when last seen (oldest first;
@@ -152,7 +162,11 @@ impl Publisher {
                 let count = series.count + 1;
                 let patch = json!({"series": {"count": count, "lastObservedTime": MicroTime(now)}});
                 match events
-                    .patch(&series.name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .patch(
+                        &event_name(regarding, &self.controller, series.created),
+                        &PatchParams::default(),
+                        &Patch::Merge(&patch),
+                    )
                     .await
                 {
                     Ok(_) => Series {
@@ -183,14 +197,11 @@ impl Publisher {
         key: &SeriesKey,
         now: Timestamp,
     ) -> Result<Series, kube::Error> {
-        let name = format!(
-            "{}.{:x}",
-            regarding.name.as_deref().unwrap_or(&self.controller),
-            now.as_nanosecond()
-        );
+        let created = now.as_nanosecond();
+        let name = event_name(regarding, &self.controller, created);
         let event = Event {
             metadata: ObjectMeta {
-                name: Some(name.clone()),
+                name: Some(name),
                 namespace: regarding.namespace.clone(),
                 ..ObjectMeta::default()
             },
@@ -206,7 +217,7 @@ impl Publisher {
         };
         events.create(&PostParams::default(), &event).await?;
         Ok(Series {
-            name,
+            created,
             count: 1,
             last: now,
         })
@@ -232,9 +243,9 @@ mod tests {
         key(note).id()
     }
 
-    fn series(name: &str, last: Timestamp) -> Series {
+    fn series(created: i128, last: Timestamp) -> Series {
         Series {
-            name: name.into(),
+            created,
             count: 1,
             last,
         }
@@ -247,14 +258,14 @@ mod tests {
                 + SignedDuration::from_mins(minutes)
         };
         let mut recent = Recent::default();
-        recent.remember(id("a"), series("e1", at(0)));
-        recent.remember(id("b"), series("e2", at(1)));
+        recent.remember(id("a"), series(1, at(0)));
+        recent.remember(id("b"), series(2, at(1)));
         // `a` seen again at 00:05.
         recent.remember(
             id("a"),
             Series {
                 count: 2,
-                ..series("e1", at(5))
+                ..series(1, at(5))
             },
         );
         recent.forget_before(at(0) + SignedDuration::from_secs(30));
