@@ -189,7 +189,7 @@ pub(crate) fn attributions(
         .map(|logged| {
             let (outcome, action) = action_of(logged);
             Attribution {
-                request: request.to_owned(),
+                request: request.into(),
                 uid: uid.to_owned(),
                 policy: policy.to_owned(),
                 outcome,

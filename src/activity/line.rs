@@ -41,7 +41,7 @@ pub(crate) fn event_json(attribution: &Attribution) -> Option<serde_json::Value>
     let (namespace, name) = attribution
         .request
         .split_once('/')
-        .unwrap_or(("", &attribution.request));
+        .unwrap_or(("", &*attribution.request));
     let time = chrono_time(attribution.action.time.0)?;
     let data = ActivityData {
         request: RequestData {

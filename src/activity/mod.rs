@@ -94,13 +94,14 @@ pub(crate) struct ResponseStatus {
 }
 
 /// A RoleBinding or ClusterRoleBinding, as the RBAC authorizer and a grant's reference name
-/// it.
+/// it. Shared strings: the index of grants is keyed by its grants' own (a copy per grant
+/// otherwise, at 10,000 of them).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum BindingRef {
     /// A RoleBinding: namespace and name.
-    RoleBinding { namespace: String, name: String },
+    RoleBinding { namespace: Arc<str>, name: Arc<str> },
     /// A ClusterRoleBinding: name.
-    ClusterRoleBinding { name: String },
+    ClusterRoleBinding { name: Arc<str> },
 }
 
 impl BindingRef {
@@ -116,13 +117,11 @@ impl BindingRef {
             "RoleBinding" => {
                 let (name, namespace) = name.rsplit_once('/')?;
                 Some(Self::RoleBinding {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
+                    namespace: namespace.into(),
+                    name: name.into(),
                 })
             }
-            "ClusterRoleBinding" => Some(Self::ClusterRoleBinding {
-                name: name.to_owned(),
-            }),
+            "ClusterRoleBinding" => Some(Self::ClusterRoleBinding { name: name.into() }),
             _ => None,
         }
     }
@@ -135,20 +134,19 @@ impl BindingRef {
             "RoleBinding" => {
                 let (namespace, name) = rest.split_once('/')?;
                 Some(Self::RoleBinding {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
+                    namespace: namespace.into(),
+                    name: name.into(),
                 })
             }
-            "ClusterRoleBinding" => Some(Self::ClusterRoleBinding {
-                name: rest.to_owned(),
-            }),
+            "ClusterRoleBinding" => Some(Self::ClusterRoleBinding { name: rest.into() }),
             _ => None,
         }
     }
 }
 
-/// A request, as `namespace/name`.
-pub(crate) type RequestKey = String;
+/// A request, as `namespace/name`: one allocation shared by the recorder's cache, its index,
+/// the grant and every call attributed to it.
+pub(crate) type RequestKey = Arc<str>;
 
 /// An active Kubernetes grant: whose request, for which subject, from when to when.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -673,7 +671,7 @@ mod tests {
         else {
             panic!("{used:?}")
         };
-        assert_eq!(request, "team/alice-view");
+        assert_eq!(&**request, "team/alice-view");
         assert_eq!(user, "alice");
         assert_eq!(action.verb, "list");
         assert_eq!(action.resource, "pods");
@@ -700,7 +698,7 @@ mod tests {
         let grants = grants();
         let refused = attribute(&event("alice", "get", "secrets", "forbid", ""), &grants);
         assert!(
-            matches!(&refused[..], [Attribution { request, outcome: Outcome::Refused, action, .. }] if request == "team/alice-view" && action.code == 403),
+            matches!(&refused[..], [Attribution { request, outcome: Outcome::Refused, action, .. }] if &**request == "team/alice-view" && action.code == 403),
             "{refused:?}"
         );
         // Someone else refused: nothing to do with the grant.

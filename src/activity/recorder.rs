@@ -639,12 +639,17 @@ impl Cache {
     /// Takes one event of the watch. A request that does not parse is kept as absent: it
     /// holds no grant the index could know.
     fn take(&mut self, event: watcher::Event<DeserializeGuard<AccessRequest>>) {
+        // The key the cache holds already, if any: one allocation per request, shared.
+        let requests = &self.requests;
         let watched = |guarded: &DeserializeGuard<AccessRequest>| {
-            let key = format!(
+            let text = format!(
                 "{}/{}",
                 guarded.namespace().unwrap_or_default(),
                 guarded.name_any()
             );
+            let key: RequestKey = requests
+                .get_key_value(text.as_str())
+                .map_or_else(|| text.into(), |(key, _)| key.clone());
             let watched = guarded
                 .0
                 .as_ref()
@@ -696,7 +701,7 @@ struct Watched {
 }
 
 impl Watched {
-    fn of(request: &AccessRequest, key: &str) -> Self {
+    fn of(request: &AccessRequest, key: &RequestKey) -> Self {
         let status = request.status.as_ref();
         Self {
             resource_version: request.metadata.resource_version.clone(),
@@ -819,7 +824,7 @@ impl Index {
 
     /// Whether a policy's idle timeout may read the request's summary: its grant is active
     /// and its policy sets one (or the policies are not known yet).
-    fn read_by_idle(&self, key: &RequestKey, idle: &IdlePolicies, now: Timestamp) -> bool {
+    fn read_by_idle(&self, key: &str, idle: &IdlePolicies, now: Timestamp) -> bool {
         self.known
             .get(key)
             .is_some_and(|grant| grant.expires_at > now && idle.may_set(&grant.policy))
@@ -913,7 +918,7 @@ fn index(
 }
 
 /// The Kubernetes grant an active request holds.
-fn active_grant(request: &AccessRequest, key: &str) -> Option<ActiveGrant> {
+fn active_grant(request: &AccessRequest, key: &RequestKey) -> Option<ActiveGrant> {
     let status = request.status.as_ref()?;
     if status.phase != Some(Phase::Active) {
         return None;
@@ -923,7 +928,7 @@ fn active_grant(request: &AccessRequest, key: &str) -> Option<ActiveGrant> {
         return None;
     }
     Some(ActiveGrant {
-        request: key.to_owned(),
+        request: key.clone(),
         uid: request.uid().unwrap_or_default(),
         policy: request.spec.policy.clone(),
         binding: BindingRef::from_grant_reference(&grant.reference)?,
@@ -953,6 +958,7 @@ mod tests {
             request.namespace().unwrap_or_default(),
             request.name_any()
         )
+        .into()
     }
 
     /// What the recorder's cache keeps of a request.
@@ -1056,7 +1062,7 @@ mod tests {
         );
         assert_eq!(
             kept.grant.as_deref(),
-            active_grant(&whole, "team/a").as_ref()
+            active_grant(&whole, &"team/a".into()).as_ref()
         );
         assert!(kept.grant.is_some());
 
@@ -1082,7 +1088,7 @@ mod tests {
             cache.requests.is_empty(),
             "a request that does not parse is absent"
         );
-        let mut keys: Vec<_> = cache.changes.keys.iter().cloned().collect();
+        let mut keys: Vec<&str> = cache.changes.keys.iter().map(|key| &**key).collect();
         keys.sort();
         assert_eq!(keys, ["team/a", "team/b"]);
         assert!(!cache.changes.relisted);
@@ -1101,7 +1107,7 @@ mod tests {
         assert!(index.lifecycle_due(at("2026-01-01T01:00:05Z")), "overdue");
         // The revoke happens: nothing is due any more.
         let revoked = request("a", Phase::Expired, None);
-        index.take(&"team/a".to_owned(), Some(&watched(&revoked)), now);
+        index.take(&RequestKey::from("team/a"), Some(&watched(&revoked)), now);
         assert!(!index.lifecycle_due(at("2026-01-01T02:00:00Z")));
     }
 
@@ -1112,13 +1118,13 @@ mod tests {
         index.relist(&cached([&request("a", Phase::Expired, None)]), now);
         assert!(!index.lifecycle_due(now), "nothing pending");
         let approved = request("b", Phase::Pending, None);
-        index.take(&"team/b".to_owned(), Some(&watched(&approved)), now);
+        index.take(&RequestKey::from("team/b"), Some(&watched(&approved)), now);
         assert!(index.lifecycle_due(at("2026-01-01T00:10:04Z")));
         // Waiting on people, not on the operator: summaries go at their usual pace again.
         assert!(!index.lifecycle_due(at("2026-01-01T00:10:05Z")));
         // A change to an ended request is no grant.
         index.take(
-            &"team/a".to_owned(),
+            &RequestKey::from("team/a"),
             Some(&watched(&request("a", Phase::Expired, None))),
             at("2026-01-01T00:20:00Z"),
         );
@@ -1137,8 +1143,8 @@ mod tests {
             now,
         );
         let ended = request("b", Phase::Expired, None);
-        index.take(&"team/b".to_owned(), Some(&watched(&ended)), now);
-        let (a, b) = ("team/a".to_owned(), "team/b".to_owned());
+        index.take(&RequestKey::from("team/b"), Some(&watched(&ended)), now);
+        let (a, b) = (RequestKey::from("team/a"), RequestKey::from("team/b"));
         // Before the policies are listed, any may be.
         let unknown = IdlePolicies::default();
         assert!(index.read_by_idle(&a, &unknown, now));
@@ -1156,7 +1162,7 @@ mod tests {
             !index.read_by_idle(&b, &listed, now),
             "ended: nothing reads it"
         );
-        assert!(!index.read_by_idle(&"team/c".to_owned(), &listed, now));
+        assert!(!index.read_by_idle(&RequestKey::from("team/c"), &listed, now));
         listed.take(&policy(None), true);
         assert!(
             !index.read_by_idle(&a, &listed, now),
@@ -1199,9 +1205,13 @@ mod tests {
             let now = t(minute);
             let request = requests
                 .iter()
-                .find(|request| key_of(request) == changed)
+                .find(|request| &*key_of(request) == changed)
                 .copied();
-            kept.take(&changed.to_owned(), request.map(watched).as_ref(), now);
+            kept.take(
+                &RequestKey::from(changed),
+                request.map(watched).as_ref(),
+                now,
+            );
             kept.forget_late(now);
             index(&mut built, requests.iter().copied(), now);
             let mut kept_grants: Vec<String> = kept
@@ -1269,7 +1279,10 @@ mod tests {
             .collect();
         assert_eq!(
             refused,
-            HashMap::from([("team/a".to_owned(), 1), ("team/b".to_owned(), 1)])
+            HashMap::from([
+                (RequestKey::from("team/a"), 1),
+                (RequestKey::from("team/b"), 1)
+            ])
         );
         // Let go once parked long enough.
         recorder.attribute_parked(tokio::time::Instant::now() + PARKED_FOR, []);
@@ -1305,7 +1318,7 @@ mod tests {
         assert_eq!(due[0].1.summary(Timestamp::UNIX_EPOCH).actions, 2);
         recorder.put_back(due[0].0.clone(), &due[0].1);
         // Just written: not due again within the interval.
-        written.insert("team/a".to_owned(), now);
+        written.insert(RequestKey::from("team/a"), now);
         assert!(recorder.take_due(&written, now, Pace::Free).is_empty());
         let later = recorder.take_due(&written, now + WRITE_INTERVAL, Pace::Free);
         assert_eq!(later[0].1.summary(Timestamp::UNIX_EPOCH).actions, 2);
@@ -1315,7 +1328,7 @@ mod tests {
     fn pending_for(recorder: &Recorder, keys: &[&str]) {
         let mut pending = recorder.pending.lock().unwrap();
         for key in keys {
-            pending.insert((*key).to_owned(), Tally::default());
+            pending.insert(RequestKey::from(*key), Tally::default());
         }
     }
 
@@ -1334,20 +1347,26 @@ mod tests {
         );
         let now = tokio::time::Instant::now() + Duration::from_secs(120);
         let written = HashMap::from([
-            ("team/idle".to_owned(), now - Duration::from_secs(15)),
-            ("team/old".to_owned(), now - Duration::from_secs(30)),
-            ("team/older".to_owned(), now - Duration::from_secs(60)),
-            ("team/recent".to_owned(), now - Duration::from_secs(3)),
+            (RequestKey::from("team/idle"), now - Duration::from_secs(15)),
+            (RequestKey::from("team/old"), now - Duration::from_secs(30)),
+            (
+                RequestKey::from("team/older"),
+                now - Duration::from_secs(60),
+            ),
+            (
+                RequestKey::from("team/recent"),
+                now - Duration::from_secs(3),
+            ),
         ]);
-        let read_by_idle = |key: &RequestKey| key == "team/idle";
+        let read_by_idle = |key: &RequestKey| &**key == "team/idle";
         let pace = Pace::Yielding {
             allowed: 2,
             read_by_idle: &read_by_idle,
         };
-        let mut taken: Vec<RequestKey> = recorder
+        let mut taken: Vec<String> = recorder
             .take_due(&written, now, pace)
             .into_iter()
-            .map(|(key, _)| key)
+            .map(|(key, _)| key.to_string())
             .collect();
         taken.sort();
         // The idle one as when free; of the rest, the never-written and the longest unwritten.
@@ -1355,7 +1374,7 @@ mod tests {
         // The others wait for the next round, the recent one for its interval too.
         let rest = recorder.take_due(&written, now, Pace::Free);
         assert_eq!(rest.len(), 1);
-        assert_eq!(rest[0].0, "team/old");
+        assert_eq!(&*rest[0].0, "team/old");
         assert_eq!(recorder.pending.lock().unwrap().len(), 1, "the recent one");
     }
 
