@@ -231,8 +231,9 @@ fn markdown(plan: &Plan, runs: &[Run]) -> String {
         text,
         "{} on {} cores; generator concurrency {}. Latencies in milliseconds, from watches on \
          the requests and bindings; the webhook's from the API server's histogram. The \
-         operator runs with MALLOC_ARENA_MAX=2 (the image's musl allocator has no per-thread \
-         arenas).\n",
+         operator runs with MALLOC_ARENA_MAX=2 and MALLOC_MMAP_THRESHOLD_=131072 (the \
+         image's musl allocator has no per-thread arenas and maps every block over 128 KiB \
+         on its own).\n",
         match (
             std::env::var_os("KUBECONFIG").is_some(),
             cfg!(debug_assertions),

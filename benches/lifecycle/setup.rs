@@ -281,6 +281,12 @@ fn start_operator(dir: &Path) -> Operator {
         // build is glibc's, whose arenas (one per thread that allocated, up to 8 per core)
         // would count as the operator's memory. Two, as in a memory-tight glibc pod.
         .env("MALLOC_ARENA_MAX", "2")
+        // And musl maps every block over 128 KiB on its own and unmaps it when freed, where
+        // glibc raises that threshold to the largest block freed so far (up to 32 MiB) and
+        // serves the next ones from the arenas: each 5-minute sweep's lists (a page of
+        // requests, every managed UID) then left the arenas a few MiB larger for good. Fixed
+        // at musl's 128 KiB, as the image has it.
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
         .stdin(Stdio::null())
         .stdout(output.try_clone().expect("log file"))
         .stderr(output)
