@@ -661,7 +661,17 @@ impl Cache {
             watcher::Event::Apply(guarded) => {
                 let (key, watched) = watched(&guarded);
                 match watched {
-                    Some(watched) => self.requests.insert(key.clone(), watched),
+                    Some(mut watched) => {
+                        // The grant already held, if unchanged: the index holds that one,
+                        // and a copy per later change of the request would be a second.
+                        if let Some(held) =
+                            self.requests.get(&key).and_then(|held| held.grant.as_ref())
+                            && watched.grant.as_ref() == Some(held)
+                        {
+                            watched.grant = Some(held.clone());
+                        }
+                        self.requests.insert(key.clone(), watched)
+                    }
                     None => self.requests.remove(&key),
                 };
                 self.changes.keys.insert(key);
@@ -1036,6 +1046,30 @@ mod tests {
     /// The cache follows the watch (a listing replaces it only once whole, changes and
     /// deletions one at a time, a request that no longer parses holds nothing) and keeps what
     /// the index and the summary's merge read.
+    #[test]
+    fn a_change_that_leaves_the_grant_as_it_was_keeps_one_copy_of_it() {
+        let mut granted = request("a", Phase::Active, Some("RoleBinding team/jit-a"));
+        let mut cache = Cache::default();
+        cache.take(watcher::Event::Apply(DeserializeGuard(Ok(granted.clone()))));
+        let first = cache.requests["team/a"].grant.clone().unwrap();
+        // Its outbox cursor or finalizer changed: the grant did not.
+        granted.metadata.resource_version = Some("42".into());
+        cache.take(watcher::Event::Apply(DeserializeGuard(Ok(granted.clone()))));
+        let kept = cache.requests["team/a"].grant.clone().unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &kept),
+            "the grant held before, not a copy"
+        );
+        // Its window changed: another record.
+        if let Some(status) = granted.status.as_mut() {
+            status.expires_at = Some(Time(at("2026-01-01T00:30:00Z")));
+        }
+        cache.take(watcher::Event::Apply(DeserializeGuard(Ok(granted))));
+        let changed = cache.requests["team/a"].grant.clone().unwrap();
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert_eq!(changed.expires_at, at("2026-01-01T00:30:00Z"));
+    }
+
     #[test]
     fn the_cache_follows_the_watch_and_keeps_what_the_index_and_the_merge_read() {
         let guarded = |request: &AccessRequest| DeserializeGuard(Ok(request.clone()));

@@ -180,11 +180,15 @@ impl Outbox {
     #[must_use]
     pub fn keeping_owed(mut self) -> Self {
         let delivered = &self.delivered;
-        self.records.retain(|ordinal, kept| {
-            kept.to
-                .iter()
-                .any(|channel| *ordinal >= delivered.get(channel).copied().unwrap_or(0))
-        });
+        // Collected into a new map, not `retain`ed: a map emptied in place keeps its node.
+        self.records = std::mem::take(&mut self.records)
+            .into_iter()
+            .filter(|(ordinal, kept)| {
+                kept.to
+                    .iter()
+                    .any(|channel| *ordinal >= delivered.get(channel).copied().unwrap_or(0))
+            })
+            .collect();
         let data = self.source.take().and_then(|source| source.data.clone());
         let owed: BTreeMap<String, String> = self
             .records
