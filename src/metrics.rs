@@ -16,6 +16,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use crate::{crd::v1alpha1::Phase, target::Target};
+
 /// Labels of the reconcile counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabels {
@@ -86,10 +88,10 @@ const PHASES: &[&str] = &[
 /// What the gauges know about one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Tracked {
-    /// One of [`PHASES`] (static: nothing on the heap for each of 10,000 requests).
-    phase: &'static str,
+    /// Nothing on the heap for each of 10,000 requests.
+    phase: Phase,
     /// The provider holding its grant, while Active.
-    provider: Option<&'static str>,
+    provider: Option<Target>,
 }
 
 /// Buckets from 0.1 s to about 7 h, for times people and clouds take.
@@ -406,30 +408,17 @@ impl Metrics {
 
     /// Records where a request (`namespace/name`) is now: its phase and, while Active, the
     /// provider holding its grant; `None` when it is gone.
-    pub fn track(&self, request: &str, phase: Option<&str>, provider: Option<&str>) {
+    pub fn track(&self, request: &str, phase: Option<Phase>, provider: Option<Target>) {
         let Ok(mut tracked) = self.tracked.lock() else {
             return;
         };
         match phase {
-            Some(phase) => {
-                // A phase or provider this build does not know has no series to count in.
-                let Some(phase) = PHASES.iter().copied().find(|known| *known == phase) else {
-                    tracked.remove(request);
-                    return;
-                };
-                let provider = provider.and_then(|provider| {
-                    crate::target::Target::ALL
-                        .iter()
-                        .map(|target| target.as_str())
-                        .find(|known| *known == provider)
-                });
-                match tracked.get_mut(request) {
-                    Some(entry) => *entry = Tracked { phase, provider },
-                    None => {
-                        tracked.insert(request.to_owned(), Tracked { phase, provider });
-                    }
+            Some(phase) => match tracked.get_mut(request) {
+                Some(entry) => *entry = Tracked { phase, provider },
+                None => {
+                    tracked.insert(request.to_owned(), Tracked { phase, provider });
                 }
-            }
+            },
             None => {
                 tracked.remove(request);
             }
@@ -437,9 +426,9 @@ impl Metrics {
         let mut phases: BTreeMap<&str, i64> = BTreeMap::new();
         let mut providers: BTreeMap<&str, i64> = BTreeMap::new();
         for entry in tracked.values() {
-            *phases.entry(entry.phase).or_default() += 1;
+            *phases.entry(entry.phase.as_str()).or_default() += 1;
             if let Some(provider) = entry.provider {
-                *providers.entry(provider).or_default() += 1;
+                *providers.entry(provider.as_str()).or_default() += 1;
             }
         }
         // Every phase and provider has a series, 0 when none: series that come and go make
@@ -520,10 +509,10 @@ mod tests {
     #[test]
     fn requests_are_counted_by_phase_and_active_grants_by_provider() {
         let metrics = Metrics::default();
-        metrics.track("a/one", Some("Pending"), None);
-        metrics.track("a/two", Some("Active"), Some("aws"));
-        metrics.track("a/three", Some("Active"), Some("kubernetes"));
-        metrics.track("a/three", Some("Expired"), None);
+        metrics.track("a/one", Some(Phase::Pending), None);
+        metrics.track("a/two", Some(Phase::Active), Some(Target::Aws));
+        metrics.track("a/three", Some(Phase::Active), Some(Target::Kubernetes));
+        metrics.track("a/three", Some(Phase::Expired), None);
         let text = metrics.render();
         for line in [
             "jit_requests{phase=\"Pending\"} 1",

@@ -461,9 +461,7 @@ async fn reconcile_steps(
     let namespace = cached.namespace().unwrap_or_default();
     let name = cached.name_any();
     if let Some(phase) = cached.settled() {
-        context
-            .metrics
-            .track(&key_of(cached), Some(phase.as_str()), None);
+        context.metrics.track(&key_of(cached), Some(phase), None);
         return Ok(None);
     }
 
@@ -701,8 +699,8 @@ fn measure(
         .grant
         .as_ref()
         .filter(|_| status.phase == Some(Phase::Active))
-        .map(|grant| grant.provider.as_str());
-    metrics.track(&key, status.phase.map(Phase::as_str), provider);
+        .and_then(|grant| crate::target::Target::parse(&grant.provider));
+    metrics.track(&key, status.phase, provider);
     if status.phase == before {
         return;
     }

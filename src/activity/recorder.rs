@@ -639,7 +639,9 @@ impl Cache {
     /// Takes one event of the watch. A request that does not parse is kept as absent: it
     /// holds no grant the index could know.
     fn take(&mut self, event: watcher::Event<DeserializeGuard<AccessRequest>>) {
-        // The key the cache holds already, if any: one allocation per request, shared.
+        // What the cache holds already of the request is shared, not copied: its key, and
+        // its grant while unchanged (the index holds that one; a copy per later change of the
+        // request would be a second).
         let requests = &self.requests;
         let watched = |guarded: &DeserializeGuard<AccessRequest>| {
             let text = format!(
@@ -647,31 +649,24 @@ impl Cache {
                 guarded.namespace().unwrap_or_default(),
                 guarded.name_any()
             );
-            let key: RequestKey = requests
-                .get_key_value(text.as_str())
-                .map_or_else(|| text.into(), |(key, _)| key.clone());
-            let watched = guarded
-                .0
-                .as_ref()
-                .ok()
-                .map(|request| Watched::of(request, &key));
+            let held = requests.get_key_value(text.as_str());
+            let key: RequestKey = held.map_or_else(|| text.into(), |(key, _)| key.clone());
+            let watched = guarded.0.as_ref().ok().map(|request| {
+                let mut watched = Watched::of(request, &key);
+                if let Some(grant) = held.and_then(|(_, held)| held.grant.as_ref())
+                    && watched.grant.as_ref() == Some(grant)
+                {
+                    watched.grant = Some(grant.clone());
+                }
+                watched
+            });
             (key, watched)
         };
         match event {
             watcher::Event::Apply(guarded) => {
                 let (key, watched) = watched(&guarded);
                 match watched {
-                    Some(mut watched) => {
-                        // The grant already held, if unchanged: the index holds that one,
-                        // and a copy per later change of the request would be a second.
-                        if let Some(held) =
-                            self.requests.get(&key).and_then(|held| held.grant.as_ref())
-                            && watched.grant.as_ref() == Some(held)
-                        {
-                            watched.grant = Some(held.clone());
-                        }
-                        self.requests.insert(key.clone(), watched)
-                    }
+                    Some(watched) => self.requests.insert(key.clone(), watched),
                     None => self.requests.remove(&key),
                 };
                 self.changes.keys.insert(key);
