@@ -1,7 +1,7 @@
 //! The operator's Prometheus metrics, served at `/metrics` on the health address.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
 };
 
@@ -85,6 +85,29 @@ const PHASES: &[&str] = &[
     "Pending", "Active", "Expired", "Revoked", "Denied", "Failed",
 ];
 
+/// Every request's phase and provider, and how many are in each: a change moves a count
+/// rather than recounting every request (10,000 of them, at every reconcile).
+#[derive(Default)]
+struct Tracking {
+    requests: HashMap<String, Tracked>,
+    phases: HashMap<&'static str, i64>,
+    providers: HashMap<&'static str, i64>,
+}
+
+impl Tracking {
+    /// Counts `tracked` in (`by` 1) or out (`by` -1); returns the phase and provider whose
+    /// counts moved.
+    fn count(&mut self, tracked: &Tracked, by: i64) -> (&'static str, Option<&'static str>) {
+        let phase = tracked.phase.as_str();
+        *self.phases.entry(phase).or_default() += by;
+        let provider = tracked.provider.map(Target::as_str);
+        if let Some(provider) = provider {
+            *self.providers.entry(provider).or_default() += by;
+        }
+        (phase, provider)
+    }
+}
+
 /// What the gauges know about one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Tracked {
@@ -157,7 +180,7 @@ pub struct Metrics {
     /// category).
     pub cloud_activity_reads: Family<ProviderErrorLabels, Counter>,
     failing: Mutex<HashSet<String>>,
-    tracked: Mutex<HashMap<String, Tracked>>,
+    tracked: Mutex<Tracking>,
 }
 
 impl Default for Metrics {
@@ -191,7 +214,7 @@ impl Default for Metrics {
             cloud_activity_reads: Family::default(),
             activity_sent: Family::default(),
             failing: Mutex::new(HashSet::new()),
-            tracked: Mutex::new(HashMap::new()),
+            tracked: Mutex::new(Tracking::default()),
             registry: Registry::default(),
         };
         registry.register(
@@ -249,6 +272,24 @@ impl Default for Metrics {
             "Grants in place now, by provider",
             metrics.active_grants.clone(),
         );
+        // Every phase and provider has a series, 0 when none: series that come and go make
+        // alerts and rates lie.
+        for phase in PHASES {
+            metrics
+                .requests
+                .get_or_create(&PhaseLabels {
+                    phase: (*phase).to_owned(),
+                })
+                .set(0);
+        }
+        for target in Target::ALL {
+            metrics
+                .active_grants
+                .get_or_create(&ProviderLabels {
+                    provider: target.as_str().to_owned(),
+                })
+                .set(0);
+        }
         registry.register(
             "decision_seconds",
             "Seconds from a request's creation to its decision",
@@ -409,43 +450,43 @@ impl Metrics {
     /// Records where a request (`namespace/name`) is now: its phase and, while Active, the
     /// provider holding its grant; `None` when it is gone.
     pub fn track(&self, request: &str, phase: Option<Phase>, provider: Option<Target>) {
-        let Ok(mut tracked) = self.tracked.lock() else {
+        let Ok(mut tracking) = self.tracked.lock() else {
             return;
         };
-        match phase {
-            Some(phase) => match tracked.get_mut(request) {
-                Some(entry) => *entry = Tracked { phase, provider },
+        let now = phase.map(|phase| Tracked { phase, provider });
+        let before = match &now {
+            Some(now) => match tracking.requests.get_mut(request) {
+                Some(entry) if entry == now => return,
+                Some(entry) => Some(std::mem::replace(entry, now.clone())),
                 None => {
-                    tracked.insert(request.to_owned(), Tracked { phase, provider });
+                    tracking.requests.insert(request.to_owned(), now.clone());
+                    None
                 }
             },
-            None => {
-                tracked.remove(request);
+            None => tracking.requests.remove(request),
+        };
+        let mut phases = Vec::with_capacity(2);
+        let mut providers = Vec::with_capacity(2);
+        for (tracked, by) in [(before, -1), (now, 1)] {
+            if let Some(tracked) = tracked {
+                let (phase, provider) = tracking.count(&tracked, by);
+                phases.push(phase);
+                providers.extend(provider);
             }
         }
-        let mut phases: BTreeMap<&str, i64> = BTreeMap::new();
-        let mut providers: BTreeMap<&str, i64> = BTreeMap::new();
-        for entry in tracked.values() {
-            *phases.entry(entry.phase.as_str()).or_default() += 1;
-            if let Some(provider) = entry.provider {
-                *providers.entry(provider.as_str()).or_default() += 1;
-            }
-        }
-        // Every phase and provider has a series, 0 when none: series that come and go make
-        // alerts and rates lie.
-        for phase in PHASES {
+        for phase in phases {
             self.requests
                 .get_or_create(&PhaseLabels {
-                    phase: (*phase).to_owned(),
+                    phase: phase.to_owned(),
                 })
-                .set(phases.get(phase).copied().unwrap_or(0));
+                .set(tracking.phases.get(phase).copied().unwrap_or(0));
         }
-        for target in crate::target::Target::ALL {
+        for provider in providers {
             self.active_grants
                 .get_or_create(&ProviderLabels {
-                    provider: target.as_str().to_owned(),
+                    provider: provider.to_owned(),
                 })
-                .set(providers.get(target.as_str()).copied().unwrap_or(0));
+                .set(tracking.providers.get(provider).copied().unwrap_or(0));
         }
     }
 
@@ -529,5 +570,31 @@ mod tests {
                 .render()
                 .contains("jit_requests{phase=\"Pending\"} 0")
         );
+        // A look that changes nothing moves no count.
+        metrics.track("a/two", Some(Phase::Active), Some(Target::Aws));
+        metrics.track("a/two", Some(Phase::Active), Some(Target::Aws));
+        // A provider's count follows the request out of Active, and out of the gauges.
+        metrics.track("a/two", Some(Phase::Revoked), None);
+        let text = metrics.render();
+        for line in [
+            "jit_requests{phase=\"Active\"} 0",
+            "jit_requests{phase=\"Revoked\"} 1",
+            "jit_active_grants{provider=\"aws\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+    }
+
+    #[test]
+    fn every_phase_and_provider_has_a_series_before_any_request() {
+        let text = Metrics::default().render();
+        for phase in PHASES {
+            let line = format!("jit_requests{{phase=\"{phase}\"}} 0");
+            assert!(text.contains(&line), "{line} in {text}");
+        }
+        for target in Target::ALL {
+            let line = format!("jit_active_grants{{provider=\"{}\"}} 0", target.as_str());
+            assert!(text.contains(&line), "{line} in {text}");
+        }
     }
 }
