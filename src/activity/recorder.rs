@@ -1,7 +1,7 @@
 //! The activity recorder: the index of Kubernetes grants that calls are attributed to (from a
 //! watch of the requests), the counts not yet written, the `dev.jit.activity.v1` audit lines,
-//! and the writes of `status.activity`, at most one per request per [`WRITE_INTERVAL`], and
-//! fewer while grants or revokes are due (see [`Pace`]).
+//! and the writes of `status.activity`, at most one per request per [`WRITE_INTERVAL`] and
+//! [`WRITES_PER_SECOND`] in all, fewer while grants or revokes are due (see [`Pace`]).
 //!
 //! Every replica runs one (the API server may post to any of them): a write merges this
 //! replica's pending counts onto the summary as it is stored, guarded by its
@@ -37,8 +37,14 @@ use crate::{
 /// writes of it, however busy its subject is.
 pub(crate) const WRITE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// While grants or revokes are due, how many summaries a second are written of requests no
-/// idle timeout reads: the lifecycle comes first on the API server both write to.
+/// How many summaries a second are written in all of requests no idle timeout reads: what
+/// session activity costs the API server is bounded whatever the number of grants in use
+/// (at one write per request per [`WRITE_INTERVAL`], 10,000 busy grants would otherwise be
+/// 1,000 writes a second, on the API server revokes need). Past 250 grants in use at once,
+/// each summary is written less often than every [`WRITE_INTERVAL`].
+const WRITES_PER_SECOND: f64 = 25.0;
+
+/// The same while grants or revokes are due: the lifecycle comes first.
 const YIELDING_WRITES_PER_SECOND: f64 = 5.0;
 
 /// How long before its end an active grant's revoke counts as due: summary writes already
@@ -307,7 +313,7 @@ impl Recorder {
                     .then_some((key, at))
             })
             .collect();
-        if let Pace::Yielding {
+        if let Pace::Limited {
             allowed,
             read_by_idle,
         } = pace
@@ -380,7 +386,7 @@ impl Recorder {
         let policies = tokio::spawn(watch_idle_policies(client.clone(), idle_policies.clone()));
         let mut index = Index::default();
         let mut written = HashMap::new();
-        let mut allowance = Allowance::new(tokio::time::Instant::now());
+        let mut allowance = Allowance::new(tokio::time::Instant::now(), WRITES_PER_SECOND);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
@@ -427,19 +433,21 @@ impl Recorder {
             rest = started.elapsed();
             let instant = tokio::time::Instant::now();
             self.attribute_parked(instant, grants.fresh_since(&earlier));
-            let due = if index.lifecycle_due(now) {
+            let due = {
+                let rate = if index.lifecycle_due(now) {
+                    YIELDING_WRITES_PER_SECOND
+                } else {
+                    WRITES_PER_SECOND
+                };
                 let idle = idle_policies.read().unwrap_or_else(PoisonError::into_inner);
                 let read_by_idle = |key: &RequestKey| index.read_by_idle(key, &idle, now);
-                let pace = Pace::Yielding {
-                    allowed: allowance.available(instant),
+                let pace = Pace::Limited {
+                    allowed: allowance.available(instant, rate),
                     read_by_idle: &read_by_idle,
                 };
                 let due = self.take_due(&written, instant, pace);
                 allowance.spend(due.iter().filter(|(key, _)| !read_by_idle(key)).count());
                 due
-            } else {
-                allowance = Allowance::new(instant);
-                self.take_due(&written, instant, Pace::Free)
             };
             self.write_due(&client, &cache, &mut written, due).await;
         }
@@ -507,36 +515,37 @@ impl Recorder {
 /// How fast summaries are written in a round.
 #[derive(Clone, Copy)]
 enum Pace<'a> {
-    /// Each at most once per [`WRITE_INTERVAL`].
+    /// Each at most once per [`WRITE_INTERVAL`]: when stopping, and in tests.
     Free,
-    /// Grants or revokes are due: summaries a policy's idle timeout reads (`lastActionTime`)
-    /// as when free, since holding them back could end a grant in use; of the others,
-    /// `allowed`.
-    Yielding {
+    /// Summaries a policy's idle timeout reads (`lastActionTime`) as when free, since holding
+    /// them back could end a grant in use; of the others, `allowed`, the longest-unwritten
+    /// first.
+    Limited {
         allowed: usize,
         read_by_idle: &'a dyn Fn(&RequestKey) -> bool,
     },
 }
 
-/// The summary writes allowed while grants or revokes are due:
-/// [`YIELDING_WRITES_PER_SECOND`], saved up for at most a second.
+/// The summary writes allowed: a rate a second ([`WRITES_PER_SECOND`], or
+/// [`YIELDING_WRITES_PER_SECOND`] while grants or revokes are due), saved up for at most a
+/// second at the rate of the moment.
 struct Allowance {
     tokens: f64,
     at: tokio::time::Instant,
 }
 
 impl Allowance {
-    fn new(now: tokio::time::Instant) -> Self {
+    fn new(now: tokio::time::Instant, rate: f64) -> Self {
         Self {
-            tokens: YIELDING_WRITES_PER_SECOND,
+            tokens: rate,
             at: now,
         }
     }
 
-    /// How many writes are allowed now.
-    fn available(&mut self, now: tokio::time::Instant) -> usize {
-        let earned = now.duration_since(self.at).as_secs_f64() * YIELDING_WRITES_PER_SECOND;
-        self.tokens = (self.tokens + earned).min(YIELDING_WRITES_PER_SECOND);
+    /// How many writes are allowed now, at `rate` a second.
+    fn available(&mut self, now: tokio::time::Instant, rate: f64) -> usize {
+        let earned = now.duration_since(self.at).as_secs_f64() * rate;
+        self.tokens = (self.tokens + earned).min(rate);
         self.at = now;
         // Never negative, at most a second's worth: the cast cannot truncate meaningfully.
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
@@ -1388,7 +1397,7 @@ mod tests {
             ),
         ]);
         let read_by_idle = |key: &RequestKey| &**key == "team/idle";
-        let pace = Pace::Yielding {
+        let pace = Pace::Limited {
             allowed: 2,
             read_by_idle: &read_by_idle,
         };
@@ -1408,15 +1417,57 @@ mod tests {
     }
 
     #[test]
-    fn the_allowance_while_revokes_are_due_is_five_writes_a_second_saved_up_for_one() {
+    fn the_allowance_is_a_rate_a_second_saved_up_for_one_at_the_rate_of_the_moment() {
         let start = tokio::time::Instant::now();
-        let mut allowance = Allowance::new(start);
-        assert_eq!(allowance.available(start), 5);
+        let yielding = YIELDING_WRITES_PER_SECOND;
+        let mut allowance = Allowance::new(start, yielding);
+        assert_eq!(allowance.available(start, yielding), 5);
         allowance.spend(5);
-        assert_eq!(allowance.available(start), 0);
-        assert_eq!(allowance.available(start + Duration::from_millis(400)), 2);
+        assert_eq!(allowance.available(start, yielding), 0);
+        assert_eq!(
+            allowance.available(start + Duration::from_millis(400), yielding),
+            2
+        );
         allowance.spend(2);
         // A quiet minute saves up no more than a second's worth.
-        assert_eq!(allowance.available(start + Duration::from_secs(60)), 5);
+        let quiet = start + Duration::from_secs(60);
+        assert_eq!(allowance.available(quiet, WRITES_PER_SECOND), 25);
+        allowance.spend(10);
+        // A grant coming due cuts what is saved up to the yielding rate's second at once.
+        assert_eq!(allowance.available(quiet, yielding), 5);
+    }
+
+    #[test]
+    fn a_thousand_busy_grants_are_summarised_twenty_five_a_second_in_all() {
+        let (recorder, _lines) = Recorder::new(Metrics::shared());
+        let keys: Vec<String> = (0..1_000).map(|n| format!("team/busy-{n}")).collect();
+        pending_for(
+            &recorder,
+            &keys.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        let now = tokio::time::Instant::now();
+        let mut written = HashMap::new();
+        let mut allowance = Allowance::new(now, WRITES_PER_SECOND);
+        let read_by_idle = |_: &RequestKey| false;
+        let mut per_second = Vec::new();
+        for second in 0..3 {
+            let at = now + Duration::from_secs(second);
+            let pace = Pace::Limited {
+                allowed: allowance.available(at, WRITES_PER_SECOND),
+                read_by_idle: &read_by_idle,
+            };
+            let due = recorder.take_due(&written, at, pace);
+            allowance.spend(due.len());
+            for (key, _) in &due {
+                written.insert(key.clone(), at);
+            }
+            per_second.push(due.len());
+        }
+        assert_eq!(per_second, [25, 25, 25]);
+        assert_eq!(
+            recorder.pending.lock().unwrap().len(),
+            925,
+            "the rest wait their turn"
+        );
     }
 }
