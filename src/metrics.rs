@@ -80,34 +80,6 @@ pub struct WebhookLabels {
     pub outcome: String,
 }
 
-/// The phases `jit_requests` counts, as `status.phase` writes them.
-const PHASES: &[&str] = &[
-    "Pending", "Active", "Expired", "Revoked", "Denied", "Failed",
-];
-
-/// Every request's phase and provider, and how many are in each: a change moves a count
-/// rather than recounting every request (10,000 of them, at every reconcile).
-#[derive(Default)]
-struct Tracking {
-    requests: HashMap<String, Tracked>,
-    phases: HashMap<&'static str, i64>,
-    providers: HashMap<&'static str, i64>,
-}
-
-impl Tracking {
-    /// Counts `tracked` in (`by` 1) or out (`by` -1); returns the phase and provider whose
-    /// counts moved.
-    fn count(&mut self, tracked: &Tracked, by: i64) -> (&'static str, Option<&'static str>) {
-        let phase = tracked.phase.as_str();
-        *self.phases.entry(phase).or_default() += by;
-        let provider = tracked.provider.map(Target::as_str);
-        if let Some(provider) = provider {
-            *self.providers.entry(provider).or_default() += by;
-        }
-        (phase, provider)
-    }
-}
-
 /// What the gauges know about one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Tracked {
@@ -180,7 +152,7 @@ pub struct Metrics {
     /// category).
     pub cloud_activity_reads: Family<ProviderErrorLabels, Counter>,
     failing: Mutex<HashSet<String>>,
-    tracked: Mutex<Tracking>,
+    tracked: Mutex<HashMap<String, Tracked>>,
 }
 
 impl Default for Metrics {
@@ -214,7 +186,7 @@ impl Default for Metrics {
             cloud_activity_reads: Family::default(),
             activity_sent: Family::default(),
             failing: Mutex::new(HashSet::new()),
-            tracked: Mutex::new(Tracking::default()),
+            tracked: Mutex::new(HashMap::new()),
             registry: Registry::default(),
         };
         registry.register(
@@ -274,21 +246,11 @@ impl Default for Metrics {
         );
         // Every phase and provider has a series, 0 when none: series that come and go make
         // alerts and rates lie.
-        for phase in PHASES {
-            metrics
-                .requests
-                .get_or_create(&PhaseLabels {
-                    phase: (*phase).to_owned(),
-                })
-                .set(0);
+        for phase in Phase::ALL {
+            metrics.requests_in(phase).set(0);
         }
         for target in Target::ALL {
-            metrics
-                .active_grants
-                .get_or_create(&ProviderLabels {
-                    provider: target.as_str().to_owned(),
-                })
-                .set(0);
+            metrics.active_grants_in(target).set(0);
         }
         registry.register(
             "decision_seconds",
@@ -450,44 +412,49 @@ impl Metrics {
     /// Records where a request (`namespace/name`) is now: its phase and, while Active, the
     /// provider holding its grant; `None` when it is gone.
     pub fn track(&self, request: &str, phase: Option<Phase>, provider: Option<Target>) {
-        let Ok(mut tracking) = self.tracked.lock() else {
+        let Ok(mut tracked) = self.tracked.lock() else {
             return;
         };
+        // The gauges hold the counts: a change moves the request out of its old series and
+        // into its new one, rather than recounting every request (10,000, at every reconcile).
         let now = phase.map(|phase| Tracked { phase, provider });
         let before = match &now {
-            Some(now) => match tracking.requests.get_mut(request) {
+            Some(now) => match tracked.get_mut(request) {
                 Some(entry) if entry == now => return,
                 Some(entry) => Some(std::mem::replace(entry, now.clone())),
                 None => {
-                    tracking.requests.insert(request.to_owned(), now.clone());
+                    tracked.insert(request.to_owned(), now.clone());
                     None
                 }
             },
-            None => tracking.requests.remove(request),
+            None => tracked.remove(request),
         };
-        let mut phases = Vec::with_capacity(2);
-        let mut providers = Vec::with_capacity(2);
-        for (tracked, by) in [(before, -1), (now, 1)] {
-            if let Some(tracked) = tracked {
-                let (phase, provider) = tracking.count(&tracked, by);
-                phases.push(phase);
-                providers.extend(provider);
+        if let Some(before) = before {
+            self.requests_in(before.phase).dec();
+            if let Some(provider) = before.provider {
+                self.active_grants_in(provider).dec();
             }
         }
-        for phase in phases {
-            self.requests
-                .get_or_create(&PhaseLabels {
-                    phase: phase.to_owned(),
-                })
-                .set(tracking.phases.get(phase).copied().unwrap_or(0));
+        if let Some(now) = now {
+            self.requests_in(now.phase).inc();
+            if let Some(provider) = now.provider {
+                self.active_grants_in(provider).inc();
+            }
         }
-        for provider in providers {
-            self.active_grants
-                .get_or_create(&ProviderLabels {
-                    provider: provider.to_owned(),
-                })
-                .set(tracking.providers.get(provider).copied().unwrap_or(0));
-        }
+    }
+
+    /// The `jit_requests` series of a phase.
+    fn requests_in(&self, phase: Phase) -> impl std::ops::Deref<Target = Gauge> + '_ {
+        self.requests.get_or_create(&PhaseLabels {
+            phase: phase.as_str().to_owned(),
+        })
+    }
+
+    /// The `jit_active_grants` series of a provider.
+    fn active_grants_in(&self, target: Target) -> impl std::ops::Deref<Target = Gauge> + '_ {
+        self.active_grants.get_or_create(&ProviderLabels {
+            provider: target.as_str().to_owned(),
+        })
     }
 
     /// Counts a provider error.
@@ -588,8 +555,8 @@ mod tests {
     #[test]
     fn every_phase_and_provider_has_a_series_before_any_request() {
         let text = Metrics::default().render();
-        for phase in PHASES {
-            let line = format!("jit_requests{{phase=\"{phase}\"}} 0");
+        for phase in Phase::ALL {
+            let line = format!("jit_requests{{phase=\"{}\"}} 0", phase.as_str());
             assert!(text.contains(&line), "{line} in {text}");
         }
         for target in Target::ALL {

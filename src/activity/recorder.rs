@@ -1047,9 +1047,6 @@ mod tests {
         assert_eq!(known["team/a"].expires_at, at("2026-01-01T00:11:00Z"));
     }
 
-    /// The cache follows the watch (a listing replaces it only once whole, changes and
-    /// deletions one at a time, a request that no longer parses holds nothing) and keeps what
-    /// the index and the summary's merge read.
     #[test]
     fn a_change_that_leaves_the_grant_as_it_was_keeps_one_copy_of_it() {
         let mut granted = request("a", Phase::Active, Some("RoleBinding team/jit-a"));
@@ -1074,6 +1071,9 @@ mod tests {
         assert_eq!(changed.expires_at, at("2026-01-01T00:30:00Z"));
     }
 
+    /// The cache follows the watch (a listing replaces it only once whole, changes and
+    /// deletions one at a time, a request that no longer parses holds nothing) and keeps what
+    /// the index and the summary's merge read.
     #[test]
     fn the_cache_follows_the_watch_and_keeps_what_the_index_and_the_merge_read() {
         let guarded = |request: &AccessRequest| DeserializeGuard(Ok(request.clone()));

@@ -637,6 +637,16 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Every phase.
+    pub const ALL: [Self; 6] = [
+        Self::Pending,
+        Self::Active,
+        Self::Expired,
+        Self::Revoked,
+        Self::Denied,
+        Self::Failed,
+    ];
+
     /// The phase as status shows it.
     pub const fn as_str(self) -> &'static str {
         match self {
