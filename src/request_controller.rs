@@ -528,7 +528,17 @@ async fn reconcile_steps(
         Effect::Grant { .. } => Some(IntentAction::Grant),
         Effect::Revoke => Some(IntentAction::Revoke),
     };
+    let announced = current
+        .intent
+        .as_ref()
+        .is_some_and(|open| open.action == IntentAction::Revoke);
     let written = match action {
+        // A revoke announced ahead of the grant's end (decide::ANNOUNCE_REVOKE), or one whose
+        // earlier attempt failed: its intent is on record already.
+        Some(action @ IntentAction::Revoke) if announced => {
+            crash_point(action, "before-effect");
+            current
+        }
         // Intent before action: status says what is about to happen before the provider is
         // called, so a crash in between is visible and resolved on restart.
         Some(action) => {

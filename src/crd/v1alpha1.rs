@@ -729,6 +729,11 @@ pub struct GrantIntent {
     pub key: String,
     /// Since when.
     pub time: Time,
+    /// Whether every grant made for the request was on record in status when this intent was
+    /// written (no grant intent was open): a revoke then removes what status records and need
+    /// not search the target for more. Absent on a grant intent.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recorded: bool,
 }
 
 /// Who ended a request early, verified by admission.

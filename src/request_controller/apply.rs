@@ -185,7 +185,7 @@ async fn revoke(providers: &Providers, request: &AccessRequest) -> Result<Applie
     let all_recorded = request
         .status
         .as_ref()
-        .is_none_or(|status| status.intent.is_none());
+        .is_none_or(super::outcome::grants_recorded);
     for provider in providers.all() {
         let revoked = if all_recorded {
             let reference = recorded

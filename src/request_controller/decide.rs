@@ -23,13 +23,14 @@ use super::{
     },
     failures::{StepFailure, after_failure, clear_failures},
     notice::{Notice, Reason, TimelineEvent},
+    outcome::with_intent,
 };
 use crate::{
     crd::{
         ApiDuration,
         v1alpha1::{
-            AccessPolicy, AccessRequest, AccessRequestStatus, Approval, Decision, FINALIZER, Phase,
-            PolicyRole, Revocation, TimelineEntry, annotations,
+            AccessPolicy, AccessRequest, AccessRequestStatus, Approval, Decision, FINALIZER,
+            IntentAction, Phase, PolicyRole, Revocation, TimelineEntry, annotations,
         },
     },
     policy::{self, Refusal, auto_approve},
@@ -46,6 +47,12 @@ pub const RESYNC: Duration = Duration::from_secs(3600);
 
 /// How long before a grant ends its subject is told, when the policy does not say.
 pub const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(600);
+
+/// How long before a grant's end a look announces its revoke: it writes the revoke intent
+/// then, so that at `expiresAt` the delete follows a read alone (intent before action, written
+/// ahead of time). While expiries come due by the dozen a second, every request before the
+/// delete waits its turn at the API server, and the intent write is the costliest of them.
+pub const ANNOUNCE_REVOKE: Duration = Duration::from_secs(2);
 
 /// What the controller read, fresh from the API server.
 #[derive(Clone, Debug)]
@@ -145,11 +152,22 @@ impl Plan {
                     .is_some_and(|expires_at| expires_at.0 <= now);
                 !(deleting || time_up)
             }
-            // Releasing an ended request's finalizer rests on nothing but its status.
+            // Releasing an ended request's finalizer rests on nothing but its status, and
+            // announcing the revoke of a grant about to end on nothing but its time.
             Effect::None => {
                 self.finalizer == FinalizerChange::Add
                     || !self.notices.is_empty()
-                    || current.is_none_or(|current| super::outcome::differs(current, &self.status))
+                    || current.is_none_or(|current| {
+                        let mut compared = self.status.clone();
+                        if compared
+                            .intent
+                            .as_ref()
+                            .is_some_and(|intent| intent.action == IntentAction::Revoke)
+                        {
+                            compared.intent.clone_from(&current.intent);
+                        }
+                        super::outcome::differs(current, &compared)
+                    })
             }
         }
     }
@@ -227,6 +245,9 @@ struct Builder<'a> {
     decisions: &'a [Approval],
     window_sealed: bool,
     policy_unreadable: bool,
+    /// The grant ends within [`ANNOUNCE_REVOKE`] and nothing else is to be done: the plan
+    /// records the revoke's intent now.
+    announce_revoke: bool,
     now: Timestamp,
     generation: Option<i64>,
     plan: Plan,
@@ -244,6 +265,7 @@ impl<'a> Builder<'a> {
             decisions,
             window_sealed,
             policy_unreadable: false,
+            announce_revoke: false,
             now,
             generation: request.metadata.generation,
             plan: Plan {
@@ -258,8 +280,17 @@ impl<'a> Builder<'a> {
 
     fn finish(mut self) -> Plan {
         self.plan.status.observed_generation = self.generation;
-        // The plan's status is the state once its effect is done: no intent is left open.
+        // The plan's status is the state once its effect is done: no intent is left open, but
+        // for the announced revoke of a grant about to end (one already open stays as it is).
         self.plan.status.intent = None;
+        if self.announce_revoke && self.plan.effect == Effect::None {
+            let current = self.request.status.clone().unwrap_or_default();
+            let uid = self.request.metadata.uid.as_deref().unwrap_or_default();
+            self.plan.status.intent = match current.intent {
+                Some(open) if open.action == IntentAction::Revoke => Some(open),
+                _ => with_intent(&current, &self.plan, IntentAction::Revoke, uid, self.now).intent,
+            };
+        }
         if let Some(waiting) = self.backing_off() {
             return waiting;
         }
@@ -613,7 +644,22 @@ impl<'a> Builder<'a> {
         self.condition(GRANTED, ConditionStatus::True, "Granted", &granted);
         self.record(TimelineEvent::Granted, None, &granted);
         self.notice(Reason::Granted, granted);
-        self.plan.requeue_after = until(self.now, expires_at).min(RESYNC);
+        self.plan.requeue_after = self.towards_end(expires_at).0.min(RESYNC);
+    }
+
+    /// When a grant that ends at `expires_at` is looked at next: [`ANNOUNCE_REVOKE`] before
+    /// its end, to announce the revoke, then at its end; and whether this look is within that
+    /// lead, and so announces it.
+    fn towards_end(&self, expires_at: Timestamp) -> (Duration, bool) {
+        let announce_at = SignedDuration::try_from(ANNOUNCE_REVOKE)
+            .ok()
+            .and_then(|lead| expires_at.checked_sub(lead).ok())
+            .unwrap_or(expires_at);
+        if self.now < announce_at {
+            (until(self.now, announce_at), false)
+        } else {
+            (until(self.now, expires_at), true)
+        }
     }
 
     /// When the policy's approval timeout closes this request, if it has one.
@@ -817,7 +863,9 @@ impl<'a> Builder<'a> {
         if let (Some(policy), Some(state)) = (policy, grant) {
             self.repair(policy, state, expires_at);
         }
-        self.plan.requeue_after = until(self.now, expires_at).min(RESYNC);
+        let (next_look, announce) = self.towards_end(expires_at);
+        self.announce_revoke = announce;
+        self.plan.requeue_after = next_look.min(RESYNC);
         if let Some(idle_until) = policy.and_then(|policy| self.idle_until(policy)) {
             self.plan.requeue_after = self.plan.requeue_after.min(until(self.now, idle_until));
         }

@@ -244,8 +244,19 @@ pub fn with_intent(
         action,
         key: GrantKey::for_request(uid).as_str().to_owned(),
         time: Time(now),
+        recorded: action == IntentAction::Revoke && grants_recorded(current),
     });
     intent
+}
+
+/// Whether every grant made for the request is on record in `status`: no intent is open, or
+/// the one open is a revoke written while that held. A grant intent left open (a crash
+/// between the grant and its outcome) means the target may hold one status does not name.
+pub fn grants_recorded(status: &AccessRequestStatus) -> bool {
+    status
+        .intent
+        .as_ref()
+        .is_none_or(|open| open.action == IntentAction::Revoke && open.recorded)
 }
 
 /// The status after a successful apply: the plan's, with what the provider reported about

@@ -156,7 +156,11 @@ fn one_approval_grants_from_now_for_the_requested_duration() {
         ["Requested", "Approval", "Approved", "Granted"]
     );
     assert_eq!(plan.status.approvals.len(), 1);
-    assert_eq!(plan.requeue_after, RESYNC);
+    assert_eq!(
+        plan.requeue_after,
+        RESYNC - ANNOUNCE_REVOKE,
+        "the next look announces the revoke, ahead of the hour's end"
+    );
 }
 
 #[test]
@@ -355,7 +359,14 @@ fn an_active_grant_is_revoked_at_its_expiry_not_before() {
     let plan = decide(&observed, at("2026-01-01T00:59:00Z"));
     assert_eq!(
         plan.requeue_after,
-        Duration::from_secs(180),
+        Duration::from_secs(178),
+        "requeue to announce the revoke, two seconds before expiresAt"
+    );
+    let plan = decide(&observed, at("2026-01-01T01:01:58Z"));
+    assert_eq!(plan.effect, Effect::None, "announced, not revoked early");
+    assert_eq!(
+        plan.requeue_after,
+        Duration::from_secs(2),
         "requeue at expiresAt"
     );
 
@@ -1037,4 +1048,96 @@ fn only_a_plan_that_does_something_on_the_policys_account_rests_on_a_fresh_read(
     let plan = decide(&unknown, now);
     assert_eq!(plan.status.phase, Some(Phase::Failed));
     assert!(plan.rests_on_policy(&unknown.request, now));
+}
+
+#[test]
+fn a_grant_about_to_end_announces_its_revoke_and_revokes_at_its_end() {
+    let observed = with_finalizer(active("2026-01-01T00:02:00Z"));
+    // Its subject was told ten minutes ahead.
+    let warned = decide(&observed, at("2026-01-01T00:52:00Z"));
+    assert_eq!(
+        warned
+            .status
+            .timeline
+            .last()
+            .map(|entry| entry.event.as_str()),
+        Some("ExpiringSoon")
+    );
+    let observed = advance(observed, &warned);
+    let lead = at("2026-01-01T01:01:58Z");
+    let plan = decide(&observed, lead);
+    assert_eq!(plan.effect, Effect::None);
+    assert_eq!(
+        plan.status.phase,
+        Some(Phase::Active),
+        "the grant holds until its end"
+    );
+    let intent = plan
+        .status
+        .intent
+        .clone()
+        .expect("the revoke's intent, written ahead");
+    assert_eq!(intent.action, IntentAction::Revoke);
+    assert_eq!(intent.time, Time(lead));
+    assert!(
+        intent.recorded,
+        "no grant intent was open: every grant is on record"
+    );
+    assert!(
+        !plan.rests_on_policy(&observed.request, lead),
+        "announcing a revoke at the grant's end reads no policy"
+    );
+
+    // Looked at again within the lead (a restart, a change): the intent stays as written.
+    let announced = advance(observed, &plan);
+    let again = decide(&announced, at("2026-01-01T01:01:59Z"));
+    assert_eq!(again.status.intent, Some(intent.clone()));
+    assert!(!super::super::outcome::differs(
+        announced.request.status.as_ref().unwrap(),
+        &again.status
+    ));
+
+    // At its end: revoked, and the intent closed with the outcome.
+    let end = at("2026-01-01T01:02:00Z");
+    let revoke = decide(&announced, end);
+    assert_eq!(revoke.effect, Effect::Revoke);
+    assert_eq!(revoke.status.phase, Some(Phase::Expired));
+    assert_eq!(revoke.status.intent, None);
+    assert!(!revoke.rests_on_policy(&announced.request, end));
+}
+
+#[test]
+fn a_revoke_is_announced_only_when_nothing_else_is_to_be_done() {
+    // The grant was removed by hand two seconds before its end: restored, not announced.
+    let mut observed = with_finalizer(active("2026-01-01T00:02:00Z"));
+    observed.grant = Some(GrantState::Missing);
+    let plan = decide(&observed, at("2026-01-01T01:01:58Z"));
+    assert!(matches!(plan.effect, Effect::Grant { .. }));
+    assert_eq!(plan.status.intent, None);
+
+    // A policy that can no longer be read: the end goes ahead, unannounced.
+    let mut observed = with_finalizer(active("2026-01-01T00:02:00Z"));
+    observed.policy_unreadable = Some("forbidden".into());
+    let plan = decide(&observed, at("2026-01-01T01:01:58Z"));
+    assert_eq!(plan.status.intent, None);
+    assert_eq!(plan.requeue_after, Duration::from_secs(2));
+}
+
+#[test]
+fn an_announced_revoke_over_an_open_grant_intent_does_not_claim_every_grant_on_record() {
+    // A crash left a grant intent open: the target may hold a grant status does not name, so
+    // the revoke that follows searches for it.
+    let mut observed = with_finalizer(active("2026-01-01T00:02:00Z"));
+    let status = observed.request.status.as_mut().unwrap();
+    status.intent = Some(crate::crd::v1alpha1::GrantIntent {
+        action: IntentAction::Grant,
+        key: "jit-0".into(),
+        time: Time(at("2026-01-01T00:02:00Z")),
+        recorded: false,
+    });
+    let plan = decide(&observed, at("2026-01-01T01:01:58Z"));
+    let intent = plan.status.intent.clone().expect("announced");
+    assert_eq!(intent.action, IntentAction::Revoke);
+    assert!(!intent.recorded);
+    assert!(!super::super::outcome::grants_recorded(&plan.status));
 }
