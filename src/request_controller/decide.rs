@@ -651,10 +651,7 @@ impl<'a> Builder<'a> {
     /// its end, to announce the revoke, then at its end; and whether this look is within that
     /// lead, and so announces it.
     fn towards_end(&self, expires_at: Timestamp) -> (Duration, bool) {
-        let announce_at = SignedDuration::try_from(ANNOUNCE_REVOKE)
-            .ok()
-            .and_then(|lead| expires_at.checked_sub(lead).ok())
-            .unwrap_or(expires_at);
+        let announce_at = revoke_announced_at(expires_at);
         if self.now < announce_at {
             (until(self.now, announce_at), false)
         } else {
@@ -954,6 +951,15 @@ impl<'a> Builder<'a> {
         self.record(TimelineEvent::Repaired, None, &message);
         self.notice(Reason::GrantRepaired, message);
     }
+}
+
+/// When the revoke of a grant that ends at `expires_at` is announced: [`ANNOUNCE_REVOKE`]
+/// before.
+pub fn revoke_announced_at(expires_at: Timestamp) -> Timestamp {
+    SignedDuration::try_from(ANNOUNCE_REVOKE)
+        .ok()
+        .and_then(|lead| expires_at.checked_sub(lead).ok())
+        .unwrap_or(expires_at)
 }
 
 fn add(time: Timestamp, duration: Duration) -> Option<Timestamp> {

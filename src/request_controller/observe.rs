@@ -216,11 +216,7 @@ async fn verify_active(
     // Past its end the grant is revoked whatever state it is in: looking first would only
     // delay the revoke by a read. Within `ANNOUNCE_REVOKE` of its end likewise: that look
     // announces the revoke, which removes the grant whatever a hand did to it meanwhile.
-    let announce_at = jiff::SignedDuration::try_from(super::decide::ANNOUNCE_REVOKE)
-        .ok()
-        .and_then(|lead| expires_at.0.checked_sub(lead).ok())
-        .unwrap_or(expires_at.0);
-    if announce_at <= jiff::Timestamp::now() {
+    if super::decide::revoke_announced_at(expires_at.0) <= jiff::Timestamp::now() {
         return Ok(None);
     }
     let Some((role, subject)) = policy::granted_role(policy, &request.spec) else {
