@@ -528,10 +528,7 @@ async fn reconcile_steps(
         Effect::Grant { .. } => Some(IntentAction::Grant),
         Effect::Revoke => Some(IntentAction::Revoke),
     };
-    let announced = current
-        .intent
-        .as_ref()
-        .is_some_and(|open| open.action == IntentAction::Revoke);
+    let announced = outcome::revoke_open(&current);
     let written = match action {
         // A revoke announced ahead of the grant's end (decide::ANNOUNCE_REVOKE), or one whose
         // earlier attempt failed: its intent is on record already.

@@ -23,7 +23,7 @@ use super::{
     },
     failures::{StepFailure, after_failure, clear_failures},
     notice::{Notice, Reason, TimelineEvent},
-    outcome::with_intent,
+    outcome::{intent_over, revoke_open},
 };
 use crate::{
     crd::{
@@ -159,11 +159,7 @@ impl Plan {
                     || !self.notices.is_empty()
                     || current.is_none_or(|current| {
                         let mut compared = self.status.clone();
-                        if compared
-                            .intent
-                            .as_ref()
-                            .is_some_and(|intent| intent.action == IntentAction::Revoke)
-                        {
+                        if revoke_open(&compared) {
                             compared.intent.clone_from(&current.intent);
                         }
                         super::outcome::differs(current, &compared)
@@ -283,12 +279,14 @@ impl<'a> Builder<'a> {
         // The plan's status is the state once its effect is done: no intent is left open, but
         // for the announced revoke of a grant about to end (one already open stays as it is).
         self.plan.status.intent = None;
-        if self.announce_revoke && self.plan.effect == Effect::None {
-            let current = self.request.status.clone().unwrap_or_default();
+        if self.announce_revoke
+            && self.plan.effect == Effect::None
+            && let Some(current) = &self.request.status
+        {
             let uid = self.request.metadata.uid.as_deref().unwrap_or_default();
-            self.plan.status.intent = match current.intent {
-                Some(open) if open.action == IntentAction::Revoke => Some(open),
-                _ => with_intent(&current, &self.plan, IntentAction::Revoke, uid, self.now).intent,
+            self.plan.status.intent = match &current.intent {
+                Some(open) if open.action == IntentAction::Revoke => Some(open.clone()),
+                _ => Some(intent_over(current, IntentAction::Revoke, uid, self.now)),
             };
         }
         if let Some(waiting) = self.backing_off() {

@@ -240,13 +240,32 @@ pub fn with_intent(
         intent.granted_at.clone_from(&plan.status.granted_at);
         intent.expires_at.clone_from(&plan.status.expires_at);
     }
-    intent.intent = Some(GrantIntent {
+    intent.intent = Some(intent_over(current, action, uid, now));
+    intent
+}
+
+/// The intent to record for `action` over `current` status.
+pub fn intent_over(
+    current: &AccessRequestStatus,
+    action: IntentAction,
+    uid: &str,
+    now: Timestamp,
+) -> GrantIntent {
+    GrantIntent {
         action,
         key: GrantKey::for_request(uid).as_str().to_owned(),
         time: Time(now),
         recorded: action == IntentAction::Revoke && grants_recorded(current),
-    });
-    intent
+    }
+}
+
+/// Whether a revoke's intent is open in `status` (announced ahead of the grant's end, or
+/// left by a revoke that failed).
+pub fn revoke_open(status: &AccessRequestStatus) -> bool {
+    status
+        .intent
+        .as_ref()
+        .is_some_and(|open| open.action == IntentAction::Revoke)
 }
 
 /// Whether every grant made for the request is on record in `status`: no intent is open, or
