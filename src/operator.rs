@@ -65,6 +65,12 @@ pub enum Error {
     /// The audit webhook (session activity) could not start.
     #[error("audit webhook server failed")]
     Activity(#[from] crate::activity::server::Error),
+    /// The session activity thread could not start.
+    #[error(transparent)]
+    ActivityThread(#[from] crate::activity::thread::Error),
+    /// The session activity thread stopped before its webhook served.
+    #[error("the session activity thread stopped before serving")]
+    ActivityStopped,
     /// The webhook configurations could not be registered.
     #[error("webhook registration failed")]
     Register(#[from] register::Error),
@@ -101,6 +107,9 @@ impl Error {
             Self::Activity(_) => {
                 "check --activity-addr (free), --activity-cert-dir (tls.crt, tls.key) and --activity-token-file (readable, not empty)"
             }
+            Self::ActivityThread(_) | Self::ActivityStopped => {
+                "the operator could not run a thread of its own: check the container's process and thread limits"
+            }
             Self::Certificate(_) => {
                 "check --webhook-cert-dir, or that the operator may create and update its --webhook-secret and patch its webhook configurations (the chart's Role and ClusterRole)"
             }
@@ -123,6 +132,7 @@ impl Error {
 }
 
 /// Tells every task to stop, and hands each a future that completes when it should.
+#[derive(Clone)]
 struct Stop {
     sender: watch::Sender<bool>,
 }
@@ -364,7 +374,8 @@ async fn serve_webhook(
 }
 
 /// Serves the API server's audit webhook and records session activity, when
-/// `--activity-addr` asks for it. Every replica does: the API server posts to any.
+/// `--activity-addr` asks for it. Every replica does: the API server posts to any. Both run
+/// on a thread of their own at a lower CPU priority ([`crate::activity::thread`]).
 async fn serve_activity(
     client: &Client,
     args: &Args,
@@ -375,45 +386,67 @@ async fn serve_activity(
 ) -> Result<Option<tokio::task::JoinHandle<()>>, Error> {
     let (Some(address), Some(directory), Some(token_file)) = (
         args.activity_addr,
-        &args.activity_cert_dir,
-        &args.activity_token_file,
+        args.activity_cert_dir.clone(),
+        args.activity_token_file.clone(),
     ) else {
         return Ok(None);
     };
-    let (serving, _) = certificate::serve(
-        client,
-        certificate::Source::Directory(directory.clone()),
-        args.resync_interval,
-        || stop.stopped(),
-    )
-    .await?;
-    let (recorder, lines) = crate::activity::recorder::Recorder::new(metrics.clone());
-    let server = crate::activity::server::AuditServer::bind(
-        address,
-        serving,
-        token_file,
-        recorder.clone(),
-        metrics.clone(),
-    )
-    .await?;
-    let bound = server.local_addr()?;
-    info!(address = %bound, path = crate::activity::server::AUDIT_PATH, "serving the audit webhook");
-    let serving = tokio::spawn(server.serve(stop.stopped()));
-    let audit = audit.clone();
-    let recording = tokio::spawn(recorder.run(
+    let (client, metrics, audit, fanout, stop) = (
         client.clone(),
-        lines,
-        {
-            let fanout = fanout.clone();
+        metrics.clone(),
+        audit.clone(),
+        fanout.clone(),
+        stop.clone(),
+    );
+    let resync = args.resync_interval;
+    let (bound, serving) = tokio::sync::oneshot::channel();
+    let finished = crate::activity::thread::spawn(move || async move {
+        let started = async {
+            let (certificate, _) = certificate::serve(
+                &client,
+                certificate::Source::Directory(directory),
+                resync,
+                || stop.stopped(),
+            )
+            .await?;
+            let (recorder, lines) = crate::activity::recorder::Recorder::new(metrics.clone());
+            let server = crate::activity::server::AuditServer::bind(
+                address,
+                certificate,
+                &token_file,
+                recorder.clone(),
+                metrics,
+            )
+            .await?;
+            Ok::<_, Error>((server.local_addr()?, server, recorder, lines))
+        };
+        let (server, recorder, lines) = match started.await {
+            Ok((address, server, recorder, lines)) => {
+                if bound.send(Ok(address)).is_err() {
+                    return;
+                }
+                (server, recorder, lines)
+            }
+            Err(error) => {
+                let _ = bound.send(Err(error));
+                return;
+            }
+        };
+        let recording = recorder.run(
+            client,
+            lines,
             move |attribution: &crate::activity::Attribution, event: &serde_json::Value| {
                 audit.write_line(event);
                 fanout.offer(&attribution.policy, event);
-            }
-        },
-        stop.stopped(),
-    ));
+            },
+            stop.stopped(),
+        );
+        tokio::join!(server.serve(stop.stopped()), recording);
+    })?;
+    let address = serving.await.map_err(|_| Error::ActivityStopped)??;
+    info!(%address, path = crate::activity::server::AUDIT_PATH, "serving the audit webhook");
     Ok(Some(tokio::spawn(async move {
-        let _ = tokio::join!(serving, recording);
+        let _ = finished.await;
     })))
 }
 

@@ -11,6 +11,7 @@ pub(crate) mod cloud;
 pub(crate) mod line;
 pub(crate) mod recorder;
 pub(crate) mod server;
+pub(crate) mod thread;
 
 use std::{collections::HashMap, sync::Arc};
 
