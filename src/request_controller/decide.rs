@@ -284,9 +284,10 @@ impl<'a> Builder<'a> {
             && let Some(current) = &self.request.status
         {
             let uid = self.request.metadata.uid.as_deref().unwrap_or_default();
-            self.plan.status.intent = match &current.intent {
-                Some(open) if open.action == IntentAction::Revoke => Some(open.clone()),
-                _ => Some(intent_over(current, IntentAction::Revoke, uid, self.now)),
+            self.plan.status.intent = if revoke_open(current) {
+                current.intent.clone()
+            } else {
+                Some(intent_over(current, IntentAction::Revoke, uid, self.now))
             };
         }
         if let Some(waiting) = self.backing_off() {
